@@ -1,0 +1,29 @@
+"""quantkit: quantize Hugging Face LLM checkpoints from declarative recipes.
+
+Library first: everything the `quantkit` CLI does is a function here.
+
+    import quantkit
+    recipe = quantkit.load_recipe("recipes/smollm2-135m.yaml")
+    artifacts = quantkit.quantize(recipe)
+"""
+
+from quantkit.artifact import Artifact
+from quantkit.errors import QuantkitError, RecipeError
+from quantkit.quantize import QuantizeFailed, plan, quantize
+from quantkit.recipe import Recipe, load_recipe, parse_recipe, recipe_json_schema
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Artifact",
+    "QuantizeFailed",
+    "QuantkitError",
+    "Recipe",
+    "RecipeError",
+    "load_recipe",
+    "parse_recipe",
+    "plan",
+    "quantize",
+    "recipe_json_schema",
+    "__version__",
+]

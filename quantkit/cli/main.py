@@ -1,0 +1,69 @@
+"""The `quantkit` command: composes one module per command group and formats errors once."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+
+from quantkit.cli import quantize as quantize_cli
+from quantkit.cli import recipes as recipes_cli
+from quantkit.cli.options import ArtifactArg, JsonOpt
+from quantkit.cli.output import console, fail, human_bytes
+
+app = typer.Typer(
+    name="quantkit",
+    help="Quantize Hugging Face LLM checkpoints from declarative recipes (AWQ, GPTQ, INT8, FP8).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+quantize_cli.register(app)
+app.add_typer(recipes_cli.app, name="recipes")
+
+
+@app.command("inspect")
+def inspect_command(artifact: ArtifactArg, as_json: JsonOpt = False) -> None:
+    """Verify an artifact against its manifest (every file's sha256) and summarise it."""
+    from quantkit.artifact import Artifact
+
+    a = Artifact.load(artifact, verify=True)
+    m = a.manifest
+    if as_json:
+        console.print_json(json.dumps(m))
+        return
+    console.print(f"[bold]{a.path}[/]: {len(m['files'])} files match {a.path.name}/quantkit.json", highlight=False)
+    console.print(f"  {m['output']['method']} {m['output']['scheme']} ({m['format']}): {m['description']}", highlight=False)
+    console.print(f"  base: {m['base_model']['source']} fingerprint {m['base_model']['fingerprint'][:16]}", highlight=False)
+    cal = m.get("calibration")
+    console.print(f"  calibration: {cal['source']} {cal['num_tokens']} tokens, fingerprint {cal['fingerprint'][:16]}" if cal else "  calibration: none", highlight=False)
+    console.print(f"  size {human_bytes(m['size_bytes'])} ({m.get('compression_ratio')}x smaller than float)", highlight=False)
+
+
+@app.command("env")
+def env_command() -> None:
+    """Print library versions, accelerator and cache folder (attach this to bug reports)."""
+    from quantkit.artifact import library_versions
+    from quantkit.engines.llmcompressor_cpu import accelerator_available
+    from quantkit.sources.models import cache_dir
+
+    for k, v in library_versions().items():
+        console.print(f"{k}: {v}", highlight=False)
+    console.print(f"accelerator: {'yes' if accelerator_available() else 'none (CPU only)'}", highlight=False)
+    console.print(f"cache: {cache_dir()}", highlight=False)
+
+
+def main() -> None:
+    from quantkit.errors import QuantkitError
+
+    try:
+        app()
+    except QuantkitError as e:
+        fail(str(e), e.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted; no partial artifact was left behind", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Where the CLI prints: errors, tables and sizes are formatted here and nowhere else."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from typing import Iterator
+
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Keep the terminal to quantkit's own progress bars unless --verbose.
+
+    Must run before llm-compressor / transformers are imported: both read these at import.
+    """
+    if verbose:
+        return
+    # llm-compressor logs to stdout, which must stay clean for --json
+    os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    # Some libraries pass disable=False explicitly, which TQDM_DISABLE cannot override.
+    import tqdm.std
+
+    original_init = tqdm.std.tqdm.__init__
+
+    def _silent_init(self, *args, **kwargs):
+        kwargs["disable"] = True
+        original_init(self, *args, **kwargs)
+
+    tqdm.std.tqdm.__init__ = _silent_init
+
+
+def library_logs_to_stderr(verbose: bool) -> None:
+    """llm-compressor logs to stdout (loguru); move it to stderr so stdout carries only results."""
+    # it also logs while being imported, so keep it disabled until the sinks are replaced
+    previous = os.environ.get("LLM_COMPRESSOR_LOG_DISABLED")
+    os.environ["LLM_COMPRESSOR_LOG_DISABLED"] = "true"
+    try:
+        import llmcompressor  # noqa: F401 - configures its loguru sinks at import
+    finally:
+        if previous is None:
+            del os.environ["LLM_COMPRESSOR_LOG_DISABLED"]
+        else:
+            os.environ["LLM_COMPRESSOR_LOG_DISABLED"] = previous
+    from loguru import logger
+
+    logger.enable("llmcompressor")
+    logger.remove()
+    logger.add(sys.stderr, level="INFO" if verbose else "ERROR",
+               format="{time:HH:mm:ss} | llmcompressor | {level} - {message}")
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit so staging folders are removed as on Ctrl-C."""
+
+    def _handler(signum, frame):  # noqa: ARG001
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def fail(message: str, code: int = 2) -> None:
+    from rich.text import Text
+
+    err_console.print(Text("error: ", style="bold red") + Text(message), highlight=False, soft_wrap=True)
+    sys.exit(code)

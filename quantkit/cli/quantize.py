@@ -1,0 +1,83 @@
+"""`quantkit quantize RECIPE`: produce every output of a recipe."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from quantkit.cli.options import ForceOpt, JsonOpt, OnlyOpt, OutputDirOpt, RecipeArg, SetOpt, VerboseOpt
+from quantkit.cli.output import console, err_console, human_bytes, library_logs_to_stderr, quiet_libraries, sigterm_as_exit
+
+
+def quantize_command(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    output_dir: OutputDirOpt = None,
+    only: OnlyOpt = None,
+    force: ForceOpt = False,
+    verbose: VerboseOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Quantize a model into every output of RECIPE (AWQ, GPTQ, INT8, FP8, RTN).
+
+    Examples:
+
+      quantkit quantize recipes/smollm2-135m.yaml
+
+      quantkit quantize recipes/smollm2-135m.yaml --only smollm2-135m-fp8-dynamic --force
+
+      quantkit quantize recipes/smollm2-135m.yaml --set calibration.num_samples=16 -o /tmp/out
+    """
+    quiet_libraries(verbose)
+    from quantkit.progress import RichReporter
+    from quantkit.quantize import QuantizeFailed, quantize
+    from quantkit.recipe import load_recipe
+
+    parsed = load_recipe(recipe, set_ or [])
+    library_logs_to_stderr(verbose)
+    artifacts, failed = [], None
+    with sigterm_as_exit(), RichReporter(err_console) as reporter:
+        try:
+            artifacts = quantize(parsed, output_dir=output_dir, only=only, force=force, reporter=reporter)
+        except QuantizeFailed as e:
+            artifacts, failed = e.artifacts, e
+    if as_json:
+        console.print_json(json.dumps([{"path": str(a.path), **_row(a)} for a in artifacts]))
+    else:
+        console.print(results_table(artifacts))
+    if failed:
+        raise failed
+
+
+def _row(a) -> dict:
+    m = a.manifest
+    return {
+        "name": a.name,
+        "method": m["output"]["method"],
+        "scheme": m["output"]["scheme"],
+        "size_bytes": m["size_bytes"],
+        "compression_ratio": m.get("compression_ratio"),
+        "time_s": m["timings_s"]["total_s"],
+        "peak_rss_bytes": m.get("peak_rss_bytes"),
+    }
+
+
+def results_table(artifacts) -> Table:
+    table = Table(title="quantkit quantize", title_justify="left")
+    for col, just in (("artifact", "left"), ("method", "left"), ("scheme", "left"), ("size", "right"),
+                      ("vs float", "right"), ("time", "right"), ("peak RSS", "right")):
+        table.add_column(col, justify=just)
+    for a in artifacts:
+        r = _row(a)
+        table.add_row(
+            str(a.path), r["method"], r["scheme"], human_bytes(r["size_bytes"]),
+            f"{r['compression_ratio']:.2f}x" if r["compression_ratio"] else "-",
+            f"{r['time_s']:.1f} s", human_bytes(r["peak_rss_bytes"]),
+        )
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    app.command("quantize")(quantize_command)

@@ -1,0 +1,59 @@
+"""The interface every quantization engine implements.
+
+An engine turns one recipe output into files in a staging folder. It never writes the
+manifest or moves folders: `quantkit.quantize` does that, the same way for every engine.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from quantkit.progress import NullReporter, Reporter
+
+if TYPE_CHECKING:
+    from quantkit.recipe import Recipe
+    from quantkit.sources.calibration import CalibrationSet
+    from quantkit.sources.models import ResolvedModel
+
+
+@dataclass
+class EngineJob:
+    recipe: "Recipe"
+    output: Any  # one of quantkit.recipe's *Output models
+    model: "ResolvedModel"
+    calibration: "CalibrationSet | None"
+    staging_dir: Path
+    reporter: Reporter = field(default_factory=NullReporter)
+
+
+@dataclass
+class EngineResult:
+    format: str  # e.g. "compressed-tensors"
+    timings_s: dict[str, float]
+    details: dict[str, Any] = field(default_factory=dict)  # goes into the manifest under "engine"
+
+
+class Engine(ABC):
+    """One method family. Register an instance in `quantkit.engines.ENGINES`."""
+
+    name: str
+
+    @abstractmethod
+    def needs_calibration(self, output) -> bool: ...
+
+    @abstractmethod
+    def describe(self, output) -> str:
+        """One line saying what the output will be (scheme, bits, group size, algorithm)."""
+
+    @abstractmethod
+    def preflight(self, output, model: "ResolvedModel") -> None:
+        """Check the output against the model's shapes before any heavy work; raise SchemeConstraintError."""
+
+    @abstractmethod
+    def run(self, job: EngineJob) -> EngineResult: ...
+
+    def versions(self) -> dict[str, str]:
+        return {}

@@ -1,0 +1,262 @@
+"""AWQ, GPTQ, INT8 (SmoothQuant + GPTQ), FP8 and RTN through llm-compressor's `oneshot`.
+
+The output is a compressed-tensors checkpoint, which transformers loads and vLLM serves.
+Calibrated methods use the sequential pipeline (one decoder layer at a time, errors of
+earlier layers propagated), which keeps memory at one layer's activations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import math
+import time
+from typing import Iterator
+
+from quantkit.engines.base import Engine, EngineJob, EngineResult
+from quantkit.engines.llmcompressor_cpu import cpu_compat
+from quantkit.errors import SchemeConstraintError
+from quantkit.progress import Reporter, TqdmBridge
+
+# llm-compressor modules whose tqdm bars become quantkit progress bars
+_TQDM_MODULES = (
+    "llmcompressor.pipelines.sequential.pipeline",
+    "llmcompressor.pipelines.cache",
+    "llmcompressor.modifiers.transform.awq.base",
+)
+CANDIDATE_GROUP_SIZES = (16, 32, 64, 128, 256)
+
+
+def resolved_scheme(output):
+    """The compressed-tensors QuantizationScheme for an output: its preset plus explicit overrides."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme, preset_name_to_scheme
+
+    scheme = preset_name_to_scheme(output.scheme, list(output.targets))
+    weights = scheme.weights.model_dump()
+    bits, group_size, symmetric = (getattr(output, k, None) for k in ("bits", "group_size", "symmetric"))
+    if bits is not None:
+        weights["num_bits"] = bits
+    if group_size == "channel":
+        weights.update(strategy="channel", group_size=None)
+    elif isinstance(group_size, int):
+        weights.update(strategy="group", group_size=group_size)
+    if symmetric is not None:
+        weights["symmetric"] = symmetric
+    return QuantizationScheme(
+        targets=list(output.targets),
+        weights=QuantizationArgs(**weights),
+        input_activations=scheme.input_activations,
+        output_activations=scheme.output_activations,
+        format=scheme.format,
+    )
+
+
+def _describe_args(args, role: str) -> str:
+    if args is None:
+        return f"{role} unquantized"
+    kind = "fp" if str(args.type).endswith("float") else "int"
+    strategy = str(args.strategy.value if hasattr(args.strategy, "value") else args.strategy)
+    if strategy == "group":
+        strategy = f"group {args.group_size}"
+    elif strategy == "block":
+        strategy = f"block {args.block_structure}"
+    sym = "sym" if args.symmetric else "asym"
+    dyn = ", dynamic" if args.dynamic else (", static" if role == "activations" else "")
+    return f"{role} {kind}{args.num_bits} {sym} per-{strategy}{dyn}"
+
+
+class LLMCompressorEngine(Engine):
+    name = "llmcompressor"
+
+    def needs_calibration(self, output) -> bool:
+        if output.method in ("awq", "gptq"):
+            return True
+        if output.method == "int8":
+            return True  # SmoothQuant needs activation statistics; GPTQ needs Hessians
+        if output.method == "fp8":
+            return output.scheme == "FP8"  # static activation scales
+        return False
+
+    def algorithm(self, output) -> str:
+        return {
+            "awq": "AWQ scale search + round-to-nearest",
+            "gptq": "GPTQ",
+            "int8": ("SmoothQuant + " if getattr(output, "smoothquant", False) else "")
+            + ("GPTQ" if getattr(output, "weight_algorithm", "gptq") == "gptq" else "round-to-nearest"),
+            "fp8": "round-to-nearest FP8 (E4M3)",
+            "rtn": "round-to-nearest",
+        }[output.method]
+
+    def describe(self, output) -> str:
+        s = resolved_scheme(output)
+        parts = [_describe_args(s.weights, "weights"), _describe_args(s.input_activations, "activations")]
+        return f"{self.algorithm(output)}; {'; '.join(parts)}; ignore {', '.join(output.ignore) or 'nothing'}"
+
+    def versions(self) -> dict[str, str]:
+        from importlib import metadata
+
+        return {k: metadata.version(k) for k in ("llmcompressor", "compressed-tensors")}
+
+    # ------------------------------------------------------------ preflight
+
+    def preflight(self, output, model) -> None:
+        layers = targeted_linear_shapes(model.path, output.targets, output.ignore, model.spec.trust_remote_code)
+        if not layers:
+            raise SchemeConstraintError(
+                f"output '{output.name}': targets {output.targets} minus ignore {output.ignore} match no layer of the model"
+            )
+        w = resolved_scheme(output).weights
+        strategy = str(getattr(w.strategy, "value", w.strategy))
+        if strategy == "group":
+            gs = int(w.group_size)
+            bad = {name: cols for name, (rows, cols) in layers.items() if cols % gs != 0}
+            if bad:
+                widths = sorted({c for c in bad.values()})
+                all_widths = {cols for _, cols in layers.values()}
+                good = [g for g in CANDIDATE_GROUP_SIZES if all(c % g == 0 for c in all_widths)]
+                shown = ", ".join(list(bad)[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+                gcd = math.gcd(*all_widths)
+                raise SchemeConstraintError(
+                    f"output '{output.name}': group_size {gs} does not divide the input width of {len(bad)} "
+                    f"targeted layers ({shown}; widths {widths}). Group sizes that divide every targeted layer: "
+                    f"{', '.join(map(str, good)) or f'divisors of {gcd}'}. Set `group_size` on this output, "
+                    "or add those layers to `ignore`."
+                )
+        if strategy == "block":
+            br, bc = w.block_structure
+            bad = {n: s for n, s in layers.items() if s[0] % br or s[1] % bc}
+            if bad:
+                shown = ", ".join(f"{n} {list(s)}" for n, s in list(bad.items())[:4])
+                raise SchemeConstraintError(
+                    f"output '{output.name}': FP8_BLOCK needs weight shapes divisible by {br}x{bc}; "
+                    f"{len(bad)} targeted layers are not ({shown}). Use FP8_DYNAMIC, or ignore those layers."
+                )
+
+        try:
+            self.modifiers(output)
+        except Exception as e:  # pydantic/compressed-tensors reject the combination
+            raise SchemeConstraintError(f"output '{output.name}': llm-compressor rejects this configuration: {e}") from None
+
+    # ------------------------------------------------------------------ run
+
+    def modifiers(self, output) -> list:
+        from llmcompressor.modifiers.gptq import GPTQModifier
+        from llmcompressor.modifiers.quantization import QuantizationModifier
+
+        scheme = resolved_scheme(output)
+        groups = {"group_0": scheme}
+        ignore = list(output.ignore)
+        if output.method == "awq":
+            from llmcompressor.modifiers.transform.awq import AWQModifier
+
+            return [
+                AWQModifier(n_grid=output.n_grid, duo_scaling=output.duo_scaling),
+                QuantizationModifier(config_groups=groups, ignore=ignore),
+            ]
+        if output.method == "gptq":
+            return [
+                GPTQModifier(
+                    config_groups=groups,
+                    ignore=ignore,
+                    dampening_frac=output.dampening_frac,
+                    block_size=output.block_size,
+                    actorder=output.actorder,
+                )
+            ]
+        if output.method == "int8":
+            mods = []
+            if output.smoothquant:
+                from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
+
+                mods.append(SmoothQuantModifier(smoothing_strength=output.smoothing_strength))
+            if output.weight_algorithm == "gptq":
+                mods.append(GPTQModifier(config_groups=groups, ignore=ignore, dampening_frac=output.dampening_frac))
+            else:
+                mods.append(QuantizationModifier(config_groups=groups, ignore=ignore))
+            return mods
+        return [QuantizationModifier(config_groups=groups, ignore=ignore)]
+
+    def run(self, job: EngineJob) -> EngineResult:
+        from llmcompressor import oneshot
+
+        from quantkit.sources.models import load_float_model, load_tokenizer
+
+        out, rep = job.output, job.reporter
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        model = load_float_model(job.model, rep)
+        tokenizer = load_tokenizer(job.model)
+        timings["load_s"] = round(time.perf_counter() - t0, 3)
+
+        kwargs: dict = dict(model=model, processor=tokenizer, recipe=self.modifiers(out), log_dir=None)
+        if self.needs_calibration(out):
+            cal = job.calibration
+            assert cal is not None, "quantize() builds the calibration set for methods that need it"
+            kwargs.update(
+                dataset=cal.to_dataset(),
+                num_calibration_samples=len(cal.input_ids),
+                max_seq_length=cal.spec.seq_len,
+                shuffle_calibration_samples=False,
+                pipeline="sequential",
+            )
+        else:
+            kwargs.update(pipeline="datafree")
+
+        t0 = time.perf_counter()
+        with cpu_compat() as patches, progress_from_tqdm(rep), rep.task(f"{out.method}: {self.algorithm(out)}"):
+            oneshot(**kwargs)
+        timings["quantize_s"] = round(time.perf_counter() - t0, 3)
+
+        t0 = time.perf_counter()
+        with rep.task("saving compressed-tensors checkpoint"):
+            model.save_pretrained(job.staging_dir, save_compressed=True)
+            tokenizer.save_pretrained(job.staging_dir)
+        timings["save_s"] = round(time.perf_counter() - t0, 3)
+        return EngineResult(
+            format="compressed-tensors",
+            timings_s=timings,
+            details={
+                "algorithm": self.algorithm(out),
+                "description": self.describe(out),
+                "modifiers": [type(m).__name__ for m in kwargs["recipe"]],
+                "pipeline": kwargs["pipeline"],
+                "workarounds": patches,
+            },
+        )
+
+
+@contextlib.contextmanager
+def progress_from_tqdm(reporter: Reporter) -> Iterator[None]:
+    bridge = TqdmBridge(reporter)
+    saved = []
+    for name in _TQDM_MODULES:
+        mod = importlib.import_module(name)
+        if hasattr(mod, "tqdm"):
+            saved.append((mod, mod.tqdm))
+            mod.tqdm = bridge.tqdm
+    try:
+        yield
+    finally:
+        for mod, original in saved:
+            mod.tqdm = original
+        bridge.close()
+
+
+def targeted_linear_shapes(path, targets, ignore, trust_remote_code=False) -> dict[str, tuple[int, int]]:
+    """{module name: (out_features, in_features)} of the layers a scheme would quantize.
+
+    Built on the meta device from config.json alone: no weights are read.
+    """
+    import torch
+    from compressed_tensors.utils import match_named_modules
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    shapes = {}
+    for name, module in match_named_modules(model, list(targets), list(ignore)):
+        weight = getattr(module, "weight", None)
+        if weight is not None and weight.dim() == 2:
+            shapes[name] = (int(weight.shape[0]), int(weight.shape[1]))
+    return shapes

@@ -1,0 +1,195 @@
+"""Progress reporting for long steps.
+
+The library reports through a `Reporter`; the CLI passes a rich one, library callers get
+silence by default. Engines never import rich directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from typing import Iterable, Iterator, Protocol
+
+
+class Task(Protocol):
+    def advance(self, n: float = 1) -> None: ...
+    def update(self, *, completed: float | None = None, total: float | None = None, description: str | None = None) -> None: ...
+
+
+class Reporter(Protocol):
+    def task(self, description: str, total: float | None = None, transient: bool = False) -> contextlib.AbstractContextManager[Task]: ...
+    def log(self, message: str) -> None: ...
+
+
+class _NullTask:
+    def advance(self, n: float = 1) -> None:
+        pass
+
+    def update(self, **_: object) -> None:
+        pass
+
+
+class NullReporter:
+    """Reports nothing; records the steps so tests can see what was reported."""
+
+    def __init__(self) -> None:
+        self.steps: list[str] = []
+        self.messages: list[str] = []
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: float | None = None, transient: bool = False) -> Iterator[Task]:
+        self.steps.append(description)
+        yield _NullTask()
+
+    def log(self, message: str) -> None:
+        self.messages.append(message)
+
+
+class RichReporter:
+    """Rich progress bars with elapsed time; one bar per step, nested steps shown below."""
+
+    def __init__(self, console=None) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.steps: list[str] = []
+
+    def __enter__(self) -> "RichReporter":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: float | None = None, transient: bool = False) -> Iterator[Task]:
+        self.steps.append(description)
+        task_id = self.progress.add_task(description, total=total)
+        progress = self.progress
+
+        class _T:
+            def advance(self, n: float = 1) -> None:
+                progress.advance(task_id, n)
+
+            def update(self, *, completed=None, total=None, description=None) -> None:
+                kwargs = {k: v for k, v in dict(completed=completed, total=total, description=description).items() if v is not None}
+                progress.update(task_id, **kwargs)
+
+        ok = False
+        try:
+            yield _T()
+            ok = True
+        finally:
+            t = progress.tasks[[t.id for t in progress.tasks].index(task_id)]
+            if transient:
+                progress.remove_task(task_id)
+            elif ok:
+                # a spinner-only step becomes a full bar when it finishes
+                progress.update(task_id, total=t.total or 1, completed=t.total or 1)
+            else:
+                progress.update(task_id, description=f"[red]{description} (failed)")
+                progress.stop_task(task_id)
+
+    def log(self, message: str) -> None:
+        self.progress.console.print(message)
+
+
+@contextlib.contextmanager
+def timed(timings: dict, key: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = round(time.perf_counter() - start, 3)
+
+
+# ------------------------------------------------------------------ tqdm bridge
+
+_LAYER_DESC = re.compile(r"^\((\d+)/(\d+)\): (\w+)")
+
+
+class TqdmBridge:
+    """Routes the tqdm bars of a third-party library into a Reporter.
+
+    llm-compressor reports calibration as one tqdm loop per layer-subgraph pass with a
+    description like "(3/31): Calibrating"; those become one persistent "layers" bar plus a
+    transient bar for the batches of the current pass.
+    """
+
+    def __init__(self, reporter: Reporter, layer_label: str = "calibrating layers") -> None:
+        self.reporter = reporter
+        self.layer_label = layer_label
+        self._layers_cm = None
+        self._layers: Task | None = None
+
+    def close(self) -> None:
+        if self._layers_cm is not None:
+            self._layers_cm.__exit__(None, None, None)
+            self._layers_cm = None
+
+    def _layer_task(self, done: int, total: int, phase: str) -> None:
+        if self._layers is None:
+            self._layers_cm = self.reporter.task(self.layer_label, total=total)
+            self._layers = self._layers_cm.__enter__()
+        self._layers.update(completed=done, total=total, description=f"{self.layer_label} ({phase.lower()} {done + 1}/{total})")
+
+    def tqdm(self, iterable: Iterable | None = None, desc: str | None = None, total: int | None = None, **_: object):
+        bridge = self
+
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)  # type: ignore[arg-type]
+        m = _LAYER_DESC.match(desc or "")
+        if m:
+            bridge._layer_task(int(m.group(1)) - 1, int(m.group(2)), m.group(3))
+
+        class _Bar:
+            def __init__(self) -> None:
+                self.n = 0
+
+            def __iter__(self):
+                with bridge.reporter.task(f"  {desc or 'working'}", total=total, transient=True) as t:
+                    for item in iterable:  # type: ignore[union-attr]
+                        yield item
+                        t.advance()
+                if m and int(m.group(1)) == int(m.group(2)):
+                    bridge._layers.update(completed=int(m.group(2)))  # type: ignore[union-attr]
+
+            def update(self, n: float = 1) -> None:
+                self.n += n
+
+            def set_description(self, *_: object, **__: object) -> None:
+                pass
+
+            def set_postfix(self, *_: object, **__: object) -> None:
+                pass
+
+            def close(self) -> None:
+                pass
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc) -> None:
+                pass
+
+        return _Bar()

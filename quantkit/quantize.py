@@ -1,0 +1,131 @@
+"""`quantkit.quantize`: recipe -> artifacts.
+
+Order matters for the user's time: everything that can be checked cheaply (recipe,
+destinations, model source, scheme vs. layer shapes) is checked before the first
+calibration pass, so a typo or an impossible group size fails in seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantkit.artifact import Artifact, check_destination, library_versions, staged_folder, utc_now, write_manifest
+from quantkit.engines import EngineJob, engine_for
+from quantkit.errors import QuantkitError
+from quantkit.memory import PeakRSS
+from quantkit.progress import NullReporter, Reporter
+from quantkit.recipe import Recipe
+from quantkit.sources.calibration import CalibrationSet, build_calibration
+from quantkit.sources.models import ResolvedModel, load_tokenizer, resolve_model
+
+
+@dataclass
+class OutputFailure:
+    name: str
+    error: str
+
+
+class QuantizeFailed(QuantkitError):
+    """Some outputs failed; the others were written. Exit code 1 (a run failure, not bad input)."""
+
+    exit_code = 1
+
+    def __init__(self, artifacts: list[Artifact], failures: list[OutputFailure]):
+        self.artifacts = artifacts
+        self.failures = failures
+        lines = "\n".join(f"  - {f.name}: {f.error}" for f in failures)
+        super().__init__(f"{len(failures)} of {len(failures) + len(artifacts)} outputs failed:\n{lines}")
+
+
+def plan(recipe: Recipe, output_dir: str | Path | None = None, only: list[str] | None = None) -> list[tuple[object, Path]]:
+    """The outputs that will be written and where; validates `only` against the recipe."""
+    root = Path(output_dir or recipe.output_dir)
+    names = [o.name for o in recipe.outputs]
+    for n in only or []:
+        if n not in names:
+            raise QuantkitError(f"--only {n}: the recipe has no output of that name; outputs: {', '.join(names)}")
+    return [(o, root / o.name) for o in recipe.outputs if not only or o.name in only]
+
+
+def quantize(
+    recipe: Recipe,
+    *,
+    output_dir: str | Path | None = None,
+    only: list[str] | None = None,
+    force: bool = False,
+    reporter: Reporter | None = None,
+    keep_going: bool = True,
+) -> list[Artifact]:
+    """Produce every (or the `only`) outputs of `recipe`; returns the artifacts written.
+
+    Raises QuantkitError before any heavy work for bad input, and QuantizeFailed after the
+    run if some outputs failed (the others are complete and on disk).
+    """
+    reporter = reporter or NullReporter()
+    jobs = plan(recipe, output_dir, only)
+    for _, dest in jobs:
+        check_destination(dest, force)
+
+    from quantkit.engines.llmcompressor_cpu import accelerator_available
+
+    if not accelerator_available():
+        reporter.log("no accelerator found: quantizing on CPU")
+    model = resolve_model(recipe.model, reporter)
+    for output, _ in jobs:
+        engine_for(output.method).preflight(output, model)
+
+    calibration = None
+    if any(engine_for(o.method).needs_calibration(o) for o, _ in jobs):
+        with reporter.task(f"tokenizing calibration set {recipe.calibration.source}"):
+            calibration = build_calibration(recipe.calibration, load_tokenizer(model))
+        reporter.log(
+            f"calibration: {len(calibration.input_ids)} × {recipe.calibration.seq_len} tokens "
+            f"from {recipe.calibration.source}, fingerprint {calibration.fingerprint[:12]}"
+        )
+
+    artifacts: list[Artifact] = []
+    failures: list[OutputFailure] = []
+    for i, (output, dest) in enumerate(jobs, 1):
+        reporter.log(f"[{i}/{len(jobs)}] {output.name} ({output.method} {output.scheme})")
+        try:
+            artifacts.append(_produce(recipe, output, dest, model, calibration, force, reporter))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001 - one failed output must not lose the others
+            if not keep_going:
+                raise
+            failures.append(OutputFailure(output.name, f"{type(e).__name__}: {e}"))
+            reporter.log(f"[red]{output.name} failed: {type(e).__name__}: {e}")
+    if failures:
+        raise QuantizeFailed(artifacts, failures)
+    return artifacts
+
+
+def _produce(recipe, output, dest: Path, model: ResolvedModel, calibration: CalibrationSet | None, force: bool, reporter) -> Artifact:
+    engine = engine_for(output.method)
+    started = time.perf_counter()
+    with staged_folder(dest, force=force) as staging, PeakRSS() as peak:
+        uses_cal = engine.needs_calibration(output)
+        result = engine.run(EngineJob(recipe, output, model, calibration if uses_cal else None, staging, reporter))
+        total = round(time.perf_counter() - started, 3)
+        manifest = {
+            "name": output.name,
+            "created": utc_now(),
+            "format": result.format,
+            "output": output.model_dump(mode="json"),
+            "description": engine.describe(output),
+            "recipe": recipe.model_dump(mode="json"),
+            "base_model": model.manifest_entry(),
+            "calibration": calibration.manifest_entry() if (uses_cal and calibration) else None,
+            "libraries": library_versions(),
+            "engine": {"name": engine.name, **result.details},
+            "timings_s": {**result.timings_s, "total_s": total},
+            "peak_rss_bytes": peak.read(),
+            "peak_rss_method": peak.method,
+        }
+        manifest = write_manifest(staging, manifest)
+        manifest["compression_ratio"] = round(model.weight_bytes / max(manifest["size_bytes"], 1), 3)
+        manifest = write_manifest(staging, manifest)
+    return Artifact(dest, manifest)

@@ -1,0 +1,176 @@
+"""Calibration sets: texts from a built-in set, a local file or a hub dataset, tokenized once.
+
+Texts are shuffled (seeded), tokenized, joined with the EOS token and cut into
+`num_samples` sequences of exactly `seq_len` tokens, so every sample is full length.
+The sha256 of the token ids is the set's fingerprint: two runs that calibrate on the same
+tokens have the same fingerprint, whatever file they came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from quantkit.errors import CalibrationError
+from quantkit.recipe import CalibrationSpec
+
+BUILTIN_SPLITS = ("train", "holdout")
+
+
+def builtin_dir() -> Path:
+    return Path(str(resources.files("quantkit_calibration")))
+
+
+def builtin_sets() -> list[str]:
+    names = sorted(p.name for p in builtin_dir().iterdir() if (p / "train.jsonl").is_file())
+    return names + ["mixed"]
+
+
+@dataclass
+class CalibrationSet:
+    spec: CalibrationSpec
+    input_ids: list[list[int]]
+    fingerprint: str
+    num_texts: int
+    available_tokens: int
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(x) for x in self.input_ids)
+
+    def manifest_entry(self) -> dict:
+        return {
+            **self.spec.model_dump(),
+            "fingerprint": self.fingerprint,
+            "num_tokens": self.num_tokens,
+            "num_texts_used": self.num_texts,
+        }
+
+    def to_dataset(self):
+        from datasets import Dataset
+
+        return Dataset.from_dict(
+            {"input_ids": self.input_ids, "attention_mask": [[1] * len(x) for x in self.input_ids]}
+        )
+
+
+def fingerprint_token_ids(input_ids: list[list[int]]) -> str:
+    h = hashlib.sha256()
+    for seq in input_ids:
+        h.update(len(seq).to_bytes(4, "little"))
+        h.update(b"".join(int(t).to_bytes(4, "little") for t in seq))
+    return h.hexdigest()
+
+
+def load_texts(spec: CalibrationSpec) -> list[str]:
+    src = spec.source
+    if src.startswith("builtin:"):
+        return _builtin_texts(src.removeprefix("builtin:"), spec.split)
+    if src.startswith("hf:"):
+        return _hub_texts(spec)
+    path = Path(src).expanduser()
+    if not path.is_file():
+        raise CalibrationError(f"calibration file not found: {path.resolve()}")
+    return _file_texts(path, spec.text_field)
+
+
+def _builtin_texts(name: str, split: str) -> list[str]:
+    if split not in BUILTIN_SPLITS:
+        raise CalibrationError(f"built-in calibration sets have splits {', '.join(BUILTIN_SPLITS)}; got '{split}'")
+    if name == "mixed":
+        prose, code = _builtin_texts("prose", split), _builtin_texts("code", split)
+        mixed = []
+        for i in range(max(len(prose), len(code))):
+            mixed += ([prose[i]] if i < len(prose) else []) + ([code[i]] if i < len(code) else [])
+        return mixed
+    path = builtin_dir() / name / f"{split}.jsonl"
+    if not path.is_file():
+        raise CalibrationError(f"unknown built-in calibration set '{name}'; available: {', '.join(builtin_sets())}")
+    return _file_texts(path, "text")
+
+
+def _file_texts(path: Path, text_field: str) -> list[str]:
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        # paragraphs separated by blank lines are the records of a text file
+        return [p.strip() for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    if suffix in (".jsonl", ".json"):
+        texts = []
+        raw = path.read_text(encoding="utf-8")
+        rows = json.loads(raw) if suffix == ".json" else None
+        lines = rows if rows is not None else raw.splitlines()
+        for i, line in enumerate(lines, 1):
+            if isinstance(line, str) and not line.strip():
+                continue
+            try:
+                row = json.loads(line) if isinstance(line, str) else line
+            except json.JSONDecodeError as e:
+                raise CalibrationError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+            texts.append(_field(row, text_field, f"{path}:{i}"))
+        return texts
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        if text_field not in table.column_names:
+            raise CalibrationError(f"{path} has no column '{text_field}'; columns: {', '.join(table.column_names)}")
+        return [str(t) for t in table.column(text_field).to_pylist() if t]
+    raise CalibrationError(f"{path}: unsupported calibration file type '{suffix}' (use .jsonl, .json, .txt or .parquet)")
+
+
+def _field(row, text_field: str, where: str) -> str:
+    if not isinstance(row, dict) or text_field not in row:
+        keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
+        raise CalibrationError(f"{where}: no field '{text_field}' (found: {keys}); set `calibration.text_field`")
+    return str(row[text_field])
+
+
+def _hub_texts(spec: CalibrationSpec) -> list[str]:
+    import datasets
+
+    name = spec.source.removeprefix("hf:")
+    try:
+        ds = datasets.load_dataset(name, spec.subset, split=spec.split)
+    except Exception as e:  # datasets raises many types for "not found / offline"
+        raise CalibrationError(
+            f"could not load dataset '{name}' (subset={spec.subset}, split={spec.split}): {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+    if spec.text_field not in ds.column_names:
+        raise CalibrationError(f"dataset '{name}' has no column '{spec.text_field}'; columns: {', '.join(ds.column_names)}")
+    return [t for t in ds[spec.text_field] if t]
+
+
+def build_calibration(spec: CalibrationSpec, tokenizer) -> CalibrationSet:
+    texts = load_texts(spec)
+    if not texts:
+        raise CalibrationError(f"calibration source '{spec.source}' holds no text")
+    if spec.shuffle_seed is not None:
+        texts = texts[:]
+        random.Random(spec.shuffle_seed).shuffle(texts)
+    needed = spec.num_samples * spec.seq_len
+    sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    stream: list[int] = []
+    used = 0
+    for text in texts:
+        if spec.chat_template:
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+        else:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        stream += list(ids) + sep
+        used += 1
+        if len(stream) >= needed:
+            break
+    if len(stream) < needed:
+        raise CalibrationError(
+            f"calibration source '{spec.source}' has {len(stream)} tokens; num_samples × seq_len = "
+            f"{spec.num_samples} × {spec.seq_len} = {needed} are needed. Lower one of them or add text."
+        )
+    input_ids = [stream[i * spec.seq_len : (i + 1) * spec.seq_len] for i in range(spec.num_samples)]
+    return CalibrationSet(spec, input_ids, fingerprint_token_ids(input_ids), used, len(stream))

