@@ -68,7 +68,7 @@ def quantize(
     for _, dest in jobs:
         check_destination(dest, force)
 
-    from quantkit.engines.llmcompressor_cpu import accelerator_available
+    from quantkit.engines.llmcompressor_workarounds import accelerator_available
 
     if not accelerator_available():
         reporter.log("no accelerator found: quantizing on CPU")

@@ -74,6 +74,22 @@ def test_manifest_records_inputs_and_checksums(tiny_model, tmp_path):
     assert Artifact.load(art.path).name == art.name
 
 
+def test_no_model_kept_alive_between_outputs(tiny_model, tmp_path):
+    import gc
+    import weakref
+
+    from llmcompressor.core import active_session
+    from transformers import LlamaForCausalLM
+
+    outputs = METHOD_OUTPUTS["gptq"][0] + METHOD_OUTPUTS["int8"][0]
+    recipe = quantkit.parse_recipe(tiny_recipe_text(tiny_model, tmp_path / "out", outputs))
+    quantkit.quantize(recipe)
+    assert active_session().state.model is None
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, LlamaForCausalLM)]
+    assert alive == [], f"{len(alive)} quantized model(s) still referenced after quantize() returned"
+
+
 def test_same_inputs_same_fingerprints(tiny_model, tmp_path):
     outputs = METHOD_OUTPUTS["gptq"][0] + METHOD_OUTPUTS["int8"][0]
     arts = quantkit.quantize(quantkit.parse_recipe(tiny_recipe_text(tiny_model, tmp_path / "out", outputs)))

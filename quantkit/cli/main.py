@@ -45,7 +45,7 @@ def inspect_command(artifact: ArtifactArg, as_json: JsonOpt = False) -> None:
 def env_command() -> None:
     """Print library versions, accelerator and cache folder (attach this to bug reports)."""
     from quantkit.artifact import library_versions
-    from quantkit.engines.llmcompressor_cpu import accelerator_available
+    from quantkit.engines.llmcompressor_workarounds import accelerator_available
     from quantkit.sources.models import cache_dir
 
     for k, v in library_versions().items():

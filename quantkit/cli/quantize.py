@@ -65,14 +65,15 @@ def _row(a) -> dict:
 
 
 def results_table(artifacts) -> Table:
-    table = Table(title="quantkit quantize", title_justify="left")
+    folders = sorted({str(a.path.parent) for a in artifacts})
+    table = Table(title="quantkit quantize", title_justify="left", caption=f"written to {', '.join(folders)}" if folders else None)
     for col, just in (("artifact", "left"), ("method", "left"), ("scheme", "left"), ("size", "right"),
                       ("vs float", "right"), ("time", "right"), ("peak RSS", "right")):
         table.add_column(col, justify=just)
     for a in artifacts:
         r = _row(a)
         table.add_row(
-            str(a.path), r["method"], r["scheme"], human_bytes(r["size_bytes"]),
+            a.name, r["method"], r["scheme"], human_bytes(r["size_bytes"]),
             f"{r['compression_ratio']:.2f}x" if r["compression_ratio"] else "-",
             f"{r['time_s']:.1f} s", human_bytes(r["peak_rss_bytes"]),
         )

@@ -8,13 +8,14 @@ earlier layers propagated), which keeps memory at one layer's activations.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import math
 import time
 from typing import Iterator
 
 from quantkit.engines.base import Engine, EngineJob, EngineResult
-from quantkit.engines.llmcompressor_cpu import cpu_compat
+from quantkit.engines.llmcompressor_workarounds import cpu_compat, release_traced_model
 from quantkit.errors import SchemeConstraintError
 from quantkit.progress import Reporter, TqdmBridge
 
@@ -202,16 +203,26 @@ class LLMCompressorEngine(Engine):
         else:
             kwargs.update(pipeline="datafree")
 
-        t0 = time.perf_counter()
-        with cpu_compat() as patches, progress_from_tqdm(rep), rep.task(f"{out.method}: {self.algorithm(out)}"):
-            oneshot(**kwargs)
-        timings["quantize_s"] = round(time.perf_counter() - t0, 3)
+        from llmcompressor.core import reset_session
 
-        t0 = time.perf_counter()
-        with rep.task("saving compressed-tensors checkpoint"):
-            model.save_pretrained(job.staging_dir, save_compressed=True)
-            tokenizer.save_pretrained(job.staging_dir)
-        timings["save_s"] = round(time.perf_counter() - t0, 3)
+        try:
+            t0 = time.perf_counter()
+            with cpu_compat() as patches, progress_from_tqdm(rep), rep.task(f"{out.method}: {self.algorithm(out)}"):
+                oneshot(**kwargs)
+            timings["quantize_s"] = round(time.perf_counter() - t0, 3)
+
+            t0 = time.perf_counter()
+            with rep.task("saving compressed-tensors checkpoint"):
+                model.save_pretrained(job.staging_dir, save_compressed=True)
+                tokenizer.save_pretrained(job.staging_dir)
+            timings["save_s"] = round(time.perf_counter() - t0, 3)
+        finally:
+            # llm-compressor's global session keeps the model alive; without a reset each
+            # output of a recipe adds a model's worth of memory
+            reset_session()
+            release_traced_model(model)
+            del model, kwargs["model"]
+            gc.collect()
         return EngineResult(
             format="compressed-tensors",
             timings_s=timings,

@@ -1,0 +1,58 @@
+"""Workarounds for llm-compressor 0.14 issues, kept in this one file so they are easy to
+find, test and delete once fixed upstream.
+
+- AWQ on CPU: `IntermediatesCache.pin_memory` calls `Tensor.pin_memory()` unconditionally,
+  which raises "Cannot access accelerator device when none is available" on CPU-only torch.
+  Pinning only speeds up host-to-device copies, so without a device it is a no-op.
+- Model leak: the sequential pipeline re-executes each model's forward source in a copied
+  module namespace holding `self` (the model) and calls `torch.fx.wrap` there, which files
+  that namespace in torch.fx's global `_wrapped_fns_to_patch` for good. Every calibrated
+  run thus kept its whole model alive; `release_traced_model` drops those entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+
+def accelerator_available() -> bool:
+    import torch
+
+    acc = getattr(torch, "accelerator", None)
+    return bool(acc and acc.is_available()) or torch.cuda.is_available()
+
+
+@contextlib.contextmanager
+def cpu_compat() -> Iterator[list[str]]:
+    """Apply the CPU workarounds for the duration of a oneshot call; yields the names applied."""
+    applied: list[str] = []
+    if accelerator_available():
+        yield applied
+        return
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    original = IntermediatesCache.pin_memory
+
+    def _no_pin(self, batch_index, input_names=None):  # noqa: ARG001 - same signature as upstream
+        return None
+
+    IntermediatesCache.pin_memory = _no_pin
+    applied.append("IntermediatesCache.pin_memory disabled (no accelerator)")
+    try:
+        yield applied
+    finally:
+        IntermediatesCache.pin_memory = original
+
+
+def release_traced_model(model) -> int:
+    """Forget torch.fx.wrap registrations whose namespace holds `model`; returns how many."""
+    from torch.fx import _symbolic_trace
+
+    registry = getattr(_symbolic_trace, "_wrapped_fns_to_patch", None)
+    if not isinstance(registry, dict):
+        return 0
+    stale = [key for key, namespace in registry.items() if namespace.get("self") is model]
+    for key in stale:
+        del registry[key]
+    return len(stale)

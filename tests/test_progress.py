@@ -1,0 +1,47 @@
+import io
+
+from rich.console import Console
+
+from quantkit.progress import NullReporter, RichReporter, TqdmBridge
+from quantkit.memory import PeakRSS
+
+
+def test_tqdm_bridge_turns_layer_loops_into_one_layer_bar():
+    rep = NullReporter()
+    bridge = TqdmBridge(rep)
+    for layer in range(1, 4):
+        for phase in ("Calibrating", "Propagating"):
+            assert list(bridge.tqdm(range(5), desc=f"({layer}/3): {phase}")) == list(range(5))
+    bar = bridge.tqdm(range(2), desc="Grid search for model.layers.0.mlp")
+    bar.set_postfix({"best_error": 1.0})
+    assert list(bar) == [0, 1]
+    bridge.close()
+    assert rep.steps.count("calibrating layers") == 1
+    assert rep.steps.count("  (2/3): Calibrating") == 1 and "  Grid search for model.layers.0.mlp" in rep.steps
+
+
+def test_rich_reporter_renders_bars_and_failures():
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=False, width=120)
+    with RichReporter(console) as rep:
+        with rep.task("loading model"):
+            pass
+        with rep.task("calibrating", total=4) as t:
+            t.advance(4)
+        try:
+            with rep.task("saving"):
+                raise RuntimeError
+        except RuntimeError:
+            pass
+    out = buf.getvalue()
+    assert "loading model" in out and "4/4" in out and "saving (failed)" in out
+
+
+def test_peak_rss_sees_an_allocation():
+    with PeakRSS() as base:
+        pass
+    with PeakRSS() as peak:
+        block = bytearray(200_000_000)
+        block[::4096] = b"x" * len(block[::4096])
+        del block
+    assert peak.bytes - base.bytes > 150_000_000
