@@ -149,6 +149,15 @@ def test_cli_quantize_table_force_and_exit_codes(tiny_model, write_recipe, tmp_p
     assert r.returncode == 0 and "files match" in r.stdout
 
 
+def test_cli_calibrated_methods_and_progress(tiny_model, write_recipe, tmp_path):
+    recipe = write_recipe(tiny_model, METHOD_OUTPUTS["gptq"][0] + METHOD_OUTPUTS["int8"][0])
+    r = run_cli("quantize", str(recipe), "--json")
+    assert r.returncode == 0, r.stderr
+    assert [row["method"] for row in json.loads(r.stdout)] == ["gptq", "int8"]
+    for step in ("tokenizing calibration set", "calibrating layers", "saving compressed-tensors checkpoint"):
+        assert step in r.stderr
+
+
 def test_cli_bad_recipe_exit_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nmodel: m\noutputs:\n  - {method: gptq, scheme: W3A16}\n")

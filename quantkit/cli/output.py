@@ -37,9 +37,12 @@ def quiet_libraries(verbose: bool) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    import logging
     import warnings
 
     warnings.filterwarnings("ignore")
+    # torch.fx warns once per traced layer about is_fx_tracing semantics
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
     # Some libraries pass disable=False explicitly, which TQDM_DISABLE cannot override.
     import tqdm.std
 
@@ -67,6 +70,10 @@ def library_logs_to_stderr(verbose: bool) -> None:
     from loguru import logger
 
     logger.enable("llmcompressor")
+    try:
+        logger.level("METRIC")
+    except ValueError:  # registered by llm-compressor's configure_logger, skipped while disabled
+        logger.level("METRIC", no=38)
     logger.remove()
     logger.add(sys.stderr, level="INFO" if verbose else "ERROR",
                format="{time:HH:mm:ss} | llmcompressor | {level} - {message}")
