@@ -66,12 +66,20 @@ class CalibrationSpec(_Strict):
     )
 
 
-class _OutputBase(_Strict):
+class _NamedOutput(_Strict):
     name: str | None = Field(
         None,
         pattern=SLUG,
         description="Artifact folder name; defaults to `<recipe name>-<method>-<scheme>`.",
     )
+
+    def default_name(self, recipe_name: str) -> str:
+        scheme = getattr(self, "scheme").lower().replace("_", "-")
+        suffix = f"-g{self.group_size}" if isinstance(getattr(self, "group_size", None), int) else ""
+        return f"{recipe_name}-{getattr(self, 'method')}-{scheme}{suffix}"
+
+
+class _OutputBase(_NamedOutput):
     targets: list[str] = Field(
         default_factory=lambda: ["Linear"],
         description="Modules to quantize: class names or `re:` regexes of module names.",
@@ -80,11 +88,6 @@ class _OutputBase(_Strict):
         default_factory=lambda: ["lm_head"],
         description="Modules left unquantized: class names, module names or `re:` regexes.",
     )
-
-    def default_name(self, recipe_name: str) -> str:
-        scheme = getattr(self, "scheme").lower().replace("_", "-")
-        suffix = f"-g{self.group_size}" if isinstance(getattr(self, "group_size", None), int) else ""
-        return f"{recipe_name}-{getattr(self, 'method')}-{scheme}{suffix}"
 
 
 class _WeightOverrides(BaseModel):
@@ -149,11 +152,65 @@ class RTNOutput(_OutputBase, _WeightOverrides):
     scheme: Literal["W4A16", "W4A16_ASYM", "W8A16"] = "W4A16"
 
 
+# llama-quantize's file types (llama.cpp `tools/quantize`); K-quants need widths divisible by 256
+# and fall back per tensor otherwise, which llama-quantize reports.
+GGUFType = Literal[
+    "F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0",
+    "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K", "Q2_K_S", "IQ4_XS", "IQ4_NL", "IQ3_M", "IQ3_S", "IQ3_XS", "IQ3_XXS",
+    "IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S", "TQ1_0", "TQ2_0",
+]
+# per-tensor types llama-quantize accepts in --tensor-type / --output-tensor-type / --token-embedding-type
+GGUFTensorType = Literal[
+    "f32", "f16", "bf16", "q8_0", "q6_k", "q5_k", "q5_1", "q5_0", "q4_k", "q4_1", "q4_0", "q3_k", "q2_k",
+    "iq4_xs", "iq4_nl", "iq3_s", "iq3_xxs", "iq2_s", "iq2_xs", "iq2_xxs", "iq1_m", "iq1_s",
+]
+# llama-quantize refuses these without an importance matrix
+GGUF_NEEDS_IMATRIX = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M", "Q2_K_S")
+
+
+class GGUFOutput(_NamedOutput):
+    """GGUF files for llama.cpp (and Ollama, LM Studio): one file per type, one shared imatrix."""
+
+    method: Literal["gguf"]
+    types: list[GGUFType] = Field(min_length=1, description="One .gguf file per type.")
+    imatrix: bool = Field(True, description="Compute an importance matrix from the calibration set and use it for every type.")
+    base_type: Literal["F16", "BF16", "F32"] = Field(
+        "F16", description="Precision of the converted GGUF that every type is quantized from."
+    )
+    output_tensor_type: GGUFTensorType | None = Field(None, description="Type of `output.weight` (llama-quantize --output-tensor-type).")
+    token_embedding_type: GGUFTensorType | None = Field(None, description="Type of `token_embd.weight` (--token-embedding-type).")
+    tensor_types: dict[str, GGUFTensorType] = Field(
+        default_factory=dict, description="Per-tensor overrides: regex of tensor names -> type (--tensor-type)."
+    )
+
+    @property
+    def scheme(self) -> str:
+        return ",".join(self.types)
+
+    def default_name(self, recipe_name: str) -> str:
+        return f"{recipe_name}-gguf"
+
+    @field_validator("types")
+    @classmethod
+    def _unique_types(cls, v: list[str]) -> list[str]:
+        dupes = sorted({t for t in v if v.count(t) > 1})
+        if dupes:
+            raise ValueError(f"types listed twice: {', '.join(dupes)}")
+        return v
+
+    @model_validator(mode="after")
+    def _imatrix_required(self) -> "GGUFOutput":
+        needs = [t for t in self.types if t in GGUF_NEEDS_IMATRIX]
+        if needs and not self.imatrix:
+            raise ValueError(f"{', '.join(needs)} need an importance matrix; set `imatrix: true` or drop them")
+        return self
+
+
 OutputSpec = Annotated[
-    Union[AWQOutput, GPTQOutput, Int8Output, FP8Output, RTNOutput],
+    Union[AWQOutput, GPTQOutput, Int8Output, FP8Output, RTNOutput, GGUFOutput],
     Field(discriminator="method"),
 ]
-METHODS = ("awq", "gptq", "int8", "fp8", "rtn")
+METHODS = ("awq", "gptq", "int8", "fp8", "rtn", "gguf")
 
 
 class Recipe(_Strict):
@@ -345,7 +402,7 @@ def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
     return line
 
 
-_OUTPUT_CLASSES = {"awq": AWQOutput, "gptq": GPTQOutput, "int8": Int8Output, "fp8": FP8Output, "rtn": RTNOutput}
+_OUTPUT_CLASSES = {"awq": AWQOutput, "gptq": GPTQOutput, "int8": Int8Output, "fp8": FP8Output, "rtn": RTNOutput, "gguf": GGUFOutput}
 
 
 def _model_at(loc: tuple, data: Any) -> type[BaseModel] | None:

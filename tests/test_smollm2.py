@@ -5,6 +5,7 @@ CI uses a smaller calibration set than the shipped recipe (16 × 128 tokens inst
 """
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +81,9 @@ def test_float_base_tokenizer_has_the_gguf_eos(artifacts):
     base = Artifact.load(out / "smollm2-135m-fp8-dynamic", verify=False).manifest["base_model"]["path"]
     tok = AutoTokenizer.from_pretrained(base)
     assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == 2
+    # byte-level BPE as in the original SmolLM2 tokenizer (digits split one by one), lossless round trip
+    assert tok.tokenize("In 2024") == ["In", "Ġ", "2", "0", "2", "4"]
+    text = "def f(x):\n    return x  # café\n"
+    assert tok.decode(tok(text)["input_ids"]) == text
+    saved = json.loads((Path(base) / "tokenizer.json").read_text())
+    assert saved["model"]["byte_fallback"] is False and saved["decoder"]["type"] == "ByteLevel"

@@ -25,6 +25,7 @@ from quantkit.progress import NullReporter, Reporter
 from quantkit.recipe import ModelSpec
 
 SOURCE_INFO = "quantkit-source.json"
+CONVERSION_VERSION = "v2"
 WEIGHT_PATTERNS_SAFE = ("*.safetensors",)
 WEIGHT_PATTERNS_PICKLE = ("*.bin", "*.pt", "*.pth")
 HUB_SIDE_FILES = ["*.json", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
@@ -218,7 +219,8 @@ def gguf_to_float_folder(gguf_path: Path, dtype: str, reporter: Reporter, expect
     """Dequantize a GGUF file (through transformers + gguf) into a cached safetensors folder."""
     gguf_path = Path(gguf_path)
     sha = expected_sha or sha256_file(gguf_path)
-    dest = cache_dir() / "models" / f"{gguf_path.stem}-{sha[:12]}-{dtype}"
+    # bump the suffix when the conversion changes, so old cached folders are not reused
+    dest = cache_dir() / "models" / f"{gguf_path.stem}-{sha[:12]}-{dtype}-{CONVERSION_VERSION}"
     if (dest / SOURCE_INFO).is_file():
         return dest
     import torch
@@ -237,30 +239,83 @@ def gguf_to_float_folder(gguf_path: Path, dtype: str, reporter: Reporter, expect
             model.is_quantized = False
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
-            _fix_special_tokens(gguf_path, tokenizer, model)
-            model.save_pretrained(staging, safe_serialization=True)
             tokenizer.save_pretrained(staging)
+            repairs = _repair_tokenizer(gguf_path, model, staging)
+            model.save_pretrained(staging, safe_serialization=True)
             (staging / SOURCE_INFO).write_text(
-                json.dumps({"gguf_file": gguf_path.name, "gguf_sha256": sha, "dtype": dtype}, indent=2) + "\n"
+                json.dumps(
+                    {"gguf_file": gguf_path.name, "gguf_sha256": sha, "dtype": dtype, "tokenizer_repairs": repairs},
+                    indent=2,
+                )
+                + "\n"
             )
     return dest
 
 
-def _fix_special_tokens(gguf_path: Path, tokenizer, model) -> None:
-    """Use the GGUF's own eos/bos ids: transformers' GGUF tokenizer import can pick the wrong eos."""
+# Pre-tokenizers of llama.cpp's `tokenizer.ggml.pre` names, as the original HF tokenizers define
+# them. transformers' GGUF import does not rebuild them, so digits and spaces split differently.
+BPE_PRE_TOKENIZERS = {
+    "smollm": {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Digits", "individual_digits": True},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        ],
+    },
+}
+
+
+def _gguf_field(reader, key):
+    fld = reader.fields.get(key)
+    if fld is None:
+        return None
+    value = fld.parts[fld.data[0]]
+    return bytes(value).decode() if value.dtype.kind == "u" and value.dtype.itemsize == 1 else value[0]
+
+
+def _repair_tokenizer(gguf_path: Path, model, folder: Path) -> dict:
+    """Make the saved tokenizer match the GGUF's: special tokens and, for BPE, the pre-tokenizer.
+
+    transformers' GGUF import picks the wrong eos for SmolLM2 (`<|im_start|>`), and for
+    byte-level BPE vocabularies writes `byte_fallback: true` with an SPM-style decoder, which
+    also makes llama.cpp's converter emit a broken SPM vocabulary.
+    """
     from gguf import GGUFReader
 
     reader = GGUFReader(str(gguf_path))
+    tok_path = folder / "tokenizer.json"
+    tok = json.loads(tok_path.read_text())
+    config_path = folder / "tokenizer_config.json"
+    tok_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    vocab_model, pre = _gguf_field(reader, "tokenizer.ggml.model"), _gguf_field(reader, "tokenizer.ggml.pre")
+    repairs = {"gguf_tokenizer_model": vocab_model, "gguf_pre_tokenizer": pre}
+    if vocab_model == "gpt2" and tok.get("model", {}).get("type") == "BPE":
+        tok["model"]["byte_fallback"] = False
+        tok["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+        if pre in BPE_PRE_TOKENIZERS:
+            tok["pre_tokenizer"] = BPE_PRE_TOKENIZERS[pre]
+            tok["normalizer"] = None
+            repairs["pre_tokenizer"] = f"rebuilt for '{pre}'"
+        else:
+            repairs["pre_tokenizer"] = f"kept transformers' import (no rebuild known for '{pre}')"
+    id_to_token = {t["id"]: t["content"] for t in tok.get("added_tokens", [])}
     for key, attr in (("tokenizer.ggml.eos_token_id", "eos"), ("tokenizer.ggml.bos_token_id", "bos")):
-        fld = reader.fields.get(key)
-        if fld is None:
+        token_id = _gguf_field(reader, key)
+        if token_id is None:
             continue
-        token_id = int(fld.parts[fld.data[0]][0])
-        token = tokenizer.convert_ids_to_tokens(token_id)
-        setattr(tokenizer, f"{attr}_token", token)
+        token_id = int(token_id)
+        content = id_to_token.get(token_id)
+        if content is None:
+            content = next((t for t, i in tok["model"]["vocab"].items() if i == token_id), None)
+        if content is not None:
+            tok_config[f"{attr}_token"] = content
         setattr(model.config, f"{attr}_token_id", token_id)
         if model.generation_config is not None:
             setattr(model.generation_config, f"{attr}_token_id", token_id)
+        repairs[f"{attr}_token"] = content
+    tok_path.write_text(json.dumps(tok, ensure_ascii=False))
+    config_path.write_text(json.dumps(tok_config, indent=2, ensure_ascii=False))
+    return repairs
 
 
 def load_float_model(resolved: ResolvedModel, reporter: Reporter | None = None):
