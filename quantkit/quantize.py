@@ -36,7 +36,7 @@ class QuantizeFailed(QuantkitError):
         self.artifacts = artifacts
         self.failures = failures
         lines = "\n".join(f"  - {f.name}: {f.error}" for f in failures)
-        super().__init__(f"{len(failures)} of {len(failures) + len(artifacts)} outputs failed:\n{lines}")
+        super().__init__(f"{len(failures)} output(s) failed, wholly or in part:\n{lines}")
 
 
 def plan(recipe: Recipe, output_dir: str | Path | None = None, only: list[str] | None = None) -> list[tuple[object, Path]]:
@@ -90,7 +90,10 @@ def quantize(
     for i, (output, dest) in enumerate(jobs, 1):
         reporter.log(f"[{i}/{len(jobs)}] {output.name} ({output.method} {output.scheme})")
         try:
-            artifacts.append(_produce(recipe, output, dest, model, calibration, force, reporter))
+            artifact, partial_failures = _produce(recipe, output, dest, model, calibration, force, reporter)
+            artifacts.append(artifact)
+            if partial_failures:
+                failures.append(OutputFailure(output.name, "; ".join(partial_failures)))
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:  # noqa: BLE001 - one failed output must not lose the others
@@ -103,7 +106,9 @@ def quantize(
     return artifacts
 
 
-def _produce(recipe, output, dest: Path, model: ResolvedModel, calibration: CalibrationSet | None, force: bool, reporter) -> Artifact:
+def _produce(
+    recipe, output, dest: Path, model: ResolvedModel, calibration: CalibrationSet | None, force: bool, reporter
+) -> tuple[Artifact, list[str]]:
     engine = engine_for(output.method)
     started = time.perf_counter()
     with staged_folder(dest, force=force) as staging, PeakRSS() as peak:
@@ -115,12 +120,14 @@ def _produce(recipe, output, dest: Path, model: ResolvedModel, calibration: Cali
             "created": utc_now(),
             "format": result.format,
             "output": output.model_dump(mode="json"),
+            "scheme": output.scheme,
             "description": engine.describe(output),
             "recipe": recipe.model_dump(mode="json"),
             "base_model": model.manifest_entry(),
             "calibration": calibration.manifest_entry() if (uses_cal and calibration) else None,
             "libraries": library_versions(),
             "engine": {"name": engine.name, **result.details},
+            "failures": result.failures,
             "timings_s": {**result.timings_s, "total_s": total},
             "peak_rss_bytes": peak.read(),
             "peak_rss_method": peak.method,
@@ -128,4 +135,4 @@ def _produce(recipe, output, dest: Path, model: ResolvedModel, calibration: Cali
         manifest = write_manifest(staging, manifest)
         manifest["compression_ratio"] = round(model.weight_bytes / max(manifest["size_bytes"], 1), 3)
         manifest = write_manifest(staging, manifest)
-    return Artifact(dest, manifest)
+    return Artifact(dest, manifest), result.failures

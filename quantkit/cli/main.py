@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from quantkit.cli import env as env_cli
 from quantkit.cli import quantize as quantize_cli
 from quantkit.cli import recipes as recipes_cli
 from quantkit.cli.options import ArtifactArg, JsonOpt
@@ -21,6 +22,7 @@ app = typer.Typer(
 )
 quantize_cli.register(app)
 app.add_typer(recipes_cli.app, name="recipes")
+app.add_typer(env_cli.app, name="env")
 
 
 @app.command("inspect")
@@ -39,19 +41,6 @@ def inspect_command(artifact: ArtifactArg, as_json: JsonOpt = False) -> None:
     cal = m.get("calibration")
     console.print(f"  calibration: {cal['source']} {cal['num_tokens']} tokens, fingerprint {cal['fingerprint'][:16]}" if cal else "  calibration: none", highlight=False)
     console.print(f"  size {human_bytes(m['size_bytes'])} ({m.get('compression_ratio')}x smaller than float)", highlight=False)
-
-
-@app.command("env")
-def env_command() -> None:
-    """Print library versions, accelerator and cache folder (attach this to bug reports)."""
-    from quantkit.artifact import library_versions
-    from quantkit.engines.llmcompressor_workarounds import accelerator_available
-    from quantkit.sources.models import cache_dir
-
-    for k, v in library_versions().items():
-        console.print(f"{k}: {v}", highlight=False)
-    console.print(f"accelerator: {'yes' if accelerator_available() else 'none (CPU only)'}", highlight=False)
-    console.print(f"cache: {cache_dir()}", highlight=False)
 
 
 def main() -> None:

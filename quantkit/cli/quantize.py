@@ -56,7 +56,7 @@ def _row(a) -> dict:
     return {
         "name": a.name,
         "method": m["output"]["method"],
-        "scheme": m["output"]["scheme"],
+        "scheme": m["scheme"],
         "size_bytes": m["size_bytes"],
         "compression_ratio": m.get("compression_ratio"),
         "time_s": m["timings_s"]["total_s"],

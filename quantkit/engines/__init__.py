@@ -6,6 +6,7 @@ A new method is one engine module plus one line here (and its output model in re
 from __future__ import annotations
 
 from quantkit.engines.base import Engine, EngineJob, EngineResult
+from quantkit.engines.gguf import GGUFEngine
 from quantkit.engines.llmcompressor import LLMCompressorEngine
 
 _llmcompressor = LLMCompressorEngine()
@@ -16,6 +17,7 @@ ENGINES: dict[str, Engine] = {
     "int8": _llmcompressor,
     "fp8": _llmcompressor,
     "rtn": _llmcompressor,
+    "gguf": GGUFEngine(),
 }
 
 

@@ -34,6 +34,7 @@ class EngineResult:
     format: str  # e.g. "compressed-tensors"
     timings_s: dict[str, float]
     details: dict[str, Any] = field(default_factory=dict)  # goes into the manifest under "engine"
+    failures: list[str] = field(default_factory=list)  # parts that failed while the rest was written
 
 
 class Engine(ABC):

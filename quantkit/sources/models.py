@@ -26,6 +26,7 @@ from quantkit.recipe import ModelSpec
 
 SOURCE_INFO = "quantkit-source.json"
 CONVERSION_VERSION = "v2"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json")
 WEIGHT_PATTERNS_SAFE = ("*.safetensors",)
 WEIGHT_PATTERNS_PICKLE = ("*.bin", "*.pt", "*.pth")
 HUB_SIDE_FILES = ["*.json", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
@@ -95,13 +96,15 @@ def weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
 
 
 def fingerprint_folder(folder: Path, allow_pickle: bool = False) -> tuple[str, int]:
-    """sha256 over config.json and the weight files (name + content hash), and their total size."""
+    """sha256 over config.json, the tokenizer files and the weight files (name + content hash),
+    and the weights' total size. The tokenizer is part of the model: it decides every token."""
     h = hashlib.sha256()
     total = 0
-    for p in [folder / "config.json", *weight_files(folder, allow_pickle)]:
+    side = [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
+    weights = weight_files(folder, allow_pickle)
+    for p in [folder / "config.json", *side, *weights]:
         h.update(p.name.encode() + b"\0" + sha256_file(p).encode() + b"\n")
-        if p.name != "config.json":
-            total += p.stat().st_size
+    total = sum(p.stat().st_size for p in weights)
     return h.hexdigest(), total
 
 

@@ -1,0 +1,230 @@
+"""GGUF through llama.cpp's own tools: convert once, one importance matrix, one file per type.
+
+convert_hf_to_gguf.py (with its sibling gguf-py) writes a high-precision GGUF, llama-imatrix
+computes the importance matrix from the recipe's calibration tokens, llama-quantize writes
+each type. A failed type is recorded and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from quantkit.engines.base import Engine, EngineJob, EngineResult
+from quantkit.errors import SchemeConstraintError
+from quantkit.toolchains.llamacpp import LlamaCpp, ToolchainError, require_toolchain
+
+_QUANT_SIZE = re.compile(r"quant size\s*=\s*([\d.]+) MiB \(([\d.]+) BPW\)")
+_FALLBACK = re.compile(r"(\d+) of (\d+) tensor\(s\) required fallback quantization")
+_CHUNK = re.compile(r"\[(\d+)\]")
+_IMATRIX_CHUNKS = re.compile(r"computing over (\d+) chunks")
+FIDELITY_TEXT = (
+    "Quantization maps 2024 float weights to 4-bit integers; café, naïve, 東京 and emoji 🙂 must survive.\n"
+    "def f(x):\n    return x ** 2  # squared\n\tTabs,  double  spaces and <|im_end|> text.\n"
+)
+
+
+def threads() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+class GGUFEngine(Engine):
+    name = "llama.cpp"
+
+    def needs_calibration(self, output) -> bool:
+        return output.imatrix
+
+    def describe(self, output) -> str:
+        parts = [f"convert_hf_to_gguf → {output.base_type}", f"llama-quantize {', '.join(output.types)}"]
+        if output.imatrix:
+            parts.append("importance matrix from the calibration set")
+        if output.output_tensor_type:
+            parts.append(f"output.weight {output.output_tensor_type}")
+        if output.token_embedding_type:
+            parts.append(f"token_embd {output.token_embedding_type}")
+        parts += [f"{pat} {t}" for pat, t in output.tensor_types.items()]
+        return "; ".join(parts)
+
+    def preflight(self, output, model) -> None:
+        tc = require_toolchain()
+        config = json.loads((model.path / "config.json").read_text())
+        archs = config.get("architectures") or []
+        unknown = [a for a in archs if not tc.supports_architecture(a)]
+        if not archs or unknown:
+            raise SchemeConstraintError(
+                f"output '{output.name}': llama.cpp's converter ({tc.version}) does not support architecture "
+                f"{(unknown or ['(none in config.json)'])[0]}; remove the gguf output or use a model llama.cpp supports"
+            )
+
+    def versions(self) -> dict[str, str]:
+        tc = require_toolchain()
+        return {"llama.cpp": tc.version}
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, job: EngineJob) -> EngineResult:
+        out, rep, staging = job.output, job.reporter, job.staging_dir
+        tc = require_toolchain()
+        timings: dict[str, float] = {}
+
+        t0 = time.perf_counter()
+        base = converted_base(tc, job.model, out.base_type, rep)
+        timings["convert_s"] = round(time.perf_counter() - t0, 3)
+        check_tokenizer_fidelity(tc, base, job.model)
+
+        imatrix_info = None
+        imatrix_path = None
+        if out.imatrix:
+            t0 = time.perf_counter()
+            imatrix_path = staging / "imatrix.gguf"
+            imatrix_info = compute_imatrix(tc, base, job, imatrix_path)
+            timings["imatrix_s"] = round(time.perf_counter() - t0, 3)
+
+        types: dict[str, dict] = {}
+        failures: list[str] = []
+        for qtype in out.types:
+            target = staging / f"{out.name}-{qtype}.gguf"
+            t0 = time.perf_counter()
+            try:
+                with rep.task(f"llama-quantize {qtype}"):
+                    types[qtype] = quantize_type(tc, base, target, qtype, out, imatrix_path)
+            except (ToolchainError, subprocess.SubprocessError, OSError) as e:
+                target.unlink(missing_ok=True)
+                failures.append(f"{qtype}: {e}")
+                rep.log(f"[red]{qtype} failed: {str(e).splitlines()[0]}")
+                continue
+            types[qtype]["seconds"] = round(time.perf_counter() - t0, 3)
+            timings[f"quantize_{qtype}_s"] = types[qtype]["seconds"]
+        if not types:
+            raise ToolchainError("every GGUF type failed:\n" + "\n".join(failures))
+        return EngineResult(
+            format="gguf",
+            timings_s=timings,
+            details={
+                "toolchain": tc.manifest_entry(),
+                "base_type": out.base_type,
+                "base_file_sha256": None,
+                "types": types,
+                "imatrix": imatrix_info,
+                "failed_types": failures,
+            },
+            failures=failures,
+        )
+
+
+def converted_base(tc: LlamaCpp, model, base_type: str, reporter) -> Path:
+    """The model converted to a high-precision GGUF, cached per model fingerprint and toolchain."""
+    from quantkit.sources.models import cache_dir
+
+    commit = tc.info["llama_cpp_commit"][:9]
+    target = cache_dir() / "gguf" / f"{model.fingerprint[:16]}-{base_type}-{commit}.gguf"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(f".partial-{os.getpid()}")
+    try:
+        with reporter.task(f"converting to GGUF {base_type} (llama.cpp convert_hf_to_gguf.py, once per model)"):
+            tc.convert(model.path, partial, base_type, model_name=Path(model.spec.source).name)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def gguf_tokens(tc: LlamaCpp, gguf_file: Path, text: str) -> list[int]:
+    """Token ids of `text` as llama.cpp tokenizes it (no BOS added, special tokens as text)."""
+    proc = tc.run("llama-tokenize", ["-m", str(gguf_file), "-p", text, "--ids", "--no-bos", "--log-disable"])
+    match = re.search(r"\[([\d,\s]*)\]\s*$", proc.stdout.strip())
+    if not match:
+        raise ToolchainError(f"could not read token ids from llama-tokenize output: {proc.stdout[-200:]!r}")
+    return [int(t) for t in match.group(1).replace(",", " ").split()]
+
+
+def check_tokenizer_fidelity(tc: LlamaCpp, gguf_file: Path, model, text: str = FIDELITY_TEXT) -> None:
+    """Refuse a GGUF whose tokenizer disagrees with the HF tokenizer: every eval would be off."""
+    from quantkit.sources.models import load_tokenizer
+
+    hf = load_tokenizer(model)(text, add_special_tokens=False)["input_ids"]
+    llama = gguf_tokens(tc, gguf_file, text)
+    if hf != llama:
+        at = next((i for i, (a, b) in enumerate(zip(hf, llama)) if a != b), min(len(hf), len(llama)))
+        raise ToolchainError(
+            f"the GGUF tokenizer disagrees with the Hugging Face tokenizer at token {at} "
+            f"(HF {hf[at:at + 5]}, llama.cpp {llama[at:at + 5]}); the converter probably picked the wrong "
+            "pre-tokenizer for this model"
+        )
+
+
+def compute_imatrix(tc: LlamaCpp, base: Path, job: EngineJob, target: Path) -> dict:
+    from quantkit.sources.models import load_tokenizer
+
+    cal = job.calibration
+    assert cal is not None
+    tok = load_tokenizer(job.model)
+    # llama-imatrix reads text: the calibration tokens, decoded; it re-tokenizes them identically
+    # (tokenizer fidelity is checked above) and cuts them into the same seq_len chunks
+    text_path = target.parent / "imatrix-calibration.txt"
+    text_path.write_text("".join(tok.decode(ids) for ids in cal.input_ids), encoding="utf-8")
+    args = ["-m", str(base), "-f", str(text_path), "-o", str(target), "-c", str(cal.spec.seq_len),
+            "--chunks", str(len(cal.input_ids)), "-t", str(threads()), "--no-ppl"]
+    with job.reporter.task("llama-imatrix (chunks)", total=len(cal.input_ids)) as task:
+        output = _stream_chunks(tc, "llama-imatrix", args, task)
+    chunks = _IMATRIX_CHUNKS.search(output)
+    return {
+        "file": target.name,
+        "calibration_fingerprint": cal.fingerprint,
+        "chunks": int(chunks.group(1)) if chunks else None,
+        "chunk_tokens": cal.spec.seq_len,
+        "text_file": text_path.name,
+    }
+
+
+def _stream_chunks(tc: LlamaCpp, tool: str, args: list[str], task) -> str:
+    """Run a llama.cpp tool that prints `[i]` per processed chunk; advance `task` as it goes."""
+    proc = subprocess.Popen([str(tc.tool(tool)), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, errors="replace", bufsize=1)
+    seen, buf = 0, []
+    assert proc.stdout is not None
+    while chunk := proc.stdout.read(64):
+        buf.append(chunk)
+        done = max((int(m) for m in _CHUNK.findall("".join(buf[-4:]))), default=seen)
+        if done > seen:
+            task.update(completed=done)
+            seen = done
+    proc.wait()
+    output = "".join(buf)
+    if proc.returncode != 0:
+        raise ToolchainError(f"{tool} failed (exit {proc.returncode}):\n" + "\n".join(output.strip().splitlines()[-12:]))
+    return output
+
+
+def quantize_type(tc: LlamaCpp, base: Path, target: Path, qtype: str, out, imatrix: Path | None) -> dict:
+    if qtype == out.base_type:
+        shutil.copy2(base, target)
+        return {"file": target.name, "bytes": target.stat().st_size, "bpw": None, "imatrix": False, "copied_from_base": True}
+    args: list[str] = []
+    if imatrix is not None:
+        args += ["--imatrix", str(imatrix)]
+    if out.output_tensor_type:
+        args += ["--output-tensor-type", out.output_tensor_type]
+    if out.token_embedding_type:
+        args += ["--token-embedding-type", out.token_embedding_type]
+    for pattern, ttype in out.tensor_types.items():
+        args += ["--tensor-type", f"{pattern}={ttype}"]
+    args += [str(base), str(target), qtype, str(threads())]
+    proc = tc.run("llama-quantize", args)
+    log = proc.stdout + proc.stderr
+    size = _QUANT_SIZE.search(log)
+    fallback = _FALLBACK.search(log)
+    return {
+        "file": target.name,
+        "bytes": target.stat().st_size,
+        "bpw": float(size.group(2)) if size else None,
+        "imatrix": imatrix is not None,
+        "fallback_tensors": f"{fallback.group(1)} of {fallback.group(2)}" if fallback else None,
+    }

@@ -1,0 +1,1 @@
+"""External toolchains quantkit drives (llama.cpp)."""

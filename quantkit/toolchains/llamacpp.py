@@ -1,0 +1,251 @@
+"""A pinned llama.cpp toolchain, built once from the PyPI sdist of llama-cpp-python.
+
+No PyPI package ships Linux llama-quantize / llama-imatrix / llama-perplexity executables,
+and the converter only works with its own sibling gguf-py. The llama-cpp-python sdist
+vendors llama.cpp at a known commit, so `build_toolchain` downloads that sdist with pip
+(sha256-checked), builds the few tools quantkit needs with cmake, and copies them with the
+converter into `~/.cache/quantkit/llama.cpp/<version>/`. See docs/decisions.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantkit.artifact import sha256_file, staged_folder
+from quantkit.errors import QuantkitError
+from quantkit.progress import NullReporter, Reporter
+from quantkit.sources.models import cache_dir
+
+SDIST_NAME = "llama-cpp-python"
+SDIST_VERSION = "0.3.36"
+SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+LLAMA_CPP_COMMIT = "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
+TOOLS = ("llama-quantize", "llama-imatrix", "llama-perplexity", "llama-tokenize", "llama-completion")
+CMAKE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_SERVER=OFF",
+    "-DLLAMA_BUILD_APP=OFF",
+    "-DLLAMA_BUILD_TOOLS=ON",
+    "-DGGML_NATIVE=OFF",  # portable (AVX2) binaries: the cache may move between machines of a kind
+    "-DGGML_CCACHE=OFF",
+    f"-DLLAMA_BUILD_COMMIT={LLAMA_CPP_COMMIT[:9]}",
+)
+INFO_NAME = "toolchain.json"
+
+
+class ToolchainError(QuantkitError):
+    """The llama.cpp toolchain is missing, broken, or a tool failed."""
+
+
+@dataclass(frozen=True)
+class LlamaCpp:
+    root: Path
+    info: dict
+
+    @property
+    def version(self) -> str:
+        return self.info["version"]
+
+    def tool(self, name: str) -> Path:
+        return self.root / "bin" / name
+
+    @property
+    def converter(self) -> Path:
+        return self.root / "convert_hf_to_gguf.py"
+
+    def supports_architecture(self, arch: str) -> bool:
+        return arch in self.info["architectures"]
+
+    def manifest_entry(self) -> dict:
+        keys = ("version", "llama_cpp_commit", "source", "source_sha256", "cmake_flags")
+        return {k: self.info[k] for k in keys}
+
+    def run(self, tool: str, args: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
+        """Run a tool; raise ToolchainError with the tail of its output when it fails."""
+        cmd = [str(self.tool(tool)), *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, errors="replace")
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-12:])
+            raise ToolchainError(f"{tool} failed (exit {proc.returncode}):\n{tail}")
+        return proc
+
+    def complete(self, gguf_file: Path, prompt: str, n_tokens: int = 16) -> str:
+        """Greedy continuation of `prompt` by llama.cpp (proves the file loads and generates)."""
+        proc = self.run(
+            "llama-completion",
+            ["-m", str(gguf_file), "-p", prompt, "-n", str(n_tokens), "--temp", "0", "-no-cnv",
+             "--no-display-prompt", "-t", str(os.cpu_count() or 1), "--no-warmup"],
+            timeout=600,
+        )
+        return proc.stdout
+
+    def perplexity(self, gguf_file: Path, text_file: Path, ctx: int, chunks: int | None = None,
+                   save_logits: Path | None = None) -> dict:
+        """llama-perplexity on a text file; with `save_logits`, also writes the logits for KLD runs."""
+        args = ["-m", str(gguf_file), "-f", str(text_file), "-c", str(ctx), "-t", str(os.cpu_count() or 1)]
+        if chunks:
+            args += ["--chunks", str(chunks)]
+        if save_logits:
+            args += ["--kl-divergence-base", str(save_logits)]
+        proc = self.run("llama-perplexity", args, timeout=3600)
+        m = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", proc.stdout + proc.stderr)
+        if not m:
+            raise ToolchainError("llama-perplexity printed no final estimate")
+        return {"ppl": float(m.group(1)), "ppl_stderr": float(m.group(2))}
+
+    def kl_divergence(self, gguf_file: Path, base_logits: Path, ctx: int, chunks: int | None = None) -> dict:
+        """llama-perplexity --kl-divergence against logits saved from the base model."""
+        args = ["-m", str(gguf_file), "-c", str(ctx), "-t", str(os.cpu_count() or 1),
+                "--kl-divergence-base", str(base_logits), "--kl-divergence"]
+        if chunks:
+            args += ["--chunks", str(chunks)]
+        out = self.run("llama-perplexity", args, timeout=3600).stdout
+        patterns = {
+            "mean_kld": r"^Mean\s+KLD:\s+([0-9.]+)",
+            "median_kld": r"^Median\s+KLD:\s+([0-9.]+)",
+            "p99_kld": r"^99\.0%\s+KLD:\s+([0-9.]+)",
+            "same_top_p": r"^Same top p:\s+([0-9.]+)",
+            "ppl": r"^Mean PPL\(Q\)\s+:\s+([0-9.]+)",
+            "ppl_base": r"^Mean PPL\(base\)\s+:\s+([0-9.]+)",
+        }
+        result = {}
+        for key, pat in patterns.items():
+            m = re.search(pat, out, re.MULTILINE)
+            if not m:
+                raise ToolchainError(f"llama-perplexity --kl-divergence output has no '{key}' line")
+            result[key] = float(m.group(1))
+        return result
+
+    def convert(self, model_dir: Path, outfile: Path, outtype: str, model_name: str | None = None) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(self.root / "gguf-py"), os.environ.get("PYTHONPATH", "")])}
+        cmd = [sys.executable, str(self.converter), str(model_dir), "--outtype", outtype.lower(), "--outfile", str(outfile)]
+        if model_name:
+            cmd += ["--model-name", model_name]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, errors="replace")
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-12:])
+            raise ToolchainError(f"convert_hf_to_gguf.py failed on {model_dir} (exit {proc.returncode}):\n{tail}")
+        return proc
+
+
+def toolchain_dir() -> Path:
+    override = os.environ.get("QUANTKIT_LLAMA_CPP")
+    return Path(override) if override else cache_dir() / "llama.cpp" / f"{SDIST_VERSION}-{LLAMA_CPP_COMMIT[:9]}"
+
+
+def find_toolchain() -> LlamaCpp | None:
+    root = toolchain_dir()
+    info_path = root / INFO_NAME
+    if not info_path.is_file():
+        return None
+    info = json.loads(info_path.read_text())
+    if not all((root / "bin" / t).is_file() for t in TOOLS) or not (root / "convert_hf_to_gguf.py").is_file():
+        return None
+    return LlamaCpp(root, info)
+
+
+def require_toolchain() -> LlamaCpp:
+    tc = find_toolchain()
+    if tc is None:
+        raise ToolchainError(
+            f"the llama.cpp toolchain is not installed (looked in {toolchain_dir()}); "
+            "run `quantkit env llama.cpp` once to build it (about 5 minutes on 2 cores)"
+        )
+    return tc
+
+
+def _check_build_tools() -> str:
+    missing = [t for t in ("cmake", "c++") if shutil.which(t) is None]
+    if missing:
+        raise ToolchainError(
+            f"building llama.cpp needs {' and '.join(missing)}; install them (Debian: apt-get install cmake g++)"
+        )
+    return "Ninja" if shutil.which("ninja") else "Unix Makefiles"
+
+
+def _run_logged(cmd: list[str], log: Path, cwd: Path | None = None) -> None:
+    with open(log, "a") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd)
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise ToolchainError(f"`{' '.join(cmd[:3])} …` failed (exit {proc.returncode}); log {log}:\n{tail}")
+
+
+def build_toolchain(reporter: Reporter | None = None, jobs: int | None = None, force: bool = False) -> LlamaCpp:
+    """Download the pinned sdist, build the tools, install them into the cache folder (atomic)."""
+    reporter = reporter or NullReporter()
+    existing = find_toolchain()
+    if existing and not force:
+        return existing
+    generator = _check_build_tools()
+    jobs = jobs or os.cpu_count() or 2
+    dest = toolchain_dir()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="quantkit-llamacpp-") as tmp_name, staged_folder(dest, force=True) as staging:
+        tmp = Path(tmp_name)
+        log = staging / "build.log"
+        with reporter.task(f"downloading {SDIST_NAME}=={SDIST_VERSION} source (pip download)"):
+            _run_logged([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                         "-d", str(tmp), f"{SDIST_NAME}=={SDIST_VERSION}"], log)
+            [sdist] = list(tmp.glob("*.tar.gz"))
+            got = sha256_file(sdist)
+            if got != SDIST_SHA256:
+                raise ToolchainError(f"{sdist.name} has sha256 {got}, expected {SDIST_SHA256}")
+        with reporter.task("unpacking llama.cpp sources"):
+            with tarfile.open(sdist) as tf:
+                tf.extractall(tmp / "src", filter="data")
+            [src_root] = list((tmp / "src").iterdir())
+            llama_src = src_root / "vendor" / "llama.cpp"
+        build = tmp / "build"
+        with reporter.task("configuring llama.cpp (cmake)"):
+            _run_logged(["cmake", "-S", str(llama_src), "-B", str(build), "-G", generator, *CMAKE_FLAGS], log)
+        with reporter.task(f"building {', '.join(TOOLS)} (cmake, {jobs} jobs)"):
+            _run_logged(["cmake", "--build", str(build), "-j", str(jobs), "--target", *TOOLS], log)
+        with reporter.task("installing tools and converter"):
+            (staging / "bin").mkdir()
+            for t in TOOLS:
+                shutil.copy2(build / "bin" / t, staging / "bin" / t)
+            shutil.copy2(llama_src / "convert_hf_to_gguf.py", staging / "convert_hf_to_gguf.py")
+            for sub in ("conversion", "gguf-py"):
+                shutil.copytree(llama_src / sub, staging / sub)
+            shutil.copy2(llama_src / "LICENSE", staging / "LICENSE")
+            info = {
+                "version": f"llama.cpp@{LLAMA_CPP_COMMIT[:9]} (from {SDIST_NAME} {SDIST_VERSION})",
+                "llama_cpp_commit": LLAMA_CPP_COMMIT,
+                "source": f"{SDIST_NAME}=={SDIST_VERSION} sdist (PyPI)",
+                "source_sha256": SDIST_SHA256,
+                "cmake_flags": list(CMAKE_FLAGS),
+                "generator": generator,
+                "tools": list(TOOLS),
+                "architectures": sorted(_registered_architectures(staging / "conversion")),
+                "build_seconds": round(time.perf_counter() - started, 1),
+            }
+            (staging / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
+    tc = find_toolchain()
+    assert tc is not None
+    return tc
+
+
+def _registered_architectures(conversion_dir: Path) -> set[str]:
+    """HF architecture names the converter registers (`@ModelBase.register("LlamaForCausalLM", ...)`)."""
+    names: set[str] = set()
+    for py in conversion_dir.glob("*.py"):
+        for args in re.findall(r"@ModelBase\.register\(([^)]*)\)", py.read_text(errors="replace")):
+            names.update(re.findall(r"\"([A-Za-z0-9_]+)\"", args))
+    return names

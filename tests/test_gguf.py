@@ -1,0 +1,138 @@
+"""GGUF outputs through llama.cpp's own tools (the toolchain is built once and cached)."""
+
+import json
+import shutil
+
+import pytest
+
+import quantkit
+from quantkit.errors import RecipeError, SchemeConstraintError
+from quantkit.progress import NullReporter
+from quantkit.toolchains.llamacpp import ToolchainError
+
+from conftest import run_cli, tiny_recipe_text
+
+
+def gguf_recipe(model, out, types="[Q8_0]", extra="", **kw):
+    return tiny_recipe_text(model, out, f"  - {{method: gguf, name: g, types: {types}{extra}}}\n", **kw)
+
+
+# ------------------------------------------------------------------ recipe validation (no toolchain)
+
+
+def problems(text):
+    with pytest.raises(RecipeError) as e:
+        quantkit.parse_recipe(text)
+    return "\n".join(e.value.problems)
+
+
+def test_gguf_recipe_validation(tmp_path):
+    r = quantkit.parse_recipe(gguf_recipe("m", tmp_path, "[Q8_0, Q4_K_M, IQ4_XS]", ", tensor_types: {'ffn_down': q6_k}"))
+    out = r.outputs[0]
+    assert out.imatrix is True and out.base_type == "F16" and out.scheme == "Q8_0,Q4_K_M,IQ4_XS"
+    assert "got 'Q4_K_X'" in problems(gguf_recipe("m", tmp_path, "[Q4_K_X]"))
+    assert "types listed twice: Q8_0" in problems(gguf_recipe("m", tmp_path, "[Q8_0, Q8_0]"))
+    assert "IQ2_XXS need an importance matrix" in problems(gguf_recipe("m", tmp_path, "[IQ2_XXS]", ", imatrix: false"))
+    assert "tensor_types.ffn_down" in problems(gguf_recipe("m", tmp_path, "[Q8_0]", ", tensor_types: {ffn_down: q7_k}"))
+    assert "types" in problems(gguf_recipe("m", tmp_path, "[]"))
+    # llm-compressor fields do not belong to GGUF outputs
+    assert "unknown field" in problems(gguf_recipe("m", tmp_path, "[Q8_0]", ", group_size: 64"))
+
+
+def test_missing_toolchain_is_a_one_line_error_before_heavy_work(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("QUANTKIT_LLAMA_CPP", str(tmp_path / "no-toolchain"))
+    recipe = quantkit.parse_recipe(gguf_recipe(tiny_model, tmp_path / "out"))
+    rep = NullReporter()
+    with pytest.raises(ToolchainError, match=r"run `quantkit env llama.cpp`"):
+        quantkit.quantize(recipe, reporter=rep)
+    assert not any("calibrat" in s or "convert" in s for s in rep.steps)
+    r = run_cli("quantize", str(_write(tmp_path, recipe)), env={"QUANTKIT_LLAMA_CPP": str(tmp_path / "no-toolchain")})
+    assert r.returncode == 2 and "quantkit env llama.cpp" in r.stderr and "Traceback" not in r.stderr
+
+
+def _write(tmp_path, recipe):
+    import yaml
+
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True)))
+    return p
+
+
+# ------------------------------------------------------------------ with the real toolchain
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer_llama(tmp_path_factory, llamacpp):
+    """A random Llama whose widths are multiples of 256 (so K-quants apply), with SmolLM2's tokenizer
+    (llama.cpp's converter only accepts tokenizers whose pre-tokenizer it knows)."""
+    from quantkit.recipe import ModelSpec
+    from quantkit.sources.models import load_tokenizer, resolve_model
+    from quantkit.testing import build_tiny_llama
+
+    smol = resolve_model(ModelSpec(source="smollm2-135m"))
+    return build_tiny_llama(
+        tmp_path_factory.mktemp("k") / "model", hidden_size=256, intermediate_size=512, tokenizer=load_tokenizer(smol)
+    )
+
+
+def test_unknown_architecture_fails_in_preflight(llamacpp, tiny_model, tmp_path):
+    odd = tmp_path / "odd"
+    shutil.copytree(tiny_model, odd)
+    config = json.loads((odd / "config.json").read_text())
+    config["architectures"] = ["NoSuchModelForCausalLM"]
+    (odd / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SchemeConstraintError, match="does not support architecture NoSuchModelForCausalLM"):
+        from quantkit.engines.gguf import GGUFEngine
+        from quantkit.recipe import ModelSpec
+        from quantkit.sources.models import resolve_model
+
+        GGUFEngine().preflight(quantkit.parse_recipe(gguf_recipe(odd, tmp_path)).outputs[0], resolve_model(ModelSpec(source=str(odd))))
+
+
+def test_k_and_i_quants_on_a_256_wide_model(llamacpp, smol_tokenizer_llama, tmp_path):
+    from gguf import GGUFReader
+
+    recipe = quantkit.parse_recipe(
+        gguf_recipe(smol_tokenizer_llama, tmp_path / "out", "[F16, Q4_K_M, Q3_K_M, IQ4_XS]",
+                    ", output_tensor_type: q8_0", num_samples=4, seq_len=128)
+    )
+    [art] = quantkit.quantize(recipe)
+    m = art.manifest
+    assert m["format"] == "gguf" and m["failures"] == []
+    assert set(m["files"]) >= {"g-F16.gguf", "g-Q4_K_M.gguf", "g-Q3_K_M.gguf", "g-IQ4_XS.gguf", "imatrix.gguf"}
+    assert m["engine"]["toolchain"]["llama_cpp_commit"].startswith("0c1e570")
+    assert m["engine"]["imatrix"]["calibration_fingerprint"] == m["calibration"]["fingerprint"]
+    assert m["engine"]["imatrix"]["chunks"] == 4
+
+    def tensor_type(name, file):
+        reader = GGUFReader(str(art.path / file))
+        return next(t.tensor_type.name for t in reader.tensors if t.name == name)
+
+    assert tensor_type("blk.0.attn_q.weight", "g-Q4_K_M.gguf") == "Q4_K"  # real K-quant, no fallback
+    assert tensor_type("blk.0.attn_q.weight", "g-Q3_K_M.gguf") == "Q3_K"
+    assert tensor_type("blk.0.attn_q.weight", "g-IQ4_XS.gguf") == "IQ4_XS"
+    assert tensor_type("output.weight", "g-Q4_K_M.gguf") == "Q8_0"  # per-tensor override
+    assert m["engine"]["types"]["Q4_K_M"]["bpw"] < m["engine"]["types"]["F16"]["bytes"] * 8 / 1e6
+    for qtype in ("Q4_K_M", "IQ4_XS"):
+        text = llamacpp.complete(art.path / f"g-{qtype}.gguf", "Hello", n_tokens=8)
+        assert isinstance(text, str)
+
+
+def test_a_failed_type_keeps_the_others(llamacpp, smol_tokenizer_llama, tmp_path, monkeypatch):
+    import quantkit.engines.gguf as gguf_engine
+
+    real = gguf_engine.quantize_type
+
+    def flaky(tc, base, target, qtype, out, imatrix):
+        if qtype == "Q4_0":
+            raise ToolchainError("llama-quantize failed (exit 1):\nsimulated failure")
+        return real(tc, base, target, qtype, out, imatrix)
+
+    monkeypatch.setattr(gguf_engine, "quantize_type", flaky)
+    recipe = quantkit.parse_recipe(gguf_recipe(smol_tokenizer_llama, tmp_path / "out", "[Q8_0, Q4_0]", ", imatrix: false"))
+    with pytest.raises(quantkit.QuantizeFailed) as e:
+        quantkit.quantize(recipe)
+    [art] = e.value.artifacts
+    assert (art.path / "g-Q8_0.gguf").is_file() and not (art.path / "g-Q4_0.gguf").exists()
+    assert art.manifest["failures"][0].startswith("Q4_0: llama-quantize failed")
+    assert "Q4_0" in str(e.value)
