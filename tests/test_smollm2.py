@@ -11,6 +11,8 @@ import pytest
 
 from quantkit.artifact import Artifact
 
+from quantkit.sources.calibration import builtin_holdout_text
+
 from conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
@@ -115,24 +117,13 @@ def test_gguf_file_loads_and_generates_in_llamacpp(artifacts, llamacpp, qtype):
         assert "Paris" in text, text
 
 
-def _holdout_text(n_chars: int) -> str:
-    from quantkit.sources.calibration import _builtin_texts
-
-    text = ""
-    for prose, code in zip(_builtin_texts("prose", "holdout"), _builtin_texts("code", "holdout")):
-        text += prose + "\n\n" + code + "\n\n"
-        if len(text) >= n_chars:
-            break
-    return text
-
-
 def test_gguf_tokenizes_held_out_text_exactly_like_hf(artifacts, llamacpp):
     from quantkit.engines.gguf import gguf_tokens
     from quantkit.sources.models import load_tokenizer, resolve_model
     from quantkit.recipe import ModelSpec
 
     out, _, _ = artifacts
-    text = _holdout_text(12_000)
+    text = builtin_holdout_text(12_000)
     hf = load_tokenizer(resolve_model(ModelSpec(source="smollm2-135m")))(text, add_special_tokens=False)["input_ids"]
     assert len(hf) > 2500
     assert gguf_tokens(llamacpp, out / GGUF / f"{GGUF}-Q8_0.gguf", text) == hf
@@ -147,7 +138,7 @@ def test_imatrix_lowers_q4_k_m_kld_on_held_out_text(artifacts, llamacpp, tmp_pat
     out, _, _ = artifacts
     base = converted_base(llamacpp, resolve_model(ModelSpec(source="smollm2-135m")), "F16", NullReporter())
     text = tmp_path / "holdout.txt"
-    text.write_text(_holdout_text(40_000))
+    text.write_text(builtin_holdout_text(40_000))
     logits = tmp_path / "f16.logits"
     llamacpp.perplexity(base, text, ctx=256, chunks=16, save_logits=logits)
     plain = tmp_path / "q4km-plain.gguf"

@@ -93,6 +93,16 @@ def _builtin_texts(name: str, split: str) -> list[str]:
     return _file_texts(path, "text")
 
 
+def builtin_holdout_text(n_chars: int) -> str:
+    """Held-out prose and code (never calibrated on), alternating, at least `n_chars` long if available."""
+    text = ""
+    for prose, code in zip(_builtin_texts("prose", "holdout"), _builtin_texts("code", "holdout")):
+        text += prose + "\n\n" + code + "\n\n"
+        if len(text) >= n_chars:
+            break
+    return text
+
+
 def _file_texts(path: Path, text_field: str) -> list[str]:
     suffix = path.suffix.lower()
     if suffix == ".txt":
