@@ -134,6 +134,10 @@ class Int8Output(_OutputBase, _WeightOverrides):
     scheme: Literal["W8A8"] = "W8A8"
     smoothquant: bool = Field(True, description="Migrate activation outliers into weights first (SmoothQuant).")
     smoothing_strength: float = Field(0.8, ge=0, le=1, description="SmoothQuant alpha.")
+    activations: Literal["dynamic", "static"] = Field(
+        "dynamic",
+        description="int8 activation scales: `dynamic` per token at run time, or `static` per tensor from calibration.",
+    )
     weight_algorithm: Literal["gptq", "rtn"] = Field("gptq", description="How int8 weights are rounded.")
     dampening_frac: float = Field(0.01, gt=0, lt=1, description="GPTQ Hessian dampening (weight_algorithm gptq).")
 

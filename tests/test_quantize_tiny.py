@@ -20,6 +20,7 @@ METHOD_OUTPUTS = {
     "awq": ("  - {method: awq, group_size: 64, n_grid: 3}\n", "pack-quantized", 4, None),
     "gptq": ("  - {method: gptq, scheme: W4A16_ASYM, group_size: 64}\n", "pack-quantized", 4, None),
     "int8": ("  - {method: int8}\n", "int-quantized", 8, "int"),
+    "int8-static": ("  - {method: int8, activations: static, weight_algorithm: rtn, smoothing_strength: 0.5}\n", "int-quantized", 8, "int"),
     "fp8": ("  - {method: fp8}\n", "float-quantized", 8, "float"),
     "rtn": ("  - {method: rtn, group_size: 32}\n", "pack-quantized", 4, None),
 }
@@ -39,12 +40,14 @@ def test_method_writes_loadable_checkpoint(method, tiny_model, tmp_path):
     assert group["weights"]["num_bits"] == bits
     assert "lm_head" in qc["ignore"]
     if act_type:
-        assert group["input_activations"]["type"] == act_type and group["input_activations"]["dynamic"] is True
+        acts = group["input_activations"]
+        assert acts["type"] == act_type and acts["dynamic"] is (method != "int8-static")
+        assert acts["strategy"] == ("tensor" if method == "int8-static" else "token")
     else:
         assert group["input_activations"] is None
 
     # calibrated methods ran layer by layer and reported it
-    calibrated = method in ("awq", "gptq", "int8")
+    calibrated = method in ("awq", "gptq", "int8", "int8-static")
     assert ("calibrating layers" in reporter.steps) == calibrated
     assert (art.manifest["calibration"] is not None) == calibrated
 

@@ -147,3 +147,15 @@ def test_imatrix_lowers_q4_k_m_kld_on_held_out_text(artifacts, llamacpp, tmp_pat
     without = llamacpp.kl_divergence(plain, logits, ctx=256, chunks=16)
     print(f"Q4_K_M mean KLD vs F16: with imatrix {with_imatrix['mean_kld']:.4f}, without {without['mean_kld']:.4f}")
     assert with_imatrix["mean_kld"] < without["mean_kld"]
+
+
+def test_a_gguf_file_is_a_model_source(artifacts):
+    from quantkit.recipe import ModelSpec
+    from quantkit.sources.models import BUILTIN_MODELS, builtin_gguf_path, resolve_model
+
+    gguf_file = builtin_gguf_path(BUILTIN_MODELS["smollm2-135m"])
+    as_file = resolve_model(ModelSpec(source=str(gguf_file)))
+    builtin = resolve_model(ModelSpec(source="smollm2-135m"))
+    assert as_file.kind == "gguf" and builtin.kind == "builtin"
+    assert as_file.fingerprint == builtin.fingerprint  # same file, same dequantized checkpoint
+    assert as_file.origin["gguf_sha256"] == BUILTIN_MODELS["smollm2-135m"].sha256

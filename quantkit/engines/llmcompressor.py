@@ -43,10 +43,16 @@ def resolved_scheme(output):
         weights.update(strategy="group", group_size=group_size)
     if symmetric is not None:
         weights["symmetric"] = symmetric
+    activations = scheme.input_activations
+    if getattr(output, "activations", "dynamic") == "static" and activations is not None:
+        # one scale per tensor, observed on the calibration set (what static-scale int8 kernels take)
+        activations = QuantizationArgs(
+            **{**activations.model_dump(), "strategy": "tensor", "dynamic": False, "observer": "static_minmax"}
+        )
     return QuantizationScheme(
         targets=list(output.targets),
         weights=QuantizationArgs(**weights),
-        input_activations=scheme.input_activations,
+        input_activations=activations,
         output_activations=scheme.output_activations,
         format=scheme.format,
     )
