@@ -117,6 +117,16 @@ def test_k_and_i_quants_on_a_256_wide_model(llamacpp, smol_tokenizer_llama, tmp_
         text = llamacpp.complete(art.path / f"g-{qtype}.gguf", "Hello", n_tokens=8)
         assert isinstance(text, str)
 
+    # validate evaluates every type with llama.cpp against the F32 conversion of the base
+    from quantkit.validate import validate
+
+    report = validate(art.path, max_tokens=256, context=128)
+    assert [t.target for t in report.targets] == [f"g/{t}" for t in ("F16", "Q4_K_M", "Q3_K_M", "IQ4_XS")]
+    by_type = {t.scheme: t for t in report.targets}
+    assert all(s.runtime == "llama.cpp" and s.n_tokens == 256 for t in report.targets for s in t.scores)
+    assert by_type["F16"].scores[0].kld_mean < by_type["Q3_K_M"].scores[0].kld_mean
+    assert json.loads((art.path / "validation.json").read_text())["targets"][1]["scheme"] == "Q4_K_M"
+
 
 def test_a_failed_type_keeps_the_others(llamacpp, smol_tokenizer_llama, tmp_path, monkeypatch):
     import quantkit.engines.gguf as gguf_engine

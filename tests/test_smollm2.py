@@ -159,3 +159,40 @@ def test_a_gguf_file_is_a_model_source(artifacts):
     assert as_file.kind == "gguf" and builtin.kind == "builtin"
     assert as_file.fingerprint == builtin.fingerprint  # same file, same dequantized checkpoint
     assert as_file.origin["gguf_sha256"] == BUILTIN_MODELS["smollm2-135m"].sha256
+
+
+# ------------------------------------------------------------------ validate
+
+
+def test_validate_gguf_q8_passes_default_gates(artifacts):
+    from quantkit.validate import validate
+
+    out, _, _ = artifacts
+    report = validate(out / GGUF, max_tokens=1024, context=256)
+    by_type = {t.scheme: t for t in report.targets}
+    assert set(by_type) == set(GGUF_TYPES)
+    q8 = by_type["Q8_0"]
+    assert q8.passed, [g.to_dict() for g in q8.gates]
+    assert by_type["Q8_0"].scores[0].kld_mean < by_type["Q4_K_M"].scores[0].kld_mean
+    assert (out / GGUF / "validation.md").read_text().count("| smollm2-135m-gguf/") == 2 * len(GGUF_TYPES)
+
+
+def test_validate_fails_a_broken_artifact_and_reports_fp8(artifacts, tmp_path):
+    import quantkit
+    from quantkit.validate import validate
+
+    out, _, _ = artifacts
+    recipe = quantkit.load_recipe(REPO / "recipes" / "smollm2-135m.yaml",
+                                  overrides=["outputs=[{method: rtn, name: broken-2bit, bits: 2, group_size: 64}]"])
+    [broken] = quantkit.quantize(recipe, output_dir=tmp_path)
+    bad = validate(broken.path, max_tokens=512, context=256)
+    assert not bad.passed
+    assert next(g for g in bad.targets[0].gates if g.gate == "kld_mean_max").value > 0.4
+
+    r = run_cli("validate", str(out / "smollm2-135m-fp8-dynamic"), "--max-tokens", "512", "--context", "256", "--json")
+    assert r.returncode in (0, 1), r.stderr
+    [report] = json.loads(r.stdout)
+    fp8 = report["targets"][0]
+    assert fp8["runtime"] == "transformers" and {d["domain"] for d in fp8["domains"]} == {"prose", "code"}
+    # the gate outcome is reported as measured; SmolLM2's FP8 KLD is known to exceed the 8-bit default
+    assert (r.returncode == 0) == report["passed"]

@@ -10,6 +10,7 @@ import typer
 from quantkit.cli import env as env_cli
 from quantkit.cli import quantize as quantize_cli
 from quantkit.cli import recipes as recipes_cli
+from quantkit.cli import validate as validate_cli
 from quantkit.cli.options import ArtifactArg, JsonOpt
 from quantkit.cli.output import console, fail, human_bytes
 
@@ -21,6 +22,7 @@ app = typer.Typer(
     add_completion=False,
 )
 quantize_cli.register(app)
+validate_cli.register(app)
 app.add_typer(recipes_cli.app, name="recipes")
 app.add_typer(env_cli.app, name="env")
 

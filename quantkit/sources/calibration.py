@@ -93,6 +93,16 @@ def _builtin_texts(name: str, split: str) -> list[str]:
     return _file_texts(path, "text")
 
 
+def builtin_domain_text(domain: str, n_chars: int) -> str:
+    """Held-out text of one built-in domain (`prose` or `code`), at least `n_chars` long if available."""
+    text = ""
+    for t in _builtin_texts(domain, "holdout"):
+        text += t + "\n\n"
+        if len(text) >= n_chars:
+            break
+    return text
+
+
 def builtin_holdout_text(n_chars: int) -> str:
     """Held-out prose and code (never calibrated on), alternating, at least `n_chars` long if available."""
     text = ""

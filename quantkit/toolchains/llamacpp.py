@@ -102,10 +102,12 @@ class LlamaCpp:
         if save_logits:
             args += ["--kl-divergence-base", str(save_logits)]
         proc = self.run("llama-perplexity", args, timeout=3600)
-        m = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", proc.stdout + proc.stderr)
+        log = proc.stdout + proc.stderr
+        m = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", log)
         if not m:
             raise ToolchainError("llama-perplexity printed no final estimate")
-        return {"ppl": float(m.group(1)), "ppl_stderr": float(m.group(2))}
+        n = re.search(r"calculating perplexity over (\d+) chunks", log)
+        return {"ppl": float(m.group(1)), "ppl_stderr": float(m.group(2)), "chunks": int(n.group(1)) if n else None}
 
     def kl_divergence(self, gguf_file: Path, base_logits: Path, ctx: int, chunks: int | None = None) -> dict:
         """llama-perplexity --kl-divergence against logits saved from the base model."""
@@ -114,13 +116,14 @@ class LlamaCpp:
         if chunks:
             args += ["--chunks", str(chunks)]
         out = self.run("llama-perplexity", args, timeout=3600).stdout
+        num = r"(-?nan|-?[0-9.]+(?:e[-+]?[0-9]+)?)"  # tiny KLDs print as -0.000000, degenerate ones as nan
         patterns = {
-            "mean_kld": r"^Mean\s+KLD:\s+([0-9.]+)",
-            "median_kld": r"^Median\s+KLD:\s+([0-9.]+)",
-            "p99_kld": r"^99\.0%\s+KLD:\s+([0-9.]+)",
-            "same_top_p": r"^Same top p:\s+([0-9.]+)",
-            "ppl": r"^Mean PPL\(Q\)\s+:\s+([0-9.]+)",
-            "ppl_base": r"^Mean PPL\(base\)\s+:\s+([0-9.]+)",
+            "mean_kld": r"^Mean\s+KLD:\s+" + num,
+            "median_kld": r"^Median\s+KLD:\s+" + num,
+            "p99_kld": r"^99\.0%\s+KLD:\s+" + num,
+            "same_top_p": r"^Same top p:\s+" + num,
+            "ppl": r"^Mean PPL\(Q\)\s+:\s+" + num,
+            "ppl_base": r"^Mean PPL\(base\)\s+:\s+" + num,
         }
         result = {}
         for key, pat in patterns.items():

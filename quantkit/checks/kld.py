@@ -1,0 +1,24 @@
+"""KL divergence of the artifact's next-token distribution from the base's, over the full vocabulary."""
+
+from __future__ import annotations
+
+from quantkit.checks.base import Check, CheckResult
+
+
+class KLDivergenceCheck(Check):
+    name = "kld"
+
+    def run(self, scores) -> CheckResult:
+        if not scores:
+            return CheckResult(self.name, "skipped", reason="no evaluation text")
+        per = {
+            s.domain: {"kld_mean": s.kld_mean, "kld_median": s.kld_median, "kld_p99": s.kld_p99, "top1_agreement": s.top1_agreement}
+            for s in scores
+        }
+        return CheckResult(
+            self.name,
+            "measured",
+            metrics={"kld_mean": max(s.kld_mean for s in scores), "top1_agreement": min(s.top1_agreement for s in scores)},
+            per_domain=per,
+            sample={s.domain: {"tokens": s.n_tokens, "runtime": s.runtime} for s in scores},
+        )

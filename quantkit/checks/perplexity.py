@@ -1,0 +1,21 @@
+"""Perplexity of the artifact and its base on held-out text, and the relative increase."""
+
+from __future__ import annotations
+
+from quantkit.checks.base import Check, CheckResult
+
+
+class PerplexityCheck(Check):
+    name = "perplexity"
+
+    def run(self, scores) -> CheckResult:
+        if not scores:
+            return CheckResult(self.name, "skipped", reason="no evaluation text")
+        per = {s.domain: {"base_ppl": s.base_ppl, "ppl": s.ppl, "ppl_increase": s.ppl_increase} for s in scores}
+        return CheckResult(
+            self.name,
+            "measured",
+            metrics={"ppl_increase": max(s.ppl_increase for s in scores)},
+            per_domain=per,
+            sample={s.domain: {"tokens": s.n_tokens, "context": s.context, "stride": s.stride, "runtime": s.runtime} for s in scores},
+        )

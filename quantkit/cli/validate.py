@@ -1,0 +1,75 @@
+"""`quantkit validate PATH`: evaluate artifacts against their base, with gates; exit 1 on a failed gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from quantkit.cli.options import JsonOpt, VerboseOpt
+from quantkit.cli.output import console, err_console, quiet_libraries, sigterm_as_exit
+
+
+def validate_command(
+    path: Annotated[Path, typer.Argument(help="An artifact folder, or a folder of artifacts (e.g. out/).", show_default=False)],
+    gate: Annotated[Optional[list[str]], typer.Option("--gate", help="Override a gate: KEY=VALUE (kld_mean_max, ppl_increase_max, top1_agreement_min). Repeatable.", show_default=False)] = None,
+    context: Annotated[int, typer.Option("--context", help="Tokens per evaluation window.")] = 512,
+    stride: Annotated[Optional[int], typer.Option("--stride", help="Window stride for transformers runtimes (default: --context, no overlap).", show_default=False)] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Scored tokens per domain.")] = 4096,
+    verbose: VerboseOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure perplexity and KL divergence of each artifact against its unquantized base on held-out
+    text (built-in prose and code domains), apply the gates, and write validation.json / validation.md
+    into each artifact. Exit 0 when every gate passes, 1 when one fails, 2 for bad input.
+
+    Examples:
+
+      quantkit validate out/smollm2-135m-fp8-dynamic
+
+      quantkit validate out/ --gate kld_mean_max=0.05
+    """
+    quiet_libraries(verbose)
+    from quantkit.gates import parse_gate_overrides
+    from quantkit.progress import RichReporter
+    from quantkit.validate import find_artifacts, validate
+
+    overrides = parse_gate_overrides(gate)
+    folders = find_artifacts(path)
+    reports = []
+    with sigterm_as_exit(), RichReporter(err_console) as reporter:
+        for folder in folders:
+            reports.append(validate(folder, gate_overrides=overrides, context=context, stride=stride,
+                                    max_tokens=max_tokens, reporter=reporter))
+    if as_json:
+        console.print_json(json.dumps([r.to_dict() for r in reports]))
+    else:
+        console.print(results_table(reports))
+    if not all(r.passed for r in reports):
+        raise typer.Exit(1)
+
+
+def results_table(reports) -> Table:
+    table = Table(title="quantkit validate", title_justify="left")
+    for col, just in (("target", "left"), ("domain", "left"), ("tokens", "right"), ("base ppl", "right"), ("ppl", "right"),
+                      ("mean KLD", "right"), ("top-1", "right"), ("gates", "left")):
+        table.add_column(col, justify=just)
+    for r in reports:
+        for t in r.targets:
+            gates = "; ".join(
+                f"{'[green]✓[/]' if g.passed else '[red]✗[/]'} {g.gate} {'-' if g.value is None else f'{g.value:.4g}'} (≤ {g.threshold})"
+                if g.gate.endswith("_max") else
+                f"{'[green]✓[/]' if g.passed else '[red]✗[/]'} {g.gate} {'-' if g.value is None else f'{g.value:.4g}'} (≥ {g.threshold})"
+                for g in t.gates
+            )
+            for i, s in enumerate(t.scores):
+                table.add_row(t.target if i == 0 else "", s.domain, str(s.n_tokens), f"{s.base_ppl:.3f}", f"{s.ppl:.3f}",
+                              f"{s.kld_mean:.4f}", f"{s.top1_agreement:.1%}", gates if i == 0 else "")
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    app.command("validate")(validate_command)

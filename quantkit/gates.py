@@ -1,0 +1,85 @@
+"""Pass/fail gates on validation metrics, with defaults by precision class.
+
+Defaults follow what the field publishes: llama.cpp's KL-divergence tables put Q8_0 at a mean
+KLD of about 0.001-0.005 and Q4_K_M at about 0.03 on 8B models; quantkit allows roughly twice
+that per precision class. Small models lose more (the embedded SmolLM2-135M fails several of
+these): that is a true result, so the defaults are not loosened for it. Override per run with
+`--gate KEY=VALUE`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+from quantkit.errors import QuantkitError
+
+# metric name -> (gate key, comparison): "max" gates fail above the threshold, "min" below it
+GATE_KEYS = {
+    "kld_mean_max": ("kld_mean", "max"),
+    "ppl_increase_max": ("ppl_increase", "max"),
+    "top1_agreement_min": ("top1_agreement", "min"),
+}
+CLASS_DEFAULTS = {  # bits -> default thresholds
+    16: {"kld_mean_max": 0.002, "ppl_increase_max": 0.01},
+    8: {"kld_mean_max": 0.01, "ppl_increase_max": 0.02},
+    6: {"kld_mean_max": 0.02, "ppl_increase_max": 0.03},
+    5: {"kld_mean_max": 0.04, "ppl_increase_max": 0.05},
+    4: {"kld_mean_max": 0.06, "ppl_increase_max": 0.08},
+    3: {"kld_mean_max": 0.15, "ppl_increase_max": 0.15},
+    2: {"kld_mean_max": 0.4, "ppl_increase_max": 0.4},
+}
+
+
+def precision_bits(method: str, scheme: str, bits: int | None = None) -> int:
+    """Nominal bits of an output (compressed-tensors scheme or GGUF type)."""
+    if bits:
+        return bits
+    s = scheme.upper()
+    if s in ("F32", "F16", "BF16"):
+        return 16
+    if method in ("fp8", "int8") or s.startswith(("W8", "FP8", "Q8")):
+        return 8
+    m = re.match(r"^(?:W|Q|IQ|TQ)(\d)", s)
+    return int(m.group(1)) if m else 4
+
+
+def default_gates(method: str, scheme: str, bits: int | None = None) -> dict[str, float]:
+    b = precision_bits(method, scheme, bits)
+    return dict(CLASS_DEFAULTS[min(CLASS_DEFAULTS, key=lambda k: (abs(k - b), -k))])
+
+
+def parse_gate_overrides(items: list[str] | None) -> dict[str, float]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in GATE_KEYS:
+            raise QuantkitError(f"--gate {item!r}: expected KEY=VALUE with KEY one of {', '.join(GATE_KEYS)}")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise QuantkitError(f"--gate {item!r}: {value!r} is not a number") from None
+    return out
+
+
+@dataclass
+class GateResult:
+    gate: str
+    metric: str
+    value: float | None
+    threshold: float
+    passed: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate_gates(gates: dict[str, float], metrics: dict[str, float]) -> list[GateResult]:
+    results = []
+    for key, threshold in gates.items():
+        metric, kind = GATE_KEYS[key]
+        value = metrics.get(metric)
+        # a metric that was not measured fails its gate: a skipped check never passes
+        passed = value is not None and (value <= threshold if kind == "max" else value >= threshold)
+        results.append(GateResult(key, metric, value, threshold, passed))
+    return results
