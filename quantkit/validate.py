@@ -67,6 +67,32 @@ class ValidationReport:
                 "passed": self.passed, "settings": self.settings, "targets": [t.to_dict() for t in self.targets]}
 
 
+def load_domains(specs: list[str] | None, text_field: str = "text") -> dict[str, str] | None:
+    """`NAME=FILE` (JSONL/JSON/TXT/parquet, records joined by blank lines) or `NAME=builtin:prose|code`."""
+    from quantkit.sources.calibration import _file_texts, builtin_domain_text
+
+    if not specs:
+        return None
+    domains = {}
+    for spec in specs:
+        name, sep, source = spec.partition("=")
+        if not sep or not name or not source:
+            raise QuantkitError(f"--domain {spec!r}: expected NAME=FILE or NAME=builtin:prose|code")
+        if name in domains:
+            raise QuantkitError(f"--domain {name} given twice")
+        if source.startswith("builtin:"):
+            builtin = source.removeprefix("builtin:")
+            if builtin not in DEFAULT_DOMAINS:
+                raise QuantkitError(f"--domain {spec!r}: built-in held-out domains are prose and code")
+            domains[name] = builtin_domain_text(builtin, 200_000)
+            continue
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise QuantkitError(f"--domain {name}: file not found: {path.resolve()}")
+        domains[name] = "\n\n".join(_file_texts(path, text_field))
+    return domains
+
+
 def evaluation_texts(domains: dict[str, str] | None, max_tokens: int) -> dict[str, str]:
     from quantkit.sources.calibration import builtin_domain_text
 

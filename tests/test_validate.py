@@ -137,3 +137,22 @@ def test_a_broken_artifact_fails_the_default_gates(tiny_artifacts):
     assert not report.passed
     good = validate(tiny_artifacts["tiny-int8-w8a8"], max_tokens=128, context=64, gate_overrides={"kld_mean_max": 1e-3})
     assert good.passed
+
+
+def test_user_domains(tiny_artifacts, tmp_path):
+    from quantkit.validate import load_domains
+
+    (tmp_path / "legal.jsonl").write_text('{"text": "The party of the first part shall indemnify."}\n' * 40)
+    domains = load_domains([f"legal={tmp_path / 'legal.jsonl'}", "code=builtin:code"])
+    assert list(domains) == ["legal", "code"] and domains["legal"].startswith("The party")
+    report = validate(tiny_artifacts["tiny-fp8-fp8-dynamic"], domains=domains, max_tokens=128, context=64, write=False)
+    assert [s.domain for s in report.targets[0].scores] == ["legal", "code"]
+    with pytest.raises(QuantkitError, match="file not found"):
+        load_domains([f"x={tmp_path / 'missing.txt'}"])
+    with pytest.raises(QuantkitError, match="NAME=FILE"):
+        load_domains(["legal"])
+    with pytest.raises(QuantkitError, match="prose and code"):
+        load_domains(["x=builtin:poetry"])
+    r = run_cli("validate", str(tiny_artifacts["tiny-fp8-fp8-dynamic"]), "--max-tokens", "64", "--context", "64",
+                "--domain", f"legal={tmp_path / 'legal.jsonl'}")
+    assert r.returncode in (0, 1) and "legal" in r.stdout

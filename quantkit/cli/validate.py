@@ -19,6 +19,7 @@ def validate_command(
     context: Annotated[int, typer.Option("--context", help="Tokens per evaluation window.")] = 512,
     stride: Annotated[Optional[int], typer.Option("--stride", help="Window stride for transformers runtimes (default: --context, no overlap).", show_default=False)] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Scored tokens per domain.")] = 4096,
+    domain: Annotated[Optional[list[str]], typer.Option("--domain", help="Held-out text: NAME=FILE (.jsonl/.json/.txt/.parquet, field `text`) or NAME=builtin:prose|code. Repeatable; replaces the built-in prose and code domains.", show_default=False)] = None,
     verbose: VerboseOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -31,19 +32,22 @@ def validate_command(
       quantkit validate out/smollm2-135m-fp8-dynamic
 
       quantkit validate out/ --gate kld_mean_max=0.05
+
+      quantkit validate out/my-model-gptq --domain legal=holdout/legal.jsonl --domain code=builtin:code
     """
     quiet_libraries(verbose)
     from quantkit.gates import parse_gate_overrides
     from quantkit.progress import RichReporter
-    from quantkit.validate import find_artifacts, validate
+    from quantkit.validate import find_artifacts, load_domains, validate
 
     overrides = parse_gate_overrides(gate)
+    domains = load_domains(domain)
     folders = find_artifacts(path)
     reports = []
     with sigterm_as_exit(), RichReporter(err_console) as reporter:
         for folder in folders:
             reports.append(validate(folder, gate_overrides=overrides, context=context, stride=stride,
-                                    max_tokens=max_tokens, reporter=reporter))
+                                    max_tokens=max_tokens, domains=domains, reporter=reporter))
     if as_json:
         console.print_json(json.dumps([r.to_dict() for r in reports]))
     else:
