@@ -19,7 +19,10 @@ GATE_KEYS = {
     "kld_mean_max": ("kld_mean", "max"),
     "ppl_increase_max": ("ppl_increase", "max"),
     "top1_agreement_min": ("top1_agreement", "min"),
+    "recovery_min": ("recovery", "min"),  # lm-eval accuracy artifact / base
 }
+# llm-compressor's own CI gates task recovery at 0.95; applied when lm-eval tasks ran
+RECOVERY_MIN_DEFAULT = 0.95
 CLASS_DEFAULTS = {  # bits -> default thresholds
     16: {"kld_mean_max": 0.002, "ppl_increase_max": 0.01},
     8: {"kld_mean_max": 0.01, "ppl_increase_max": 0.02},

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quantkit.artifact import MANIFEST_NAME, Artifact, utc_now
-from quantkit.checks import CHECKS
+from quantkit.checks import CHECKS, CheckContext
 from quantkit.errors import ArtifactError, QuantkitError
-from quantkit.gates import GateResult, default_gates, evaluate_gates
+from quantkit.gates import RECOVERY_MIN_DEFAULT, GateResult, default_gates, evaluate_gates
 from quantkit.progress import NullReporter, Reporter
 from quantkit.runtimes.base import DomainScores
 
@@ -35,6 +35,7 @@ class EvaluatedTarget:
     size_bytes: int
     runtime: str
     scores: list[DomainScores]
+    path: Path | None = None  # the folder or GGUF file evaluated
     checks: list = field(default_factory=list)
     gates: list[GateResult] = field(default_factory=list)
 
@@ -111,6 +112,8 @@ def validate(
     stride: int | None = None,
     max_tokens: int = 4096,
     domains: dict[str, str] | None = None,
+    tasks: list[str] | None = None,
+    task_limit: int | None = None,
     reporter: Reporter | None = None,
     write: bool = True,
 ) -> ValidationReport:
@@ -121,15 +124,24 @@ def validate(
     if not 1 <= stride <= context:
         raise QuantkitError(f"stride must be between 1 and the context length {context}; got {stride}")
     texts = evaluation_texts(domains, max_tokens)
-    settings = {"context": context, "stride": stride, "max_tokens": max_tokens, "domains": list(texts)}
+    settings = {"context": context, "stride": stride, "max_tokens": max_tokens, "domains": list(texts),
+                "tasks": list(tasks or []), "task_limit": task_limit}
     if art.manifest["format"] == "gguf":
         targets = _validate_gguf(art, texts, context, max_tokens, reporter)
     else:
         targets = [_validate_transformers(art, texts, context, stride, max_tokens, reporter)]
+    base_folder = _base_folder(art)
     for t in targets:
-        t.checks = [check.run(t.scores) for check in CHECKS.values()]
+        ctx = CheckContext(t.scores, t.path or art.path, base_folder, art.manifest["format"], list(tasks or []), task_limit)
+        t.checks = []
+        for check in CHECKS.values():
+            with reporter.task(f"{t.target}: {check.name}"):
+                t.checks.append(check.run(ctx))
         metrics = {k: v for c in t.checks for k, v in c.metrics.items()}
-        gates = {**default_gates(t.method, t.scheme, art.manifest["output"].get("bits")), **(gate_overrides or {})}
+        gates = default_gates(t.method, t.scheme, art.manifest["output"].get("bits"))
+        if tasks and art.manifest["format"] == "compressed-tensors":
+            gates["recovery_min"] = RECOVERY_MIN_DEFAULT
+        gates.update(gate_overrides or {})
         t.gates = evaluate_gates(gates, metrics)
     report = ValidationReport(art.path, settings, targets)
     if write:
@@ -168,7 +180,8 @@ def _validate_transformers(art, texts, context, stride, max_tokens, reporter) ->
         with reporter.task(f"{art.name}: perplexity and KLD on {domain} ({len(ids)} tokens)"):
             scores.append(score_lockstep(base, quant, ids, domain, context=context, stride=stride))
     m = art.manifest
-    return EvaluatedTarget(art.name, art.name, m["output"]["method"], m["scheme"], m["size_bytes"], "transformers", scores)
+    return EvaluatedTarget(art.name, art.name, m["output"]["method"], m["scheme"], m["size_bytes"], "transformers", scores,
+                           path=art.path)
 
 
 def _validate_gguf(art, texts, context, max_tokens, reporter) -> list[EvaluatedTarget]:
@@ -204,7 +217,8 @@ def _validate_gguf(art, texts, context, max_tokens, reporter) -> list[EvaluatedT
             for domain, (logit_file, used) in logits.items():
                 with reporter.task(f"{qtype}: KLD and perplexity on {domain} (llama-perplexity)"):
                     scores.append(score_gguf(tc, art.path / info["file"], logit_file, domain, context, used))
-            targets.append(EvaluatedTarget(art.name, f"{art.name}/{qtype}", "gguf", qtype, info["bytes"], "llama.cpp", scores))
+            targets.append(EvaluatedTarget(art.name, f"{art.name}/{qtype}", "gguf", qtype, info["bytes"], "llama.cpp", scores,
+                                           path=art.path / info["file"]))
     return targets
 
 

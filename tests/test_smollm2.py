@@ -189,10 +189,15 @@ def test_validate_fails_a_broken_artifact_and_reports_fp8(artifacts, tmp_path):
     assert not bad.passed
     assert next(g for g in bad.targets[0].gates if g.gate == "kld_mean_max").value > 0.4
 
-    r = run_cli("validate", str(out / "smollm2-135m-fp8-dynamic"), "--max-tokens", "512", "--context", "256", "--json")
+    r = run_cli("validate", str(out / "smollm2-135m-fp8-dynamic"), "--max-tokens", "512", "--context", "256", "--json",
+                "--task", "quantkit_docstring_mc")
     assert r.returncode in (0, 1), r.stderr
     [report] = json.loads(r.stdout)
     fp8 = report["targets"][0]
     assert fp8["runtime"] == "transformers" and {d["domain"] for d in fp8["domains"]} == {"prose", "code"}
     # the gate outcome is reported as measured; SmolLM2's FP8 KLD is known to exceed the 8-bit default
     assert (r.returncode == 0) == report["passed"]
+    lm = next(c for c in fp8["checks"] if c["check"] == "lm_eval")
+    task = lm["per_domain"]["quantkit_docstring_mc"]
+    print(f"docstring MC: base acc {task['base_acc']:.3f}, fp8 acc {task['acc']:.3f}, recovery {task['recovery']}")
+    assert lm["status"] == "measured" and task["base_acc"] > 0.25  # better than chance on 4 choices

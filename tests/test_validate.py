@@ -99,7 +99,10 @@ def test_validate_writes_reports(tiny_artifacts):
     [target] = data["targets"]
     assert [d["domain"] for d in target["domains"]] == ["prose", "code"]
     assert all(d["n_tokens"] == 255 for d in target["domains"])
-    assert {c["check"] for c in target["checks"]} == {"perplexity", "kld"}
+    assert {c["check"] for c in target["checks"]} == {"perplexity", "kld", "lm_eval"}
+    lm = next(c for c in target["checks"] if c["check"] == "lm_eval")
+    assert lm["status"] == "skipped" and "--task" in lm["reason"]
+    assert "recovery_min" not in {g["gate"] for g in target["gates"]}
     md = (tiny_artifacts["tiny-fp8-fp8-dynamic"] / "validation.md").read_text()
     assert "| tiny-fp8-fp8-dynamic | prose | 255 |" in md
     quantkit.Artifact.load(tiny_artifacts["tiny-fp8-fp8-dynamic"])  # reports do not break the checksums
@@ -156,3 +159,20 @@ def test_user_domains(tiny_artifacts, tmp_path):
     r = run_cli("validate", str(tiny_artifacts["tiny-fp8-fp8-dynamic"]), "--max-tokens", "64", "--context", "64",
                 "--domain", f"legal={tmp_path / 'legal.jsonl'}")
     assert r.returncode in (0, 1) and "legal" in r.stdout
+
+
+def test_shipped_lm_eval_task_runs_offline(tiny_artifacts):
+    from quantkit.tasks import docstring_mc_items
+
+    items = docstring_mc_items()
+    assert len(items) >= 50 and all(len(i["choices"]) == 4 and 0 <= i["answer"] < 4 for i in items)
+    assert items == docstring_mc_items()  # deterministic
+    report = validate(tiny_artifacts["tiny-int8-w8a8"], max_tokens=64, context=64,
+                      tasks=["quantkit_docstring_mc"], task_limit=20, write=False)
+    lm = next(c for c in report.targets[0].checks if c.check == "lm_eval")
+    assert lm.status == "measured"
+    per = lm.per_domain["quantkit_docstring_mc"]
+    assert 0 <= per["acc"] <= 1 and 0 <= per["base_acc"] <= 1
+    assert lm.sample["quantkit_docstring_mc"]["documents"] == 20
+    gate = next(g for g in report.targets[0].gates if g.gate == "recovery_min")
+    assert gate.threshold == 0.95 and gate.metric == "recovery"

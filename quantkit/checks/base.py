@@ -4,10 +4,23 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from quantkit.runtimes.base import DomainScores
+
+
+@dataclass
+class CheckContext:
+    """What a check may look at for one evaluated target."""
+
+    scores: "list[DomainScores]"
+    target_path: Path  # compressed-tensors folder or GGUF file
+    base_path: Path  # the float base folder
+    format: str
+    tasks: list[str] = field(default_factory=list)
+    task_limit: int | None = None
 
 
 @dataclass
@@ -29,4 +42,4 @@ class Check(ABC):
     name: str
 
     @abstractmethod
-    def run(self, scores: "list[DomainScores]") -> CheckResult: ...
+    def run(self, ctx: CheckContext) -> CheckResult: ...

@@ -8,7 +8,8 @@ from quantkit.checks.base import Check, CheckResult
 class KLDivergenceCheck(Check):
     name = "kld"
 
-    def run(self, scores) -> CheckResult:
+    def run(self, ctx) -> CheckResult:
+        scores = ctx.scores
         if not scores:
             return CheckResult(self.name, "skipped", reason="no evaluation text")
         per = {

@@ -8,7 +8,8 @@ from quantkit.checks.base import Check, CheckResult
 class PerplexityCheck(Check):
     name = "perplexity"
 
-    def run(self, scores) -> CheckResult:
+    def run(self, ctx) -> CheckResult:
+        scores = ctx.scores
         if not scores:
             return CheckResult(self.name, "skipped", reason="no evaluation text")
         per = {s.domain: {"base_ppl": s.base_ppl, "ppl": s.ppl, "ppl_increase": s.ppl_increase} for s in scores}

@@ -15,11 +15,13 @@ from quantkit.cli.output import console, err_console, quiet_libraries, sigterm_a
 
 def validate_command(
     path: Annotated[Path, typer.Argument(help="An artifact folder, or a folder of artifacts (e.g. out/).", show_default=False)],
-    gate: Annotated[Optional[list[str]], typer.Option("--gate", help="Override a gate: KEY=VALUE (kld_mean_max, ppl_increase_max, top1_agreement_min). Repeatable.", show_default=False)] = None,
+    gate: Annotated[Optional[list[str]], typer.Option("--gate", help="Override a gate: KEY=VALUE (kld_mean_max, ppl_increase_max, top1_agreement_min, recovery_min). Repeatable.", show_default=False)] = None,
     context: Annotated[int, typer.Option("--context", help="Tokens per evaluation window.")] = 512,
     stride: Annotated[Optional[int], typer.Option("--stride", help="Window stride for transformers runtimes (default: --context, no overlap).", show_default=False)] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Scored tokens per domain.")] = 4096,
     domain: Annotated[Optional[list[str]], typer.Option("--domain", help="Held-out text: NAME=FILE (.jsonl/.json/.txt/.parquet, field `text`) or NAME=builtin:prose|code. Repeatable; replaces the built-in prose and code domains.", show_default=False)] = None,
+    task: Annotated[Optional[list[str]], typer.Option("--task", help="lm-eval task to run on base and artifact (e.g. quantkit_docstring_mc, shipped and offline). Repeatable.", show_default=False)] = None,
+    task_limit: Annotated[Optional[int], typer.Option("--task-limit", help="Documents per lm-eval task (default: all).", show_default=False)] = None,
     verbose: VerboseOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -47,7 +49,8 @@ def validate_command(
     with sigterm_as_exit(), RichReporter(err_console) as reporter:
         for folder in folders:
             reports.append(validate(folder, gate_overrides=overrides, context=context, stride=stride,
-                                    max_tokens=max_tokens, domains=domains, reporter=reporter))
+                                    max_tokens=max_tokens, domains=domains, tasks=task, task_limit=task_limit,
+                                    reporter=reporter))
     if as_json:
         console.print_json(json.dumps([r.to_dict() for r in reports]))
     else:

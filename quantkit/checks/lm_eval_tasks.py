@@ -1,0 +1,60 @@
+"""lm-eval tasks: accuracy of base and artifact and the recovery ratio (artifact / base).
+
+Runs the lm-eval library (not a re-implementation) with its `hf` model on the base folder and
+the compressed-tensors artifact. Tasks are lm-eval task names (their data must be available
+offline or downloadable) or the tasks shipped with quantkit in `quantkit/tasks/`, which read
+local files. GGUF targets are skipped: lm-eval drives GGUF through a llama.cpp server, which
+the quantkit toolchain does not build.
+"""
+
+from __future__ import annotations
+
+import os
+
+from quantkit.checks.base import Check, CheckContext, CheckResult
+
+
+class LMEvalCheck(Check):
+    name = "lm_eval"
+
+    def run(self, ctx: CheckContext) -> CheckResult:
+        if not ctx.tasks:
+            return CheckResult(self.name, "skipped", reason="no tasks requested (--task)")
+        if ctx.format != "compressed-tensors":
+            return CheckResult(self.name, "skipped", reason=f"lm-eval on {ctx.format} needs a llama.cpp server, not built")
+        try:
+            import lm_eval  # noqa: F401
+        except ImportError:
+            return CheckResult(self.name, "skipped", reason="lm-eval is not installed (pip install lm-eval)")
+        from quantkit.tasks import task_manager
+
+        base = run_tasks(ctx.base_path, ctx.tasks, ctx.task_limit, task_manager())
+        art = run_tasks(ctx.target_path, ctx.tasks, ctx.task_limit, task_manager())
+        per = {}
+        for task in ctx.tasks:
+            b, a = base[task], art[task]
+            per[task] = {"base_acc": b["acc"], "acc": a["acc"], "recovery": a["acc"] / b["acc"] if b["acc"] else None,
+                         "base_acc_stderr": b["acc_stderr"], "acc_stderr": a["acc_stderr"]}
+        recoveries = [v["recovery"] for v in per.values() if v["recovery"] is not None]
+        return CheckResult(
+            self.name, "measured",
+            metrics={"recovery": min(recoveries)} if recoveries else {},
+            per_domain=per,
+            sample={t: {"documents": base[t]["n"], "limit": ctx.task_limit} for t in ctx.tasks},
+        )
+
+
+def run_tasks(model_path, tasks: list[str], limit: int | None, manager) -> dict:
+    from lm_eval import simple_evaluate
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    results = simple_evaluate(
+        model="hf", model_args=f"pretrained={model_path},dtype=float32", tasks=list(tasks), task_manager=manager,
+        batch_size=8, device="cpu", limit=limit, log_samples=False,
+    )
+    out = {}
+    for task in tasks:
+        r = results["results"][task]
+        n = results.get("n-samples", {}).get(task, {}).get("effective")
+        out[task] = {"acc": float(r["acc,none"]), "acc_stderr": float(r.get("acc_stderr,none") or 0.0), "n": n}
+    return out
