@@ -176,3 +176,15 @@ def test_shipped_lm_eval_task_runs_offline(tiny_artifacts):
     assert lm.sample["quantkit_docstring_mc"]["documents"] == 20
     gate = next(g for g in report.targets[0].gates if g.gate == "recovery_min")
     assert gate.threshold == 0.95 and gate.metric == "recovery"
+
+
+def test_run_report_html(tiny_artifacts, tmp_path):
+    folder = next(iter(tiny_artifacts.values())).parent
+    r = run_cli("validate", str(folder), "--max-tokens", "64", "--context", "64", "--gate", "kld_mean_max=100",
+                "--gate", "ppl_increase_max=100")
+    assert r.returncode == 0, r.stderr
+    page = (folder / "validation.html").read_text()
+    assert page.count("data:image/png;base64,") == 2
+    for name in tiny_artifacts:
+        assert name in page
+    assert "all gates pass" in page

@@ -51,6 +51,11 @@ def validate_command(
             reports.append(validate(folder, gate_overrides=overrides, context=context, stride=stride,
                                     max_tokens=max_tokens, domains=domains, tasks=task, task_limit=task_limit,
                                     reporter=reporter))
+    if len(folders) > 1 or folders[0] != path:
+        from quantkit.report_html import write_run_report
+
+        html_path = write_run_report(reports, path)
+        err_console.print(f"run report: {html_path}", highlight=False)
     if as_json:
         console.print_json(json.dumps([r.to_dict() for r in reports]))
     else:

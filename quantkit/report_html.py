@@ -1,0 +1,122 @@
+"""The HTML report of a whole run: one page, plots embedded, no network needed to view it.
+
+Plots (matplotlib, rendered to PNG and inlined): size against mean KLD for every target,
+per-domain perplexity of base and targets. Below them, the table of every target, domain and
+gate from the same `ValidationReport`s that `validation.json` holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+from quantkit.validate import ValidationReport
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def size_vs_kld_plot(reports: list[ValidationReport]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for r in reports:
+        for t in r.targets:
+            kld = max(s.kld_mean for s in t.scores)
+            ax.scatter(t.size_bytes / 1e6, kld, color="tab:green" if t.passed else "tab:red", s=40, zorder=3)
+            ax.annotate(t.target.split("/")[-1], (t.size_bytes / 1e6, kld), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("size on disk (MB)")
+    ax.set_ylabel("mean KL divergence vs base (worst domain)")
+    ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.set_title("Size vs. fidelity (green: all gates pass, red: a gate fails)")
+    out = _png(fig)
+    plt.close(fig)
+    return out
+
+
+def domain_ppl_plot(reports: list[ValidationReport]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = [t for r in reports for t in r.targets]
+    domains = sorted({s.domain for t in targets for s in t.scores})
+    fig, ax = plt.subplots(figsize=(max(7, 0.6 * len(targets) * len(domains)), 4.2))
+    width = 0.8 / (len(targets) + 1)
+    for di, domain in enumerate(domains):
+        base = next((s.base_ppl for t in targets for s in t.scores if s.domain == domain), None)
+        if base is not None:
+            ax.bar(di, base, width, color="0.6", label="base" if di == 0 else None)
+        for ti, t in enumerate(targets):
+            s = next((s for s in t.scores if s.domain == domain), None)
+            if s:
+                # one colour per target across domains
+                first_domain = domains.index(t.scores[0].domain) == di
+                ax.bar(di + (ti + 1) * width, s.ppl, width, color=f"C{ti % 10}",
+                       label=t.target.split("/")[-1] if first_domain else None)
+    ax.set_xticks([i + 0.4 for i in range(len(domains))], domains)
+    ax.set_ylabel("perplexity (held-out)")
+    ax.set_title("Per-domain perplexity: base (grey) and each target")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(True, axis="y", alpha=0.3)
+    out = _png(fig)
+    plt.close(fig)
+    return out
+
+
+def render_html(reports: list[ValidationReport], title: str) -> str:
+    rows = []
+    for r in reports:
+        for t in r.targets:
+            gates = "<br>".join(
+                f"<span class={'ok' if g.passed else 'bad'}>{'✓' if g.passed else '✗'} {html.escape(g.gate)} "
+                f"{'-' if g.value is None else f'{g.value:.4g}'} / {g.threshold}</span>"
+                for g in t.gates
+            )
+            for i, s in enumerate(t.scores):
+                rows.append(
+                    "<tr>"
+                    + (f"<td class=l rowspan={len(t.scores)}>{html.escape(t.target)}</td><td rowspan={len(t.scores)}>{t.size_bytes / 1e6:.1f}</td>" if i == 0 else "")
+                    + f"<td class=l>{html.escape(s.domain)}</td><td>{s.n_tokens}</td><td>{s.base_ppl:.3f}</td><td>{s.ppl:.3f}</td>"
+                    f"<td>{s.ppl_increase:+.1%}</td><td>{s.kld_mean:.4f}</td><td>{s.kld_p99:.4f}</td><td>{s.top1_agreement:.1%}</td>"
+                    + (f"<td class=l rowspan={len(t.scores)}>{gates}</td>" if i == 0 else "")
+                    + "</tr>"
+                )
+    passed = all(r.passed for r in reports)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1200px; }}
+h1 {{ font-size: 1.5rem; }} .verdict {{ font-weight: bold; padding: .2rem .6rem; border-radius: 4px; }}
+.pass {{ background: #d9f2dd; }} .fail {{ background: #f8d7da; }}
+table {{ border-collapse: collapse; width: 100%; font-size: .85rem; margin-top: 1rem; }}
+th, td {{ border: 1px solid #ccc; padding: .3rem .5rem; text-align: right; vertical-align: top; }}
+th {{ background: #f3f3f3; }} .l {{ text-align: left; }}
+.ok {{ color: #1a7f37; }} .bad {{ color: #c62828; font-weight: bold; }}
+.plots {{ display: flex; flex-wrap: wrap; gap: 1rem; }} .plots img {{ max-width: 100%; border: 1px solid #eee; }}
+</style></head><body>
+<h1>{html.escape(title)} <span class="verdict {'pass' if passed else 'fail'}">{'all gates pass' if passed else 'a gate fails'}</span></h1>
+<p>Each target evaluated against its unquantized base on held-out text with the runtime that serves it
+(transformers for compressed-tensors, llama.cpp for GGUF).</p>
+<div class="plots"><img alt="size vs KLD" src="{size_vs_kld_plot(reports)}"><img alt="per-domain perplexity" src="{domain_ppl_plot(reports)}"></div>
+<table><thead><tr><th>target</th><th>MB</th><th>domain</th><th>tokens</th><th>base ppl</th><th>ppl</th><th>Δppl</th>
+<th>mean KLD</th><th>p99 KLD</th><th>top-1</th><th>gates (value / threshold)</th></tr></thead>
+<tbody>{''.join(rows)}</tbody></table>
+</body></html>
+"""
+
+
+def write_run_report(reports: list[ValidationReport], folder: Path) -> Path:
+    path = Path(folder) / "validation.html"
+    path.write_text(render_html(reports, f"quantkit validate: {Path(folder).resolve().name}"), encoding="utf-8")
+    return path
