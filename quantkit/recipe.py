@@ -66,11 +66,18 @@ class CalibrationSpec(_Strict):
     )
 
 
+GateKey = Literal["kld_mean_max", "ppl_increase_max", "top1_agreement_min", "recovery_min"]
+
+
 class _NamedOutput(_Strict):
     name: str | None = Field(
         None,
         pattern=SLUG,
         description="Artifact folder name; defaults to `<recipe name>-<method>-<scheme>`.",
+    )
+    gates: dict[GateKey, float] = Field(
+        default_factory=dict,
+        description="Validation thresholds for this output, over the defaults of its precision class (docs/validation.md).",
     )
 
     def default_name(self, recipe_name: str) -> str:
@@ -372,7 +379,7 @@ def _clean_loc(loc: tuple, data: Any) -> tuple:
             part in METHODS or part in ("str", "int", "literal['channel']", "function-after[_positive_group(), int]")
         ):
             continue
-        if isinstance(part, str) and ("[" in part and "]" in part and part not in (node or {})):
+        if isinstance(part, str) and "[" in part and "]" in part and not (isinstance(node, dict) and part in node):
             continue
         out.append(part)
         if isinstance(node, dict):

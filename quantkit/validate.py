@@ -114,10 +114,15 @@ def validate(
     domains: dict[str, str] | None = None,
     tasks: list[str] | None = None,
     task_limit: int | None = None,
+    recipe_gates: dict[str, float] | None = None,
     reporter: Reporter | None = None,
     write: bool = True,
 ) -> ValidationReport:
-    """Evaluate one artifact folder; writes validation.json and validation.md into it."""
+    """Evaluate one artifact folder; writes validation.json and validation.md into it.
+
+    Gate thresholds: the output's precision-class defaults, then the output's `gates` from its
+    recipe (`recipe_gates`, else the ones recorded in the manifest), then `gate_overrides`.
+    """
     reporter = reporter or NullReporter()
     art = Artifact.load(path)  # checksums first: never evaluate a modified artifact
     stride = stride or context
@@ -141,6 +146,7 @@ def validate(
         gates = default_gates(t.method, t.scheme, art.manifest["output"].get("bits"))
         if tasks and art.manifest["format"] == "compressed-tensors":
             gates["recovery_min"] = RECOVERY_MIN_DEFAULT
+        gates.update(recipe_gates if recipe_gates is not None else art.manifest["output"].get("gates") or {})
         gates.update(gate_overrides or {})
         t.gates = evaluate_gates(gates, metrics)
     report = ValidationReport(art.path, settings, targets)

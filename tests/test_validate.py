@@ -188,3 +188,20 @@ def test_run_report_html(tiny_artifacts, tmp_path):
     for name in tiny_artifacts:
         assert name in page
     assert "all gates pass" in page
+
+
+def test_recipe_gates_apply_and_cli_overrides_win(tiny_model, tmp_path):
+    out = tmp_path / "out"
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text(tiny_recipe_text(tiny_model, out, "  - {method: fp8, name: f, gates: {kld_mean_max: 0.0}}\n"))
+    quantkit.quantize(quantkit.load_recipe(recipe_path))
+    report = validate(out / "f", max_tokens=64, context=64, write=False)  # gates recorded in the manifest
+    g = next(g for g in report.targets[0].gates if g.gate == "kld_mean_max")
+    assert g.threshold == 0.0 and not g.passed
+    r = run_cli("validate", str(out), "--recipe", str(recipe_path), "--max-tokens", "64", "--context", "64")
+    assert r.returncode == 1
+    r = run_cli("validate", str(out), "--recipe", str(recipe_path), "--max-tokens", "64", "--context", "64",
+                "--gate", "kld_mean_max=10")
+    assert r.returncode == 0, r.stdout + r.stderr
+    with pytest.raises(quantkit.RecipeError, match="kld_mean_max"):
+        quantkit.parse_recipe(tiny_recipe_text(tiny_model, out, "  - {method: fp8, gates: {kld_max: 1}}\n"))

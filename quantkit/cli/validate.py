@@ -22,6 +22,7 @@ def validate_command(
     domain: Annotated[Optional[list[str]], typer.Option("--domain", help="Held-out text: NAME=FILE (.jsonl/.json/.txt/.parquet, field `text`) or NAME=builtin:prose|code. Repeatable; replaces the built-in prose and code domains.", show_default=False)] = None,
     task: Annotated[Optional[list[str]], typer.Option("--task", help="lm-eval task to run on base and artifact (e.g. quantkit_docstring_mc, shipped and offline). Repeatable.", show_default=False)] = None,
     task_limit: Annotated[Optional[int], typer.Option("--task-limit", help="Documents per lm-eval task (default: all).", show_default=False)] = None,
+    recipe: Annotated[Optional[Path], typer.Option("--recipe", help="Validate the artifacts this recipe writes (in PATH), with the recipe's gates.", show_default=False)] = None,
     verbose: VerboseOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -35,6 +36,8 @@ def validate_command(
 
       quantkit validate out/ --gate kld_mean_max=0.05
 
+      quantkit validate out/ --recipe recipes/smollm2-135m.yaml
+
       quantkit validate out/my-model-gptq --domain legal=holdout/legal.jsonl --domain code=builtin:code
     """
     quiet_libraries(verbose)
@@ -44,12 +47,25 @@ def validate_command(
 
     overrides = parse_gate_overrides(gate)
     domains = load_domains(domain)
-    folders = find_artifacts(path)
+    recipe_gates: dict[str, dict] = {}
+    if recipe is not None:
+        from quantkit.errors import ArtifactError
+        from quantkit.recipe import load_recipe
+
+        parsed = load_recipe(recipe)
+        folders = [path / o.name for o in parsed.outputs]
+        missing = [str(f) for f in folders if not f.is_dir()]
+        if missing:
+            raise ArtifactError(f"{recipe} names outputs that are not in {path}: {', '.join(missing)}")
+        recipe_gates = {o.name: dict(o.gates) for o in parsed.outputs}
+    else:
+        folders = find_artifacts(path)
     reports = []
     with sigterm_as_exit(), RichReporter(err_console) as reporter:
         for folder in folders:
             reports.append(validate(folder, gate_overrides=overrides, context=context, stride=stride,
                                     max_tokens=max_tokens, domains=domains, tasks=task, task_limit=task_limit,
+                                    recipe_gates=recipe_gates.get(folder.name) if recipe is not None else None,
                                     reporter=reporter))
     if len(folders) > 1 or folders[0] != path:
         from quantkit.report_html import write_run_report
