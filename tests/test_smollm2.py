@@ -201,3 +201,25 @@ def test_validate_fails_a_broken_artifact_and_reports_fp8(artifacts, tmp_path):
     task = lm["per_domain"]["quantkit_docstring_mc"]
     print(f"docstring MC: base acc {task['base_acc']:.3f}, fp8 acc {task['acc']:.3f}, recovery {task['recovery']}")
     assert lm["status"] == "measured" and task["base_acc"] > 0.25  # better than chance on 4 choices
+
+
+def test_quantkit_perplexity_agrees_with_llamacpp_within_1_percent(artifacts, llamacpp, tmp_path):
+    """Same float model (F32 GGUF vs the HF checkpoint), same text, same chunking."""
+    from quantkit.engines.gguf import converted_base
+    from quantkit.progress import NullReporter
+    from quantkit.recipe import ModelSpec
+    from quantkit.runtimes.transformers import TransformersRuntime, perplexity_llamacpp_style
+    from quantkit.sources.calibration import builtin_domain_text
+    from quantkit.sources.models import resolve_model
+
+    model = resolve_model(ModelSpec(source="smollm2-135m"))
+    f32 = converted_base(llamacpp, model, "F32", NullReporter())
+    text = builtin_domain_text("prose", 40_000)
+    (tmp_path / "t.txt").write_text(text)
+    ctx, chunks = 256, 8
+    llama = llamacpp.perplexity(f32, tmp_path / "t.txt", ctx=ctx, chunks=chunks)
+    assert llama["chunks"] == chunks
+    rt = TransformersRuntime(model.path)
+    ours = perplexity_llamacpp_style(rt, rt.tokenize(text), ctx, chunks)
+    print(f"perplexity: quantkit/transformers {ours:.4f}, llama.cpp {llama['ppl']:.4f}")
+    assert abs(ours - llama["ppl"]) / llama["ppl"] < 0.01

@@ -33,11 +33,14 @@ def test_windows_score_every_token_once():
 
 
 def test_kld_of_a_model_against_itself_is_zero(tiny_model):
+    from quantkit.runtimes.transformers import perplexity
+
     rt = TransformersRuntime(tiny_model)
     ids = rt.tokenize("def f(x):\n    return x + 1\n" * 20)[:200]
     s = score_lockstep(rt, rt, ids, "code", context=64, stride=32)
     assert s.kld_mean == pytest.approx(0, abs=1e-6) and s.top1_agreement == 1.0 and s.ppl == pytest.approx(s.base_ppl)
     assert s.n_tokens == len(ids) - 1
+    assert perplexity(rt, ids, context=64, stride=32) == (pytest.approx(s.ppl, rel=1e-5), len(ids) - 1)
 
 
 def test_kld_grows_with_a_perturbation(tiny_model, tmp_path):

@@ -56,6 +56,17 @@ def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, in
     return out
 
 
+def perplexity(rt: TransformersRuntime, token_ids: list[int], context: int = 512, stride: int = 512) -> tuple[float, int]:
+    """Single-model perplexity over the same windows as `score_lockstep`; returns (ppl, scored tokens)."""
+    nll = []
+    for begin, end, first in windows(len(token_ids), context, stride):
+        ids = token_ids[begin:end]
+        lo, hi = first - 1 - begin, end - 1 - begin
+        nll.append(-rt.logprobs(ids)[lo:hi].gather(1, torch.tensor(ids[lo + 1 : hi + 1])[:, None])[:, 0])
+    nll_all = torch.cat(nll)
+    return float(nll_all.mean().exp()), nll_all.numel()
+
+
 def score_lockstep(base: TransformersRuntime, artifact: TransformersRuntime, token_ids: list[int], domain: str,
                    context: int = 512, stride: int = 512) -> DomainScores:
     """Perplexity of both models and KL(base || artifact) over the full vocabulary, window by window.
@@ -85,3 +96,19 @@ def score_lockstep(base: TransformersRuntime, artifact: TransformersRuntime, tok
         kld_mean=float(kl.mean()), kld_median=float(kl.median()), kld_p99=float(torch.quantile(kl, 0.99)),
         top1_agreement=agree / n,
     )
+
+
+def perplexity_llamacpp_style(rt: TransformersRuntime, token_ids: list[int], context: int, chunks: int) -> float:
+    """Perplexity scored the way llama.cpp's perplexity tool does: non-overlapping chunks of
+    `context` tokens, only the second half of each chunk scored. Used to cross-check the two
+    runtimes on the same text."""
+    nll = []
+    first = context // 2
+    for c in range(chunks):
+        ids = token_ids[c * context : (c + 1) * context]
+        if len(ids) < context:
+            break
+        lp = rt.logprobs(ids)
+        targets = torch.tensor(ids[first + 1 :])
+        nll.append(-lp[first:-1].gather(1, targets[:, None])[:, 0])
+    return float(torch.cat(nll).mean().exp())
