@@ -1,67 +1,47 @@
 """Peak resident memory of one step inside a long-lived process.
 
-On Linux the kernel's high-water mark (VmHWM) can be reset by writing 5 to
-/proc/self/clear_refs, which gives an exact per-step peak. Elsewhere we fall back to
-sampling RSS from a thread every 20 ms.
+A thread samples the process RSS every 10 ms while the step runs. It is the process's
+memory, so whatever earlier steps still hold is included. (Resetting the kernel's VmHWM via
+/proc/self/clear_refs was tried first; on this machine it reported peaks above the process's
+own ru_maxrss, so it is not used.)
 """
 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
-
-
-def _rss_bytes(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _reset_hwm() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 class PeakRSS:
+    interval_s = 0.01
+
     def __init__(self) -> None:
         self.bytes: int | None = None
-        self.method = ""
+        self.method = "sampled"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._sampled = 0
+        self._peak = 0
 
     def __enter__(self) -> "PeakRSS":
-        if _reset_hwm() and _rss_bytes("VmHWM") is not None:
-            self.method = "VmHWM"
-        else:
-            import psutil
+        import psutil
 
-            proc = psutil.Process()
-            self.method = "sampled"
+        proc = psutil.Process()
+        self._peak = proc.memory_info().rss
 
-            def sample() -> None:
-                while not self._stop.wait(0.02):
-                    self._sampled = max(self._sampled, proc.memory_info().rss)
+        def sample() -> None:
+            while not self._stop.wait(self.interval_s):
+                self._peak = max(self._peak, proc.memory_info().rss)
 
-            self._sampled = proc.memory_info().rss
-            self._thread = threading.Thread(target=sample, daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=sample, daemon=True, name="quantkit-peak-rss")
+        self._thread.start()
         return self
 
-    def read(self) -> int | None:
+    def read(self) -> int:
         """Peak so far in this step."""
-        self.bytes = _rss_bytes("VmHWM") if self.method == "VmHWM" else self._sampled
+        self.bytes = self._peak
         return self.bytes
 
     def __exit__(self, *exc) -> None:
+        self._stop.set()
         if self._thread:
-            self._stop.set()
             self._thread.join()
         self.read()

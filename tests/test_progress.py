@@ -40,8 +40,11 @@ def test_rich_reporter_renders_bars_and_failures():
 def test_peak_rss_sees_an_allocation():
     with PeakRSS() as base:
         pass
+    import time
+
     with PeakRSS() as peak:
         block = bytearray(200_000_000)
         block[::4096] = b"x" * len(block[::4096])
+        time.sleep(0.2)  # the sampler runs every 10 ms
         del block
     assert peak.bytes - base.bytes > 150_000_000

@@ -51,6 +51,15 @@ def quantize_command(
         raise failed
 
 
+def _ratio_text(m: dict) -> str:
+    types = (m.get("engine") or {}).get("types") if m.get("format") == "gguf" else None
+    if types:  # several files, each a full model: the ratio of each file is what matters
+        base = m["base_model"]["weight_bytes"]
+        ratios = sorted(base / t["bytes"] for t in types.values() if t.get("bytes"))
+        return f"{ratios[0]:.2f}–{ratios[-1]:.2f}x/file"
+    return f"{m['compression_ratio']:.2f}x" if m.get("compression_ratio") else "-"
+
+
 def _row(a) -> dict:
     m = a.manifest
     return {
@@ -74,7 +83,7 @@ def results_table(artifacts) -> Table:
         r = _row(a)
         table.add_row(
             a.name, r["method"], r["scheme"], human_bytes(r["size_bytes"]),
-            f"{r['compression_ratio']:.2f}x" if r["compression_ratio"] else "-",
+            _ratio_text(a.manifest),
             f"{r['time_s']:.1f} s", human_bytes(r["peak_rss_bytes"]),
         )
     return table
