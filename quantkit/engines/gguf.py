@@ -26,6 +26,7 @@ _IMATRIX_CHUNKS = re.compile(r"computing over (\d+) chunks")
 FIDELITY_TEXT = (
     "Quantization maps 2024 float weights to 4-bit integers; café, naïve, 東京 and emoji 🙂 must survive.\n"
     "def f(x):\n    return x ** 2  # squared\n\tTabs,  double  spaces and <|im_end|> text.\n"
+    r'print("a\nb\tc")  # backslash sequences in source code stay two characters' "\n"
 )
 
 
@@ -138,7 +139,7 @@ def converted_base(tc: LlamaCpp, model, base_type: str, reporter) -> Path:
 
 def gguf_tokens(tc: LlamaCpp, gguf_file: Path, text: str) -> list[int]:
     """Token ids of `text` as llama.cpp tokenizes it (no BOS added, special tokens as text)."""
-    proc = tc.run("llama-tokenize", ["-m", str(gguf_file), "-p", text, "--ids", "--no-bos", "--log-disable"])
+    proc = tc.run("llama-tokenize", ["-m", str(gguf_file), "-p", text, "--ids", "--no-bos", "--no-escape", "--log-disable"])
     match = re.search(r"\[([\d,\s]*)\]\s*$", proc.stdout.strip())
     if not match:
         raise ToolchainError(f"could not read token ids from llama-tokenize output: {proc.stdout[-200:]!r}")
@@ -171,7 +172,7 @@ def compute_imatrix(tc: LlamaCpp, base: Path, job: EngineJob, target: Path) -> d
     text_path = target.parent / "imatrix-calibration.txt"
     text_path.write_text("".join(tok.decode(ids) for ids in cal.input_ids), encoding="utf-8")
     args = ["-m", str(base), "-f", str(text_path), "-o", str(target), "-c", str(cal.spec.seq_len),
-            "--chunks", str(len(cal.input_ids)), "-t", str(threads()), "--no-ppl"]
+            "--chunks", str(len(cal.input_ids)), "-t", str(threads()), "--no-ppl", "--no-escape"]
     with job.reporter.task("llama-imatrix (chunks)", total=len(cal.input_ids)) as task:
         output = _stream_chunks(tc, "llama-imatrix", args, task)
     chunks = _IMATRIX_CHUNKS.search(output)

@@ -75,7 +75,10 @@ class LlamaCpp:
         return {k: self.info[k] for k in keys}
 
     def run(self, tool: str, args: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
-        """Run a tool; raise ToolchainError with the tail of its output when it fails."""
+        """Run a tool; raise ToolchainError with the tail of its output when it fails.
+
+        Text-reading tools get `--no-escape` from their callers: llama.cpp otherwise turns the
+        two characters `\\n` in a prompt *or a -f file* into a newline, silently changing code."""
         cmd = [str(self.tool(tool)), *args]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, errors="replace")
         if proc.returncode != 0:
@@ -88,7 +91,7 @@ class LlamaCpp:
         proc = self.run(
             "llama-completion",
             ["-m", str(gguf_file), "-p", prompt, "-n", str(n_tokens), "--temp", "0", "-no-cnv",
-             "--no-display-prompt", "-t", str(os.cpu_count() or 1), "--no-warmup"],
+             "--no-display-prompt", "-t", str(os.cpu_count() or 1), "--no-warmup", "--no-escape"],
             timeout=600,
         )
         return proc.stdout
@@ -96,7 +99,7 @@ class LlamaCpp:
     def perplexity(self, gguf_file: Path, text_file: Path, ctx: int, chunks: int | None = None,
                    save_logits: Path | None = None) -> dict:
         """llama-perplexity on a text file; with `save_logits`, also writes the logits for KLD runs."""
-        args = ["-m", str(gguf_file), "-f", str(text_file), "-c", str(ctx), "-t", str(os.cpu_count() or 1)]
+        args = ["-m", str(gguf_file), "-f", str(text_file), "-c", str(ctx), "-t", str(os.cpu_count() or 1), "--no-escape"]
         if chunks:
             args += ["--chunks", str(chunks)]
         if save_logits:
