@@ -11,7 +11,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantkit.artifact import Artifact, check_destination, library_versions, staged_folder, utc_now, write_manifest
+from quantkit.artifact import (
+    Artifact,
+    check_destination,
+    folder_size,
+    library_versions,
+    staged_folder,
+    utc_now,
+    write_manifest,
+)
 from quantkit.engines import EngineJob, engine_for
 from quantkit.errors import QuantkitError
 from quantkit.memory import PeakRSS
@@ -132,7 +140,6 @@ def _produce(
             "peak_rss_bytes": peak.read(),
             "peak_rss_method": peak.method,
         }
-        manifest = write_manifest(staging, manifest)
-        manifest["compression_ratio"] = round(model.weight_bytes / max(manifest["size_bytes"], 1), 3)
+        manifest["compression_ratio"] = round(model.weight_bytes / max(folder_size(staging), 1), 3)
         manifest = write_manifest(staging, manifest)
     return Artifact(dest, manifest), result.failures

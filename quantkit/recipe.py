@@ -376,7 +376,7 @@ def _clean_loc(loc: tuple, data: Any) -> tuple:
     node = data
     for part in loc:
         if isinstance(node, dict) and part not in node and isinstance(part, str) and (
-            part in METHODS or part in ("str", "int", "literal['channel']", "function-after[_positive_group(), int]")
+            part in METHODS or part in ("str", "int")
         ):
             continue
         if isinstance(part, str) and "[" in part and "]" in part and not (isinstance(node, dict) and part in node):

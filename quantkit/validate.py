@@ -131,11 +131,11 @@ def validate(
     texts = evaluation_texts(domains, max_tokens)
     settings = {"context": context, "stride": stride, "max_tokens": max_tokens, "domains": list(texts),
                 "tasks": list(tasks or []), "task_limit": task_limit}
-    if art.manifest["format"] == "gguf":
-        targets = _validate_gguf(art, texts, context, max_tokens, reporter)
-    else:
-        targets = [_validate_transformers(art, texts, context, stride, max_tokens, reporter)]
     base_folder = _base_folder(art)
+    if art.manifest["format"] == "gguf":
+        targets = _validate_gguf(art, base_folder, texts, context, max_tokens, reporter)
+    else:
+        targets = [_validate_transformers(art, base_folder, texts, context, stride, max_tokens, reporter)]
     for t in targets:
         ctx = CheckContext(t.scores, t.path or art.path, base_folder, art.manifest["format"], list(tasks or []), task_limit)
         t.checks = []
@@ -170,10 +170,9 @@ def _base_folder(art: Artifact) -> Path:
     return folder
 
 
-def _validate_transformers(art, texts, context, stride, max_tokens, reporter) -> EvaluatedTarget:
+def _validate_transformers(art, base_folder, texts, context, stride, max_tokens, reporter) -> EvaluatedTarget:
     from quantkit.runtimes.transformers import TransformersRuntime, score_lockstep
 
-    base_folder = _base_folder(art)
     with reporter.task(f"loading {art.name} and its base (transformers)"):
         base, quant = TransformersRuntime(base_folder), TransformersRuntime(art.path)
     scores = []
@@ -190,7 +189,7 @@ def _validate_transformers(art, texts, context, stride, max_tokens, reporter) ->
                            path=art.path)
 
 
-def _validate_gguf(art, texts, context, max_tokens, reporter) -> list[EvaluatedTarget]:
+def _validate_gguf(art, base_folder, texts, context, max_tokens, reporter) -> list[EvaluatedTarget]:
     import tempfile
 
     from quantkit.engines.gguf import check_tokenizer_fidelity, converted_base
@@ -200,7 +199,6 @@ def _validate_gguf(art, texts, context, max_tokens, reporter) -> list[EvaluatedT
     from quantkit.toolchains.llamacpp import require_toolchain
 
     tc = require_toolchain()
-    base_folder = _base_folder(art)
     b = art.manifest["base_model"]
     resolved = ResolvedModel(ModelSpec(source=b["source"]), base_folder, b["kind"], b["fingerprint"], b["weight_bytes"])
     with reporter.task("float reference for llama.cpp (F32 conversion of the base)"):

@@ -55,6 +55,3 @@ class Engine(ABC):
 
     @abstractmethod
     def run(self, job: EngineJob) -> EngineResult: ...
-
-    def versions(self) -> dict[str, str]:
-        return {}

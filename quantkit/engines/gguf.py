@@ -62,9 +62,6 @@ class GGUFEngine(Engine):
                 f"{(unknown or ['(none in config.json)'])[0]}; remove the gguf output or use a model llama.cpp supports"
             )
 
-    def versions(self) -> dict[str, str]:
-        tc = require_toolchain()
-        return {"llama.cpp": tc.version}
 
     # ------------------------------------------------------------------ run
 
@@ -109,7 +106,6 @@ class GGUFEngine(Engine):
             details={
                 "toolchain": tc.manifest_entry(),
                 "base_type": out.base_type,
-                "base_file_sha256": None,
                 "types": types,
                 "imatrix": imatrix_info,
                 "failed_types": failures,

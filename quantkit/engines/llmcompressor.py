@@ -99,10 +99,6 @@ class LLMCompressorEngine(Engine):
         parts = [_describe_args(s.weights, "weights"), _describe_args(s.input_activations, "activations")]
         return f"{self.algorithm(output)}; {'; '.join(parts)}; ignore {', '.join(output.ignore) or 'nothing'}"
 
-    def versions(self) -> dict[str, str]:
-        from importlib import metadata
-
-        return {k: metadata.version(k) for k in ("llmcompressor", "compressed-tensors")}
 
     # ------------------------------------------------------------ preflight
 

@@ -99,7 +99,6 @@ def fingerprint_folder(folder: Path, allow_pickle: bool = False) -> tuple[str, i
     """sha256 over config.json, the tokenizer files and the weight files (name + content hash),
     and the weights' total size. The tokenizer is part of the model: it decides every token."""
     h = hashlib.sha256()
-    total = 0
     side = [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
     weights = weight_files(folder, allow_pickle)
     for p in [folder / "config.json", *side, *weights]:
