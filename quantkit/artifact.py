@@ -26,6 +26,7 @@ MANIFEST_NAME = "quantkit.json"
 MANIFEST_VERSION = 1
 # Files other tools add to an artifact after it was written (reports, cards); not checksummed.
 ADDED_LATER = ("validation.json", "validation.md", "validation.html", "README.md")
+SERVE_LOGS = "serve-logs"  # vLLM server logs of the serving check, written after the manifest
 _PARTIAL_MARK = ".partial-"
 
 TRACKED_LIBRARIES = (
@@ -54,7 +55,7 @@ def file_checksums(folder: Path) -> dict[str, dict]:
     out = {}
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).as_posix()
-        if p.is_file() and rel != MANIFEST_NAME and rel not in ADDED_LATER:
+        if p.is_file() and rel != MANIFEST_NAME and rel not in ADDED_LATER and not rel.startswith(SERVE_LOGS + "/"):
             out[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     return out
 

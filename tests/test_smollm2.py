@@ -13,31 +13,9 @@ from quantkit.artifact import Artifact
 
 from quantkit.sources.calibration import builtin_holdout_text
 
-from conftest import REPO, run_cli
+from conftest import CI_OVERRIDES, EXPECTED, GGUF, GGUF_TYPES, REPO, run_cli
 
 pytestmark = pytest.mark.slow
-
-CI_OVERRIDES = ["calibration.num_samples=16", "calibration.seq_len=128"]
-EXPECTED = {
-    "smollm2-135m-awq-w4a16": ("awq", "pack-quantized"),
-    "smollm2-135m-gptq-w4a16": ("gptq", "pack-quantized"),
-    "smollm2-135m-int8-w8a8": ("int8", "int-quantized"),
-    "smollm2-135m-fp8-dynamic": ("fp8", "float-quantized"),
-}
-GGUF = "smollm2-135m-gguf"
-GGUF_TYPES = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS"]
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory, llamacpp):
-    out = tmp_path_factory.mktemp("smollm2")
-    args = ["quantize", str(REPO / "recipes" / "smollm2-135m.yaml"), "-o", str(out), "--json"]
-    for ov in CI_OVERRIDES:
-        args += ["--set", ov]
-    r = run_cli(*args, timeout=3000)
-    assert r.returncode == 0, r.stderr[-3000:]
-    rows = json.loads(r.stdout)
-    return out, rows, r.stderr
 
 
 def test_shipped_recipe_produces_all_four(artifacts):
@@ -189,7 +167,7 @@ def test_validate_fails_a_broken_artifact_and_reports_fp8(artifacts, tmp_path):
     assert not bad.passed
     assert next(g for g in bad.targets[0].gates if g.gate == "kld_mean_max").value > 0.4
 
-    r = run_cli("validate", str(out / "smollm2-135m-fp8-dynamic"), "--max-tokens", "512", "--context", "256", "--json",
+    r = run_cli("validate", "--no-serve", str(out / "smollm2-135m-fp8-dynamic"), "--max-tokens", "512", "--context", "256", "--json",
                 "--task", "quantkit_docstring_mc")
     assert r.returncode in (0, 1), r.stderr
     [report] = json.loads(r.stdout)
@@ -223,3 +201,46 @@ def test_quantkit_perplexity_agrees_with_llamacpp_within_1_percent(artifacts, ll
     ours = perplexity_llamacpp_style(rt, rt.tokenize(text), ctx, chunks)
     print(f"perplexity: quantkit/transformers {ours:.4f}, llama.cpp {llama['ppl']:.4f}")
     assert abs(ours - llama["ppl"]) / llama["ppl"] < 0.01
+
+
+def test_quantkit_kld_agrees_with_llamacpp_within_1_percent(artifacts, llamacpp, tmp_path, monkeypatch):
+    """The Q4_K_M file's weights, dequantized to float32 (transformers' GGUF loader), scored by quantkit's
+    lockstep KLD and by llama-perplexity --kl-divergence on the F32 conversion of the same weights, over
+    the same windows. F32 on both sides: llama.cpp's CPU kernels for quantized types also round the
+    activations to 8 bits, which a float runtime does not do (that difference is printed, not gated)."""
+    from quantkit.engines.gguf import converted_base
+    from quantkit.progress import NullReporter
+    from quantkit.recipe import ModelSpec
+    from quantkit.runtimes.llamacpp import base_logits, score_gguf
+    from quantkit.runtimes.transformers import TransformersRuntime, llamacpp_windows, score_lockstep
+    from quantkit.sources.calibration import builtin_domain_text
+    from quantkit.sources.models import resolve_model
+
+    out, _, _ = artifacts
+    q4_file = out / GGUF / Artifact.load(out / GGUF).manifest["engine"]["types"]["Q4_K_M"]["file"]
+    base = resolve_model(ModelSpec(source="smollm2-135m"))
+    f32_base = converted_base(llamacpp, base, "F32", NullReporter())
+    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cache"))  # the dequantized copy and its conversion
+    q4 = resolve_model(ModelSpec(source=str(q4_file)))
+    f32_q4 = converted_base(llamacpp, q4, "F32", NullReporter())
+
+    text = builtin_domain_text("prose", 40_000)
+    (tmp_path / "t.txt").write_text(text)
+    ctx, chunks = 256, 8
+    used = base_logits(llamacpp, f32_base, tmp_path / "t.txt", tmp_path / "base.logits", ctx, chunks)
+    assert used == chunks
+    theirs = score_gguf(llamacpp, f32_q4, tmp_path / "base.logits", "prose", ctx, chunks)
+    direct = score_gguf(llamacpp, q4_file, tmp_path / "base.logits", "prose", ctx, chunks)
+
+    rt_base, rt_q4 = TransformersRuntime(base.path), TransformersRuntime(q4.path)
+    ids = rt_base.tokenize(text)
+    assert rt_q4.tokenize(text) == ids
+    ours = score_lockstep(rt_base, rt_q4, ids, "prose", ctx, ctx, spans=llamacpp_windows(len(ids), ctx, chunks))
+    print(f"mean KLD: quantkit {ours.kld_mean:.5f}, llama.cpp (F32 of the same weights) {theirs.kld_mean:.5f}, "
+          f"llama.cpp on the Q4_K_M file {direct.kld_mean:.5f}; ppl {ours.ppl:.4f} vs {theirs.ppl:.4f}; "
+          f"top-1 {ours.top1_agreement:.4f} vs {theirs.top1_agreement:.4f}")
+    assert ours.n_tokens == theirs.n_tokens
+    assert ours.kld_mean > 0.005  # a real difference to agree on
+    assert abs(ours.kld_mean - theirs.kld_mean) / theirs.kld_mean < 0.01
+    assert abs(ours.ppl - theirs.ppl) / theirs.ppl < 0.01
+    assert abs(ours.top1_agreement - theirs.top1_agreement) < 0.01

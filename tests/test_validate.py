@@ -56,7 +56,24 @@ def test_kld_grows_with_a_perturbation(tiny_model, tmp_path):
     with torch.no_grad():
         other.model.lm_head.weight.mul_(3.0)
     ids = base.tokenize("The quick brown fox jumps over the lazy dog. " * 10)[:100]
-    assert score_lockstep(base, other, ids, "prose", context=50, stride=50).kld_mean > 0.01
+    s = score_lockstep(base, other, ids, "prose", context=50, stride=50)
+    assert s.kld_mean > 0.01
+    # the position bins partition the scored tokens: their token-weighted mean is the overall mean
+    spans = windows(len(ids), 50, 50)
+    counts = [0] * len(s.kld_by_position)
+    for begin, end, first in spans:
+        for pos in range(first - 1 - begin, end - 1 - begin):
+            counts[pos * len(counts) // 50] += 1
+    weighted = sum(c * v for c, v in zip(counts, s.kld_by_position) if c) / sum(counts)
+    assert weighted == pytest.approx(s.kld_mean, rel=1e-5)
+    assert all((v is None) == (c == 0) for c, v in zip(counts, s.kld_by_position))
+
+
+def test_llamacpp_windows_score_the_second_half_of_full_chunks():
+    from quantkit.runtimes.transformers import llamacpp_windows
+
+    assert llamacpp_windows(10, 4, 8) == [(0, 4, 3), (4, 8, 7)]  # the partial third chunk is dropped
+    assert llamacpp_windows(100, 8, 2) == [(0, 8, 5), (8, 16, 13)]
 
 
 def test_uniform_model_perplexity_is_the_vocabulary_size(tiny_model):
@@ -77,6 +94,15 @@ def test_w8a8_activations_are_quantized_in_the_forward_pass(tiny_artifacts):
             assert torch.equal(param, dict(w8a8.model.named_parameters())[name]), name
     ids = w8a8.tokenize("print('hello world')\n" * 10)[:64]
     assert (w8a8.logprobs(ids) - w8a16.logprobs(ids)).abs().max() > 1e-4
+
+
+def test_recipe_gate_keys_are_the_validation_gate_keys():
+    from typing import get_args
+
+    from quantkit.gates import GATE_KEYS
+    from quantkit.recipe import GateKey
+
+    assert set(get_args(GateKey)) == set(GATE_KEYS)
 
 
 def test_gate_defaults_and_evaluation():
@@ -107,9 +133,11 @@ def test_validate_writes_reports(tiny_artifacts):
     [target] = data["targets"]
     assert [d["domain"] for d in target["domains"]] == ["prose", "code"]
     assert all(d["n_tokens"] == 255 for d in target["domains"])
-    assert {c["check"] for c in target["checks"]} == {"perplexity", "kld", "lm_eval"}
+    assert {c["check"] for c in target["checks"]} == {"perplexity", "kld", "lm_eval", "serve"}
     lm = next(c for c in target["checks"] if c["check"] == "lm_eval")
     assert lm["status"] == "skipped" and "--task" in lm["reason"]
+    serve = next(c for c in target["checks"] if c["check"] == "serve")
+    assert serve["status"] == "skipped" and "--serve" in serve["reason"]  # the library leaves serving out unless asked
     assert "recovery_min" not in {g["gate"] for g in target["gates"]}
     md = (tiny_artifacts["tiny-fp8-fp8-dynamic"] / "validation.md").read_text()
     assert "| tiny-fp8-fp8-dynamic | prose | 255 |" in md
@@ -128,15 +156,15 @@ def test_validate_refuses_a_moved_base(tiny_artifacts, tmp_path):
 
 def test_cli_exit_codes(tiny_artifacts, tmp_path):
     art = str(tiny_artifacts["tiny-int8-w8a8"])
-    r = run_cli("validate", art, "--max-tokens", "128", "--context", "64")
+    r = run_cli("validate", "--no-serve", art, "--max-tokens", "128", "--context", "64")
     assert r.returncode == 0, r.stderr
     assert "kld_mean_max" in r.stdout and "tiny-int8-w8a8" in r.stdout
-    r = run_cli("validate", art, "--max-tokens", "128", "--context", "64", "--gate", "top1_agreement_min=1.01")
+    r = run_cli("validate", "--no-serve", art, "--max-tokens", "128", "--context", "64", "--gate", "top1_agreement_min=1.01")
     assert r.returncode == 1 and "✗" in r.stdout
     assert json.loads((tiny_artifacts["tiny-int8-w8a8"] / "validation.json").read_text())["passed"] is False
     r = run_cli("validate", str(tmp_path / "nope"))
     assert r.returncode == 2 and "not found" in r.stderr
-    r = run_cli("validate", art, "--gate", "bogus=1")
+    r = run_cli("validate", "--no-serve", art, "--gate", "bogus=1")
     assert r.returncode == 2
 
 
@@ -164,7 +192,7 @@ def test_user_domains(tiny_artifacts, tmp_path):
         load_domains(["legal"])
     with pytest.raises(QuantkitError, match="prose and code"):
         load_domains(["x=builtin:poetry"])
-    r = run_cli("validate", str(tiny_artifacts["tiny-fp8-fp8-dynamic"]), "--max-tokens", "64", "--context", "64",
+    r = run_cli("validate", "--no-serve", str(tiny_artifacts["tiny-fp8-fp8-dynamic"]), "--max-tokens", "64", "--context", "64",
                 "--domain", f"legal={tmp_path / 'legal.jsonl'}")
     assert r.returncode in (0, 1) and "legal" in r.stdout
 
@@ -188,11 +216,13 @@ def test_shipped_lm_eval_task_runs_offline(tiny_artifacts):
 
 def test_run_report_html(tiny_artifacts, tmp_path):
     folder = next(iter(tiny_artifacts.values())).parent
-    r = run_cli("validate", str(folder), "--max-tokens", "64", "--context", "64", "--gate", "kld_mean_max=100",
+    r = run_cli("validate", "--no-serve", str(folder), "--max-tokens", "64", "--context", "64", "--gate", "kld_mean_max=100",
                 "--gate", "ppl_increase_max=100")
     assert r.returncode == 0, r.stderr
     page = (folder / "validation.html").read_text()
-    assert page.count("data:image/png;base64,") == 2
+    assert page.count("data:image/png;base64,") == 3  # size vs KLD, per-domain ppl, KLD by position
+    doc = json.loads((next(iter(tiny_artifacts.values())) / "validation.json").read_text())
+    assert len(doc["targets"][0]["domains"][0]["kld_by_position"]) == 8
     for name in tiny_artifacts:
         assert name in page
     assert "all gates pass" in page
@@ -206,9 +236,9 @@ def test_recipe_gates_apply_and_cli_overrides_win(tiny_model, tmp_path):
     report = validate(out / "f", max_tokens=64, context=64, write=False)  # gates recorded in the manifest
     g = next(g for g in report.targets[0].gates if g.gate == "kld_mean_max")
     assert g.threshold == 0.0 and not g.passed
-    r = run_cli("validate", str(out), "--recipe", str(recipe_path), "--max-tokens", "64", "--context", "64")
+    r = run_cli("validate", "--no-serve", str(out), "--recipe", str(recipe_path), "--max-tokens", "64", "--context", "64")
     assert r.returncode == 1
-    r = run_cli("validate", str(out), "--recipe", str(recipe_path), "--max-tokens", "64", "--context", "64",
+    r = run_cli("validate", "--no-serve", str(out), "--recipe", str(recipe_path), "--max-tokens", "64", "--context", "64",
                 "--gate", "kld_mean_max=10")
     assert r.returncode == 0, r.stdout + r.stderr
     with pytest.raises(quantkit.RecipeError, match="kld_mean_max"):

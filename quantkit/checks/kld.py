@@ -11,7 +11,7 @@ class KLDivergenceCheck(Check):
     def run(self, ctx) -> CheckResult:
         scores = ctx.scores
         if not scores:
-            return CheckResult(self.name, "skipped", reason="no evaluation text")
+            return CheckResult(self.name, "skipped", reason=ctx.runtime_unavailable or "no evaluation text")
         per = {
             s.domain: {"kld_mean": s.kld_mean, "kld_median": s.kld_median, "kld_p99": s.kld_p99, "top1_agreement": s.top1_agreement}
             for s in scores

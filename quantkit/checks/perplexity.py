@@ -11,7 +11,7 @@ class PerplexityCheck(Check):
     def run(self, ctx) -> CheckResult:
         scores = ctx.scores
         if not scores:
-            return CheckResult(self.name, "skipped", reason="no evaluation text")
+            return CheckResult(self.name, "skipped", reason=ctx.runtime_unavailable or "no evaluation text")
         per = {s.domain: {"base_ppl": s.base_ppl, "ppl": s.ppl, "ppl_increase": s.ppl_increase} for s in scores}
         return CheckResult(
             self.name,

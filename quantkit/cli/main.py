@@ -10,19 +10,21 @@ import typer
 from quantkit.cli import env as env_cli
 from quantkit.cli import quantize as quantize_cli
 from quantkit.cli import recipes as recipes_cli
+from quantkit.cli import serve_test as serve_test_cli
 from quantkit.cli import validate as validate_cli
 from quantkit.cli.options import ArtifactArg, JsonOpt
 from quantkit.cli.output import console, fail, human_bytes
 
 app = typer.Typer(
     name="quantkit",
-    help="Quantize Hugging Face LLM checkpoints from declarative recipes (AWQ, GPTQ, INT8, FP8).",
+    help="Quantize Hugging Face LLM checkpoints from declarative recipes (AWQ, GPTQ, INT8, FP8, GGUF), validate them, and smoke-test them in vLLM.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
 quantize_cli.register(app)
 validate_cli.register(app)
+serve_test_cli.register(app)
 app.add_typer(recipes_cli.app, name="recipes")
 app.add_typer(env_cli.app, name="env")
 

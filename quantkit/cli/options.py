@@ -27,3 +27,35 @@ OnlyOpt = Annotated[
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace artifacts that already exist.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show the libraries' own logs and progress bars.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+
+# vLLM serving smoke test (validate --serve and serve-test)
+VllmPythonOpt = Annotated[
+    Optional[Path], typer.Option("--vllm-python", help="Python interpreter of a vLLM environment (default: $QUANTKIT_VLLM_PYTHON, else the one `quantkit env vllm` made).", show_default=False)
+]
+SpeculativeOpt = Annotated[str, typer.Option("--speculative", help="Speculative decoding to measure: ngram, draft_model (needs --draft) or none.")]
+DraftOpt = Annotated[Optional[Path], typer.Option("--draft", help="Draft model for --speculative draft_model (e.g. the quantized artifact drafting for its float base).", show_default=False)]
+ConcurrencyOpt = Annotated[Optional[list[int]], typer.Option("--concurrency", help="Concurrent requests of the speed workload. Repeatable (default: 1 and 8).", show_default=False)]
+ServeMaxTokensOpt = Annotated[int, typer.Option("--serve-max-tokens", help="Output tokens per request of the speed workload.")]
+ServePromptsOpt = Annotated[Optional[int], typer.Option("--serve-prompts", help="Use the first N of the 8 copy/edit/quote prompts (short runs for slow kernels such as FP8 on CPU).", show_default=False)]
+ReadyTimeoutOpt = Annotated[float, typer.Option("--ready-timeout", help="Seconds to wait for the server's /health.")]
+
+
+def serve_options(speculative: str, draft: Optional[Path], concurrency: Optional[list[int]], max_tokens: int,
+                  prompts: Optional[int], ready_timeout: float):
+    from quantkit.errors import QuantkitError
+    from quantkit.serving.smoke import SPEC_METHODS, ServeOptions
+
+    spec = None if speculative == "none" else speculative
+    if spec is not None and spec not in SPEC_METHODS:
+        raise QuantkitError(f"--speculative {speculative!r}: expected one of {', '.join(SPEC_METHODS)}, none")
+    if spec == "draft_model" and draft is None:
+        raise QuantkitError("--speculative draft_model needs --draft PATH (a model folder with the same tokenizer)")
+    if draft is not None and not draft.exists():
+        raise QuantkitError(f"--draft: not found: {draft.resolve()}")
+    if concurrency and any(c < 1 for c in concurrency):
+        raise QuantkitError("--concurrency must be at least 1")
+    if max_tokens < 2 or (prompts is not None and prompts < 1):
+        raise QuantkitError("--serve-max-tokens must be at least 2 and --serve-prompts at least 1")
+    return ServeOptions(speculative=spec, draft_model=draft.resolve() if draft else None,
+                        concurrency=tuple(concurrency or (1, 8)), max_tokens=max_tokens, prompts=prompts,
+                        ready_timeout=ready_timeout)

