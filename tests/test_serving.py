@@ -219,3 +219,18 @@ def test_a_server_that_fails_requests_is_failed_with_the_logged_reason(fake_env,
     assert "NotImplementedError" in r.reason and "cpu_gemm_wna16" in r.reason
     assert r.metrics() == {"serve_loaded": 0.0}
     assert r.dtype == "bfloat16"  # quantized on CPU: the dtype vLLM's CPU kernels implement
+
+
+def test_a_failed_vllm_environment_build_leaves_nothing(tmp_path, monkeypatch):
+    import quantkit.toolchains.vllm as vllm_env
+    from quantkit.toolchains.vllm import VllmEnvError, build_environment, environment_dir, find_environment
+
+    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("QUANTKIT_VLLM_PYTHON", raising=False)
+    empty_lock = tmp_path / "lock.txt"
+    empty_lock.write_text("# nothing: vllm will not import\n")
+    monkeypatch.setattr(vllm_env, "lock_file", lambda: empty_lock)
+    with pytest.raises(VllmEnvError, match="import vllm"):
+        build_environment(gpu=False)
+    assert not environment_dir(gpu=False).exists()  # a half-built environment is never left to be trusted
+    assert find_environment() is None

@@ -20,7 +20,7 @@ def quantize_command(
     verbose: VerboseOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Quantize a model into every output of RECIPE (AWQ, GPTQ, INT8, FP8, RTN).
+    """Quantize a model into every output of RECIPE (AWQ, GPTQ, INT8, FP8, RTN, GGUF).
 
     Examples:
 

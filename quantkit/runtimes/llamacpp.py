@@ -23,7 +23,8 @@ def base_logits(tc: LlamaCpp, base_gguf: Path, text_file: Path, logits_file: Pat
 def score_gguf(tc: LlamaCpp, gguf_file: Path, logits_file: Path, domain: str, context: int, chunks: int) -> DomainScores:
     k = tc.kl_divergence(gguf_file, logits_file, ctx=context, chunks=chunks)
     return DomainScores(
-        domain=domain, runtime="llama.cpp", n_tokens=chunks * (context - context // 2), context=context, stride=context,
+        # llama-perplexity scores positions context/2 .. context-2 of each chunk (their next tokens)
+        domain=domain, runtime="llama.cpp", n_tokens=chunks * (context - 1 - context // 2), context=context, stride=context,
         base_ppl=k["ppl_base"], ppl=k["ppl"], kld_mean=k["mean_kld"], kld_median=k["median_kld"],
         kld_p99=k["p99_kld"], top1_agreement=k["same_top_p"] / 100.0,
     )
