@@ -234,3 +234,29 @@ def test_a_failed_vllm_environment_build_leaves_nothing(tmp_path, monkeypatch):
         build_environment(gpu=False)
     assert not environment_dir(gpu=False).exists()  # a half-built environment is never left to be trusted
     assert find_environment() is None
+
+
+def test_draft_model_speculation_config_and_dtype(fake_env, tmp_path):
+    draft = tmp_path / "draft"
+    draft.mkdir()
+    (draft / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "compressed-tensors"}}))
+    opts = ServeOptions(speculative="draft_model", draft_model=draft, max_tokens=6, prompts=1, concurrency=(1,))
+    r = serve_test(tmp_path / "float-model", fake_env, expected_quantization=None, options=opts, log_dir=tmp_path / "l")
+    assert r.status == "measured" and r.speculative["config"] == {"method": "draft_model", "model": str(draft),
+                                                                  "num_speculative_tokens": 4}
+    assert r.dtype == "bfloat16"  # a quantized draft on CPU: both run in the dtype its kernels implement
+    with pytest.raises(ValueError, match="draft model path"):
+        ServeOptions(speculative="draft_model").speculative_config()
+
+
+def test_server_command():
+    from quantkit.serving.server import vllm_server_command
+
+    cmd = vllm_server_command(Path("/env/bin/python"), Path("/m"), served_name="s", max_model_len=1024, cpu=True,
+                              speculative_config={"method": "ngram", "num_speculative_tokens": 4}, dtype="float32")
+    assert cmd[:3] == ["/env/bin/python", "-m", "vllm.entrypoints.openai.api_server"]  # not `vllm serve`: see decisions.md
+    joined = " ".join(cmd)
+    assert "--enforce-eager" in cmd and "--dtype float32" in joined and "--max-model-len 1024" in joined
+    assert json.loads(cmd[cmd.index("--speculative-config") + 1])["method"] == "ngram"
+    gpu = vllm_server_command(Path("p"), Path("/m"), served_name="s", max_model_len=1024, cpu=False)
+    assert "--enforce-eager" not in gpu and "--dtype" not in gpu and "--speculative-config" not in gpu

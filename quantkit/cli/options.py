@@ -38,10 +38,12 @@ ConcurrencyOpt = Annotated[Optional[list[int]], typer.Option("--concurrency", he
 ServeMaxTokensOpt = Annotated[int, typer.Option("--serve-max-tokens", help="Output tokens per request of the speed workload.")]
 ServePromptsOpt = Annotated[Optional[int], typer.Option("--serve-prompts", help="Use the first N of the 8 copy/edit/quote prompts (short runs for slow kernels such as FP8 on CPU).", show_default=False)]
 ReadyTimeoutOpt = Annotated[float, typer.Option("--ready-timeout", help="Seconds to wait for the server's /health.")]
+ServeDtypeOpt = Annotated[Optional[str], typer.Option("--serve-dtype", help="vLLM --dtype (default on CPU: float32 for unquantized models, bfloat16 for quantized ones).", show_default=False)]
+SERVE_DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
 def serve_options(speculative: str, draft: Optional[Path], concurrency: Optional[list[int]], max_tokens: int,
-                  prompts: Optional[int], ready_timeout: float):
+                  prompts: Optional[int], ready_timeout: float, dtype: Optional[str] = None):
     from quantkit.errors import QuantkitError
     from quantkit.serving.smoke import SPEC_METHODS, ServeOptions
 
@@ -54,8 +56,10 @@ def serve_options(speculative: str, draft: Optional[Path], concurrency: Optional
         raise QuantkitError(f"--draft: not found: {draft.resolve()}")
     if concurrency and any(c < 1 for c in concurrency):
         raise QuantkitError("--concurrency must be at least 1")
+    if dtype is not None and dtype not in SERVE_DTYPES:
+        raise QuantkitError(f"--serve-dtype {dtype!r}: expected one of {', '.join(SERVE_DTYPES)}")
     if max_tokens < 2 or (prompts is not None and prompts < 1):
         raise QuantkitError("--serve-max-tokens must be at least 2 and --serve-prompts at least 1")
     return ServeOptions(speculative=spec, draft_model=draft.resolve() if draft else None,
                         concurrency=tuple(concurrency or (1, 8)), max_tokens=max_tokens, prompts=prompts,
-                        ready_timeout=ready_timeout)
+                        ready_timeout=ready_timeout, dtype=dtype)

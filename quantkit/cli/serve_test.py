@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from quantkit.cli.options import (ConcurrencyOpt, DraftOpt, JsonOpt, ReadyTimeoutOpt, ServeMaxTokensOpt, ServePromptsOpt,
+from quantkit.cli.options import (ConcurrencyOpt, DraftOpt, JsonOpt, ReadyTimeoutOpt, ServeDtypeOpt, ServeMaxTokensOpt, ServePromptsOpt,
                                   SpeculativeOpt, VerboseOpt, VllmPythonOpt, serve_options)
 from quantkit.cli.output import console, err_console, quiet_libraries, sigterm_as_exit
 
@@ -23,6 +23,7 @@ def serve_test_command(
     serve_max_tokens: ServeMaxTokensOpt = 96,
     serve_prompts: ServePromptsOpt = None,
     ready_timeout: ReadyTimeoutOpt = 600.0,
+    serve_dtype: ServeDtypeOpt = None,
     gate: Annotated[Optional[list[str]], typer.Option("--gate", help="Override a serving gate: KEY=VALUE (serve_ready_s_max, serve_failed_requests_max, ...). Repeatable.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", help="Also write the JSON report to this file.", show_default=False)] = None,
     verbose: VerboseOpt = False,
@@ -42,7 +43,7 @@ def serve_test_command(
     quiet_libraries(verbose)
     from quantkit.serving.report import run_serve_test
 
-    options = serve_options(speculative, draft, concurrency, serve_max_tokens, serve_prompts, ready_timeout)
+    options = serve_options(speculative, draft, concurrency, serve_max_tokens, serve_prompts, ready_timeout, serve_dtype)
     from quantkit.progress import RichReporter
 
     with sigterm_as_exit(), RichReporter(err_console) as reporter:

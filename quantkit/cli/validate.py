@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from quantkit.cli.options import (ConcurrencyOpt, DraftOpt, JsonOpt, ReadyTimeoutOpt, ServeMaxTokensOpt, ServePromptsOpt,
+from quantkit.cli.options import (ConcurrencyOpt, DraftOpt, JsonOpt, ReadyTimeoutOpt, ServeDtypeOpt, ServeMaxTokensOpt, ServePromptsOpt,
                                   SpeculativeOpt, VerboseOpt, VllmPythonOpt, serve_options)
 from quantkit.cli.output import console, err_console, quiet_libraries, sigterm_as_exit
 
@@ -32,6 +32,7 @@ def validate_command(
     serve_max_tokens: ServeMaxTokensOpt = 96,
     serve_prompts: ServePromptsOpt = None,
     ready_timeout: ReadyTimeoutOpt = 600.0,
+    serve_dtype: ServeDtypeOpt = None,
     verbose: VerboseOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -63,7 +64,7 @@ def validate_command(
         from quantkit.checks.serve import ServeSettings
         from quantkit.toolchains.vllm import VllmEnvError, find_environment
 
-        options = serve_options(speculative, draft, concurrency, serve_max_tokens, serve_prompts, ready_timeout)
+        options = serve_options(speculative, draft, concurrency, serve_max_tokens, serve_prompts, ready_timeout, serve_dtype)
         try:
             venv = find_environment(vllm_python)
         except VllmEnvError as e:

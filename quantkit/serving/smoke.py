@@ -153,6 +153,13 @@ def transformers_greedy_ids(model_path: Path, prompt: str, n: int) -> list[int]:
     return out[0, len(ids):].tolist()
 
 
+def _is_quantized(model: Path | None) -> bool:
+    """A model folder whose config declares a quantization (a draft model, for the dtype choice)."""
+    if model is None or not (Path(model) / "config.json").is_file():
+        return False
+    return bool(json.loads((Path(model) / "config.json").read_text()).get("quantization_config"))
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -171,7 +178,8 @@ def serve_test(model_path: str | Path, env: VllmEnv, *, expected_quantization: s
     cpu = env.info.get("device", "cpu") == "cpu"
     result = ServeResult("measured", str(model_path), expected_quantization, vllm=dict(env.info), options=options.to_dict())
     workload = spec_requests(options.max_tokens, options.prompts)
-    result.dtype = options.dtype or (("float32" if expected_quantization is None else "bfloat16") if cpu else None)
+    quantized = expected_quantization is not None or _is_quantized(options.draft_model if options.speculative == "draft_model" else None)
+    result.dtype = options.dtype or (("bfloat16" if quantized else "float32") if cpu else None)
 
     def command(spec: dict | None) -> list[str]:
         return vllm_server_command(env.python, model_path, served_name=SERVED_NAME, max_model_len=options.max_model_len,
