@@ -50,24 +50,29 @@ def domain_ppl_plot(reports: list[ValidationReport]) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    targets = [t for r in reports for t in r.targets]
+    targets = [t for r in reports for t in r.targets if t.scores]
     domains = sorted({s.domain for t in targets for s in t.scores})
-    fig, ax = plt.subplots(figsize=(max(7, 0.6 * len(targets) * len(domains)), 4.2))
-    width = 0.8 / (len(targets) + 1)
+    # each runtime scores its own windows (llama.cpp: second half of each chunk), so each has its base bar
+    runtimes = sorted({s.runtime for t in targets for s in t.scores})
+    slots = len(runtimes) + len(targets)
+    fig, ax = plt.subplots(figsize=(max(7, 0.6 * slots * len(domains)), 4.2))
+    width = 0.8 / slots
     for di, domain in enumerate(domains):
-        base = next((s.base_ppl for t in targets for s in t.scores if s.domain == domain), None)
-        if base is not None:
-            ax.bar(di, base, width, color="0.6", label="base" if di == 0 else None)
+        for ri, runtime in enumerate(runtimes):
+            base = next((s.base_ppl for t in targets for s in t.scores if s.domain == domain and s.runtime == runtime), None)
+            if base is not None:
+                ax.bar(di + ri * width, base, width, color="0.6" if ri == 0 else "0.8", hatch=None if ri == 0 else "//",
+                       label=f"base ({runtime} windows)" if di == 0 else None)
         for ti, t in enumerate(targets):
             s = next((s for s in t.scores if s.domain == domain), None)
             if s:
                 # one colour per target across domains
                 first_domain = domains.index(t.scores[0].domain) == di
-                ax.bar(di + (ti + 1) * width, s.ppl, width, color=f"C{ti % 10}",
+                ax.bar(di + (len(runtimes) + ti) * width, s.ppl, width, color=f"C{ti % 10}",
                        label=t.target.split("/")[-1] if first_domain else None)
     ax.set_xticks([i + 0.4 for i in range(len(domains))], domains)
     ax.set_ylabel("perplexity (held-out)")
-    ax.set_title("Per-domain perplexity: base (grey) and each target")
+    ax.set_title("Per-domain perplexity: base (grey, per runtime) and each target")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(True, axis="y", alpha=0.3)
     out = _png(fig)

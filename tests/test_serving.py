@@ -197,6 +197,11 @@ def test_validate_runs_the_serving_check_and_gates_it(fake_env, tiny_model, tmp_
     assert "vLLM serving smoke test" in (art.path / "validation.md").read_text()
     assert (art.path / "serve-logs" / t.target / "serve-vllm.log").is_file()
     quantkit.Artifact.load(art.path)  # the logs do not break the checksums
+    from quantkit.report_html import write_run_report
+
+    page = write_run_report([report], tmp_path).read_text()
+    assert page.count("data:image/png;base64,") == 4  # size/KLD, per-domain ppl, KLD by position, vLLM throughput
+    assert "vLLM serving smoke test" in page and "ngram speedup" in page
 
     # explicitly asked for, no vLLM environment: skipped with the reason, and the gates fail
     report = validate(art.path, max_tokens=64, context=32, gate_overrides=loose,
