@@ -160,6 +160,13 @@ def _is_quantized(model: Path | None) -> bool:
     return bool(json.loads((Path(model) / "config.json").read_text()).get("quantization_config"))
 
 
+def _divergence(plain: str, speculative: str) -> dict:
+    """Where two outputs part, with 40 characters either side."""
+    at = next((i for i, (x, y) in enumerate(zip(plain, speculative)) if x != y), min(len(plain), len(speculative)))
+    return {"first_difference_at_char": at, "plain": plain[max(0, at - 40): at + 40],
+            "speculative": speculative[max(0, at - 40): at + 40]}
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -242,16 +249,11 @@ def serve_test(model_path: str | Path, env: VllmEnv, *, expected_quantization: s
             base_tps = result.performance[str(c)]["output_tokens_per_s"]
             spec_tps = sd["performance"][str(c)]["output_tokens_per_s"]
             sd["speedup"][str(c)] = spec_tps / base_tps if base_tps and spec_tps else None
-            for r in run.results:
-                if r.ok and r.id in plain_texts[c]:
-                    compared += 1
-                    if r.text != plain_texts[c][r.id]:
-                        mismatches += 1
-                        at = next((i for i, (x, y) in enumerate(zip(r.text, plain_texts[c][r.id])) if x != y),
-                                  min(len(r.text), len(plain_texts[c][r.id])))
-                        diverged.append({"request": r.id, "concurrency": c, "first_difference_at_char": at,
-                                         "plain": plain_texts[c][r.id][max(0, at - 40): at + 40],
-                                         "speculative": r.text[max(0, at - 40): at + 40]})
+            for r in (r for r in run.results if r.ok and r.id in plain_texts[c]):
+                compared += 1
+                if r.text != plain_texts[c][r.id]:
+                    mismatches += 1
+                    diverged.append({"request": r.id, "concurrency": c, **_divergence(plain_texts[c][r.id], r.text)})
         sd["compared_outputs"], sd["mismatches"], sd["diverged"] = compared, mismatches, diverged
         total = [a for a in sd["acceptance"].values() if a.get("available")]
         if total:
