@@ -52,8 +52,12 @@ def test_validate_serves_the_gptq_artifact(artifacts, vllm_env):
     assert d["kernels"], "vLLM logged no linear kernel for the quantized layers"
     assert d["smoke"]["failed"] == 0 and d["greedy"]["agreeing_tokens"] is not None
     gates = {g["gate"]: g for g in target["gates"]}
-    for key in ("serve_loaded_min", "serve_failed_requests_max", "serve_quantization_match_min", "spec_mismatches_max"):
+    for key in ("serve_loaded_min", "serve_failed_requests_max", "serve_quantization_match_min"):
         assert gates[key]["passed"], gates[key]
+    # bf16 (the CPU W4A16 kernel's only dtype) can flip a near tie under speculation: measured and gated, and 0 in
+    # every run so far, but a mismatch here would be a true result, not a broken check
+    assert gates["spec_mismatches_max"]["value"] is not None
+    assert d["speculative"]["compared_outputs"] == 16
     assert "vLLM serving smoke test" in (art / "validation.md").read_text()
 
 
