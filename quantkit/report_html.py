@@ -138,7 +138,7 @@ def serving_plot(reports: list[ValidationReport]) -> str | None:
     xs = range(len(bars))
     ax.bar([x - 0.2 for x in xs], [b[1] for b in bars], 0.4, label="plain", color="0.6")
     ax.bar([x + 0.2 for x in xs], [b[2] for b in bars], 0.4, label="speculative", color="tab:blue")
-    ax.set_xticks(list(xs), [b[0] for b in bars], fontsize=7)
+    ax.set_xticks(list(xs), [b[0] for b in bars], fontsize=7, rotation=20, ha="right")
     ax.set_ylabel("output tokens/s (vLLM, copy/edit workload)")
     ax.set_title("vLLM serving: throughput with and without speculative decoding")
     ax.legend(fontsize=8)
@@ -184,7 +184,7 @@ def render_html(reports: list[ValidationReport], title: str) -> str:
         for r in reports if r.settings.get("serve") is not None for t in r.targets for c in t.checks if c.check == "serve"
     )
     serve_section = (f"<h2>vLLM serving smoke test</h2><p>Speed workload: {html.escape(WORKLOAD_NOTE)}.</p>"
-                     f"<table><thead><tr><th>target</th><th>serving</th></tr></thead><tbody>{serve_rows}</tbody></table>"
+                     f"<table><thead><tr><th class=l>target</th><th class=l>serving</th></tr></thead><tbody>{serve_rows}</tbody></table>"
                      if serve_rows else "")
     images = "".join(f'<img alt="{alt}" src="{src}">' for alt, src in plots)
     return f"""<!doctype html>

@@ -103,6 +103,10 @@ def validate_command(
         console.print_json(json.dumps([r.to_dict() for r in reports]))
     else:
         console.print(results_table(reports))
+        console.print(gates_table(reports))
+        serving = serving_table(reports)
+        if serving.row_count:
+            console.print(serving)
     if not all(r.passed for r in reports):
         raise typer.Exit(1)
 
@@ -114,22 +118,41 @@ def results_table(reports) -> Table:
         table.add_column(col, justify=just)
     for r in reports:
         for t in r.targets:
-            gates = "; ".join(
-                f"{'[green]✓[/]' if g.passed else '[red]✗[/]'} {g.gate} {'-' if g.value is None else f'{g.value:.4g}'} (≤ {g.threshold})"
-                if g.gate.endswith("_max") else
-                f"{'[green]✓[/]' if g.passed else '[red]✗[/]'} {g.gate} {'-' if g.value is None else f'{g.value:.4g}'} (≥ {g.threshold})"
-                for g in t.gates
-            )
+            verdict = "[green]pass[/]" if t.passed else f"[red]FAIL[/] ({sum(not g.passed for g in t.gates)} of {len(t.gates)})"
             if t.runtime_unavailable:
-                table.add_row(t.target, f"[yellow]skipped[/]: {t.runtime_unavailable}", "0", "-", "-", "-", "-", gates)
+                table.add_row(t.target, f"[yellow]skipped[/]: {t.runtime_unavailable}", "0", "-", "-", "-", "-", verdict)
             for i, s in enumerate(t.scores):
                 table.add_row(t.target if i == 0 else "", s.domain, str(s.n_tokens), f"{s.base_ppl:.3f}", f"{s.ppl:.3f}",
-                              f"{s.kld_mean:.4f}", f"{s.top1_agreement:.1%}", gates if i == 0 else "")
-            serve = next((c for c in t.checks if c.check == "serve"), None)
-            if serve is not None and r.settings.get("serve") is not None:
-                from quantkit.serving.smoke import summary_line
+                              f"{s.kld_mean:.4f}", f"{s.top1_agreement:.1%}", verdict if i == 0 else "")
+    return table
 
-                table.add_row("", "vLLM serve", "", "", "", "", "", summary_line(serve.to_dict()))
+
+def gates_table(reports) -> Table:
+    table = Table(title="gates", title_justify="left")
+    for col, just in (("target", "left"), ("gate", "left"), ("value", "right"), ("threshold", "right"), ("", "left")):
+        table.add_column(col, justify=just)
+    for r in reports:
+        for t in r.targets:
+            for i, g in enumerate(t.gates):
+                op = "≤" if g.gate.endswith("_max") else "≥"
+                table.add_row(t.target if i == 0 else "", g.gate, "not measured" if g.value is None else f"{g.value:.4g}",
+                              f"{op} {g.threshold:g}", "[green]✓[/]" if g.passed else "[red]✗ fail[/]")
+    return table
+
+
+def serving_table(reports) -> Table:
+    from quantkit.serving.smoke import summary_line
+
+    table = Table(title="vLLM serving smoke test", title_justify="left")
+    table.add_column("target", justify="left", no_wrap=True)
+    table.add_column("serving", justify="left")
+    for r in reports:
+        if r.settings.get("serve") is None:
+            continue
+        for t in r.targets:
+            serve = next((c for c in t.checks if c.check == "serve"), None)
+            if serve is not None:
+                table.add_row(t.target, summary_line(serve.to_dict()))
     return table
 
 
