@@ -55,7 +55,7 @@ def main() -> None:
             cells += [fmt(p["output_tokens_per_s"]), f"{fmt(p['ttft_p50_s'], '.0f', 1000)}/{fmt(p['ttft_p95_s'], '.0f', 1000)}",
                       f"{fmt(p['tpot_p50_s'], '.0f', 1000)}/{fmt(p['tpot_p95_s'], '.0f', 1000)}"]
         cells += [f"{fmt(sd.get('speedup', {}).get('1'), '.2f')}x / {fmt(sd.get('speedup', {}).get('8'), '.2f')}x",
-                  fmt(sd.get("acceptance_rate"), ".0%") if sd.get("acceptance_rate") is not None else "-",
+                  fmt(sd.get("acceptance_rate"), ".0%"),
                   fmt(sd.get("mean_acceptance_length"), ".2f"),
                   f"{sd.get('compared_outputs', 0) - sd.get('mismatches', 0)}/{sd.get('compared_outputs', 0)}",
                   f"{r.greedy.get('agreeing_tokens')}/{r.greedy.get('tokens')}"]

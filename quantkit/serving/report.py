@@ -9,7 +9,7 @@ from pathlib import Path
 from quantkit.errors import QuantkitError
 from quantkit.gates import SERVE_DEFAULTS, SPEC_DEFAULTS, GateResult, evaluate_gates, parse_gate_overrides
 from quantkit.progress import NullReporter, Reporter
-from quantkit.serving.smoke import ServeOptions, ServeResult, serve_test, transformers_greedy_ids
+from quantkit.serving.smoke import ServeOptions, ServeResult, greedy_reference, serve_test
 from quantkit.serving.workload import GREEDY_PROMPT
 
 
@@ -28,8 +28,8 @@ class ServeReport:
                 "gates": [g.to_dict() for g in self.gates]}
 
 
-def describe_target(path: Path) -> tuple[Path, str | None, str, Path]:
-    """(what vLLM loads, the quantization it should report, format, where logs go)."""
+def describe_target(path: Path) -> tuple[Path, str | None, Path]:
+    """(what vLLM loads, the quantization it should report, where logs go)."""
     from quantkit.artifact import MANIFEST_NAME, SERVE_LOGS, Artifact
     from quantkit.sources.models import cache_dir
 
@@ -39,20 +39,20 @@ def describe_target(path: Path) -> tuple[Path, str | None, str, Path]:
     if path.is_file():
         if path.suffix != ".gguf":
             raise QuantkitError(f"{path}: expected a model folder or a .gguf file")
-        return path, "gguf", "gguf", cache_dir() / "serve-logs" / path.stem
+        return path, "gguf", cache_dir() / "serve-logs" / path.stem
     if (path / MANIFEST_NAME).is_file():
         art = Artifact.load(path)  # checksums first
         logs = path / SERVE_LOGS / "serve-test"
         if art.manifest["format"] == "gguf":
             written = art.manifest["engine"]["types"]
             first = next(t for t in art.manifest["output"]["types"] if t in written)
-            return path / written[first]["file"], "gguf", "gguf", logs
-        return path, "compressed-tensors", "compressed-tensors", logs
+            return path / written[first]["file"], "gguf", logs
+        return path, "compressed-tensors", logs
     config = path / "config.json"
     if not config.is_file():
         raise QuantkitError(f"{path} has neither {MANIFEST_NAME} nor config.json: not a model folder")
     qc = json.loads(config.read_text()).get("quantization_config") or {}
-    return path, qc.get("quant_method"), "float" if not qc else str(qc.get("quant_method")), cache_dir() / "serve-logs" / path.name
+    return path, qc.get("quant_method"), cache_dir() / "serve-logs" / path.name
 
 
 def run_serve_test(path: str | Path, options: ServeOptions | None = None, *, vllm_python: str | Path | None = None,
@@ -62,12 +62,10 @@ def run_serve_test(path: str | Path, options: ServeOptions | None = None, *, vll
     options = options or ServeOptions()
     reporter = reporter or NullReporter()
     overrides = parse_gate_overrides(gate_overrides)
-    model, expected, fmt, log_dir = describe_target(Path(path))
+    model, expected, log_dir = describe_target(Path(path))
     env = require_environment(vllm_python)
-    reference = None
-    if fmt != "gguf":
-        with reporter.task(f"transformers: greedy reference for {GREEDY_PROMPT!r}"):
-            reference = transformers_greedy_ids(model, GREEDY_PROMPT, options.greedy_tokens)
+    with reporter.task(f"transformers: greedy reference for {GREEDY_PROMPT!r}"):
+        reference = greedy_reference(model, expected, options.greedy_tokens)
     result = serve_test(model, env, expected_quantization=expected, options=options, log_dir=log_dir,
                         greedy_reference=reference, reporter=reporter)
     gates = dict(SERVE_DEFAULTS)

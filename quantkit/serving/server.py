@@ -8,6 +8,7 @@ and temporary files go to a private folder that is removed on stop.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -143,8 +144,6 @@ class ServerProcess:
 
 def vllm_server_command(python: Path, model: Path, *, served_name: str, max_model_len: int, cpu: bool,
                         speculative_config: dict | None = None, dtype: str | None = None) -> list[str]:
-    import json
-
     cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", "127.0.0.1",
            "--served-model-name", served_name, "--max-model-len", str(max_model_len), "--seed", "0"]
     if cpu:

@@ -72,7 +72,7 @@ class ServeOptions:
 
 @dataclass
 class ServeResult:
-    status: str  # "measured" | "failed" (did not load / crashed) | "skipped"
+    status: str  # "measured" | "failed" (did not load, or crashed while serving)
     model: str
     expected_quantization: str | None
     reason: str | None = None
@@ -98,8 +98,6 @@ class ServeResult:
 
     def metrics(self) -> dict[str, float]:
         """Gate metrics; only what was measured."""
-        if self.status == "skipped":
-            return {}
         out: dict[str, float] = {"serve_loaded": 1.0 if self.status == "measured" else 0.0}
         if self.status != "measured":
             return out
@@ -153,11 +151,25 @@ def transformers_greedy_ids(model_path: Path, prompt: str, n: int) -> list[int]:
     return out[0, len(ids):].tolist()
 
 
+def greedy_reference(model_path: Path, expected_quantization: str | None, n: int) -> list[int] | None:
+    """The transformers runtime's greedy ids for GREEDY_PROMPT; None for GGUF (transformers would
+    dequantize it, which is not what llama.cpp or vLLM run)."""
+    if expected_quantization == "gguf":
+        return None
+    return transformers_greedy_ids(model_path, GREEDY_PROMPT, n)
+
+
 def _is_quantized(model: Path | None) -> bool:
     """A model folder whose config declares a quantization (a draft model, for the dtype choice)."""
     if model is None or not (Path(model) / "config.json").is_file():
         return False
     return bool(json.loads((Path(model) / "config.json").read_text()).get("quantization_config"))
+
+
+def _request_failure(error: Exception, server: ServerProcess) -> str:
+    """A request the server answered badly: the error, and the reason its log gives."""
+    first_line = (str(error).splitlines() or [""])[0]
+    return f"request failed ({type(error).__name__}: {first_line}); vLLM: {failure_reason(server.log_text())}"
 
 
 def _divergence(plain: str, speculative: str) -> dict:
@@ -222,8 +234,7 @@ def serve_test(model_path: str | Path, env: VllmEnv, *, expected_quantization: s
         result.status, result.reason, result.log_tail = "failed", str(e), e.log_tail
         return result
     except (httpx.HTTPError, KeyError, ValueError) as e:  # the server answered badly: its log says why
-        result.status = "failed"
-        result.reason = f"request failed ({type(e).__name__}: {str(e).splitlines()[0]}); vLLM: {failure_reason(plain.log_text())}"
+        result.status, result.reason = "failed", _request_failure(e, plain)
         return result
     finally:
         plain.stop()
@@ -239,8 +250,10 @@ def serve_test(model_path: str | Path, env: VllmEnv, *, expected_quantization: s
             spec.start()
             sd["ready_s"] = spec.wait_ready(options.ready_timeout)
         mismatches, compared, diverged = 0, 0, []
+        first = parse_counters(get_text(spec.base_url, "/metrics"))
+        after = first
         for c in options.concurrency:
-            before = parse_counters(get_text(spec.base_url, "/metrics"))
+            before = after
             with reporter.task(f"vLLM: same workload with speculation at concurrency {c}"):
                 run = run_workload(spec.base_url, SERVED_NAME, workload, concurrency=c)
             after = parse_counters(get_text(spec.base_url, "/metrics"))
@@ -255,19 +268,14 @@ def serve_test(model_path: str | Path, env: VllmEnv, *, expected_quantization: s
                     mismatches += 1
                     diverged.append({"request": r.id, "concurrency": c, **_divergence(plain_texts[c][r.id], r.text)})
         sd["compared_outputs"], sd["mismatches"], sd["diverged"] = compared, mismatches, diverged
-        total = [a for a in sd["acceptance"].values() if a.get("available")]
-        if total:
-            drafts = sum(a["drafts"] for a in total)
-            draft_tokens = sum(a["draft_tokens"] for a in total)
-            accepted = sum(a["accepted_tokens"] for a in total)
-            sd["acceptance_rate"] = accepted / draft_tokens if draft_tokens else None
-            sd["mean_acceptance_length"] = 1 + accepted / drafts if drafts else None
+        overall = spec_decode_stats(first, after)  # over every concurrency
+        if overall["available"]:
+            sd["acceptance_rate"], sd["mean_acceptance_length"] = overall["acceptance_rate"], overall["mean_acceptance_length"]
     except ServerError as e:
         # the plain results stand; the speculative gates fail as unmeasured
         sd["status"], sd["reason"], result.spec_log_tail = "failed", str(e), e.log_tail
     except (httpx.HTTPError, KeyError, ValueError) as e:
-        sd["status"] = "failed"
-        sd["reason"] = f"request failed ({type(e).__name__}: {str(e).splitlines()[0]}); vLLM: {failure_reason(spec.log_text())}"
+        sd["status"], sd["reason"] = "failed", _request_failure(e, spec)
     finally:
         spec.stop()
         result.spec_log_tail = result.spec_log_tail or spec.log_tail(40)

