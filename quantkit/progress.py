@@ -1,15 +1,20 @@
 """Progress reporting for long steps.
 
-The library reports through a `Reporter`; the CLI passes a rich one, library callers get
-silence by default. Engines never import rich directly.
+The library reports through a `Reporter`; the CLI passes a rich one in a terminal and a plain,
+timestamped one where output is a log (CI), library callers get silence by default. Engines
+never import rich directly.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import sys
+import threading
 import time
-from typing import Iterable, Iterator, Protocol
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Iterable, Iterator, Protocol, TextIO
 
 
 class Task(Protocol):
@@ -18,7 +23,9 @@ class Task(Protocol):
 
 
 class Reporter(Protocol):
-    def task(self, description: str, total: float | None = None, transient: bool = False) -> contextlib.AbstractContextManager[Task]: ...
+    # tokens: how many tokens the step processes, for the tokens/s its end line reports
+    def task(self, description: str, total: float | None = None, transient: bool = False,
+             tokens: int | None = None) -> contextlib.AbstractContextManager[Task]: ...
     def log(self, message: str) -> None: ...
 
 
@@ -38,7 +45,8 @@ class NullReporter:
         self.messages: list[str] = []
 
     @contextlib.contextmanager
-    def task(self, description: str, total: float | None = None, transient: bool = False) -> Iterator[Task]:
+    def task(self, description: str, total: float | None = None, transient: bool = False,
+             tokens: int | None = None) -> Iterator[Task]:
         self.steps.append(description)
         yield _NullTask()
 
@@ -82,7 +90,8 @@ class RichReporter:
         self.progress.stop()
 
     @contextlib.contextmanager
-    def task(self, description: str, total: float | None = None, transient: bool = False) -> Iterator[Task]:
+    def task(self, description: str, total: float | None = None, transient: bool = False,
+             tokens: int | None = None) -> Iterator[Task]:
         self.steps.append(description)
         task_id = self.progress.add_task(description, total=total)
         progress = self.progress
@@ -112,6 +121,123 @@ class RichReporter:
 
     def log(self, message: str) -> None:
         self.progress.console.print(message)
+
+
+@dataclass
+class _Step:
+    description: str
+    depth: int
+    started: float
+    total: float | None = None
+    completed: float = 0.0
+    transient: bool = False
+
+
+def plain_text(message: str) -> str:
+    """A message without rich markup ("[red]...[/]")."""
+    from rich.text import Text
+
+    try:
+        return Text.from_markup(message).plain
+    except Exception:  # noqa: BLE001 - a message with brackets that are not markup is printed as is
+        return message
+
+
+class PlainReporter:
+    """Timestamped lines for logs, where a progress bar is unreadable.
+
+    One line when a step starts, one when it ends (duration; tokens/s where the step knows its
+    tokens), and every `heartbeat` seconds one line for the innermost step still running, so a
+    CI log shows that a 30-minute step is alive. Every line is flushed at once. Transient steps
+    (the per-batch bars inside calibration) print nothing of their own.
+    """
+
+    def __init__(self, stream: TextIO | None = None, heartbeat: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic, now: Callable[[], datetime] = datetime.now) -> None:
+        self.stream = stream or sys.stderr
+        self.heartbeat = heartbeat
+        self.clock, self.now = clock, now
+        self.steps: list[str] = []
+        self._active: list[_Step] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "PlainReporter":
+        if self.heartbeat > 0:
+            self._thread = threading.Thread(target=self._beat, name="quantkit-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _line(self, text: str, depth: int = 0) -> None:
+        with self._lock:
+            self.stream.write(f"{self.now().strftime('%H:%M:%S')} {'  ' * depth}{text}\n")
+            self.stream.flush()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            self.beat()
+
+    def beat(self) -> None:
+        """The heartbeat line for the innermost running step (called by the timer thread)."""
+        with self._lock:
+            shown = [s for s in self._active if not s.transient]
+            step = shown[-1] if shown else None
+        if step is None:
+            return
+        done = f", {step.completed:g}/{step.total:g}" if step.total else ""
+        self._line(f"… {step.description} ({_duration(self.clock() - step.started)} so far{done})", step.depth)
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: float | None = None, transient: bool = False,
+             tokens: int | None = None) -> Iterator[Task]:
+        self.steps.append(description)
+        description = plain_text(description).strip()
+        with self._lock:
+            depth = len([s for s in self._active if not s.transient])
+            step = _Step(description, depth, self.clock(), total, 0.0, transient)
+            self._active.append(step)
+        if not transient:
+            self._line(f"start {description}", depth)
+
+        class _T:
+            def advance(self, n: float = 1) -> None:
+                step.completed += n
+
+            def update(self, *, completed=None, total=None, description=None) -> None:
+                if completed is not None:
+                    step.completed = completed
+                if total is not None:
+                    step.total = total
+                if description is not None:
+                    step.description = plain_text(description).strip()
+
+        ok = False
+        try:
+            yield _T()
+            ok = True
+        finally:
+            with self._lock:
+                self._active.remove(step)
+            if not transient:
+                seconds = self.clock() - step.started
+                rate = f", {tokens / seconds:,.0f} tokens/s" if tokens and seconds > 0 else ""
+                self._line(f"{'done ' if ok else 'FAILED'} {description} ({_duration(seconds)}{rate})", depth)
+
+    def log(self, message: str) -> None:
+        self._line(plain_text(message))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, s = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {s:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 @contextlib.contextmanager

@@ -84,12 +84,12 @@ class _NamedOutput(_Strict):
     )
 
     def default_name(self, recipe_name: str) -> str:
-        scheme = getattr(self, "scheme").lower().replace("_", "-")
+        scheme = self.scheme.lower().replace("_", "-")
         bits = getattr(self, "bits", None)
         if bits and re.match(r"^w\d", scheme):
             scheme = f"w{bits}{scheme[2:]}"  # a bits override renames W4A16 to W<bits>A16
         suffix = f"-g{self.group_size}" if isinstance(getattr(self, "group_size", None), int) else ""
-        return f"{recipe_name}-{getattr(self, 'method')}-{scheme}{suffix}"
+        return f"{recipe_name}-{self.method}-{scheme}{suffix}"
 
 
 class _OutputBase(_NamedOutput):

@@ -156,7 +156,8 @@ def render_html(reports: list[ValidationReport], title: str) -> str:
             for i, s in enumerate(t.scores):
                 rows.append(
                     "<tr>"
-                    + (f"<td class=l rowspan={len(t.scores)}>{html.escape(t.target)}</td><td rowspan={len(t.scores)}>{t.size_bytes / 1e6:.1f}</td>" if i == 0 else "")
+                    + (f"<td class=l rowspan={len(t.scores)}>{html.escape(t.target)}</td>"
+                       f"<td rowspan={len(t.scores)}>{t.size_bytes / 1e6:.1f}</td>" if i == 0 else "")
                     + f"<td class=l>{html.escape(s.domain)}</td><td>{s.n_tokens}</td><td>{s.base_ppl:.3f}</td><td>{s.ppl:.3f}</td>"
                     f"<td>{s.ppl_increase:+.1%}</td><td>{s.kld_mean:.4f}</td><td>{s.kld_p99:.4f}</td><td>{s.top1_agreement:.1%}</td>"
                     + (f"<td class=l rowspan={len(t.scores)}>{gates}</td>" if i == 0 else "")

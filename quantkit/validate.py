@@ -158,7 +158,10 @@ def validate(
         gates = default_gates(t.method, t.scheme, art.manifest["output"].get("bits"))
         if tasks and art.manifest["format"] == "compressed-tensors":
             gates["recovery_min"] = RECOVERY_MIN_DEFAULT
-        if serve is not None and serve.applies_gates and (art.manifest["format"] != "gguf" or serve.explicit):
+        serve_check = next((c for c in t.checks if c.check == "serve"), None)
+        serve_unsupported = serve_check is not None and serve_check.status == "unsupported"
+        if (serve is not None and serve.applies_gates and (art.manifest["format"] != "gguf" or serve.explicit)
+                and (serve.explicit or not serve_unsupported)):
             gates.update(SERVE_DEFAULTS)
             if serve.options.speculative:
                 gates.update(SPEC_DEFAULTS)
@@ -198,7 +201,7 @@ def _validate_transformers(art, base_folder, texts, context, stride, max_tokens,
             raise QuantkitError(f"{art.name} tokenizes the '{domain}' text differently from its base; KLD would be meaningless")
         if len(ids) < 2:
             raise QuantkitError(f"the '{domain}' text has fewer than 2 tokens")
-        with reporter.task(f"{art.name}: perplexity and KLD on {domain} ({len(ids)} tokens)"):
+        with reporter.task(f"{art.name}: perplexity and KLD on {domain} ({len(ids)} tokens)", tokens=len(ids)):
             scores.append(score_lockstep(base, quant, ids, domain, context=context, stride=stride))
     m = art.manifest
     return EvaluatedTarget(art.name, art.name, m["output"]["method"], m["scheme"], m["size_bytes"], "transformers", scores,
@@ -234,14 +237,14 @@ def _validate_gguf(art, base_folder, texts, context, max_tokens, reporter) -> li
         for domain, text in texts.items():
             check_tokenizer_fidelity(tc, f32, resolved, text=text[:20_000])
             (tmp / f"{domain}.txt").write_text(text)
-            with reporter.task(f"reference logits on {domain} (llama-perplexity, F32)"):
+            with reporter.task(f"reference logits on {domain} (llama-perplexity, F32)", tokens=chunks * context):
                 used = base_logits(tc, f32, tmp / f"{domain}.txt", tmp / f"{domain}.logits", context, chunks)
             logits[domain] = (tmp / f"{domain}.logits", used)
         for qtype in types:
             info = written[qtype]
             scores = []
             for domain, (logit_file, used) in logits.items():
-                with reporter.task(f"{qtype}: KLD and perplexity on {domain} (llama-perplexity)"):
+                with reporter.task(f"{qtype}: KLD and perplexity on {domain} (llama-perplexity)", tokens=chunks * context):
                     scores.append(score_gguf(tc, art.path / info["file"], logit_file, domain, context, used))
             targets.append(EvaluatedTarget(art.name, f"{art.name}/{qtype}", "gguf", qtype, info["bytes"], "llama.cpp", scores,
                                            path=art.path / info["file"]))

@@ -1,7 +1,6 @@
 """Every method on a tiny random Llama: real llm-compressor runs, seconds each."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import pytest
 
 import quantkit
 from quantkit.artifact import Artifact, sha256_file
-from quantkit.errors import ArtifactError, QuantkitError, SchemeConstraintError
+from quantkit.errors import QuantkitError, SchemeConstraintError
 from quantkit.progress import NullReporter
 
 from conftest import run_cli, tiny_recipe_text
@@ -24,6 +23,8 @@ METHOD_OUTPUTS = {
     "fp8": ("  - {method: fp8}\n", "float-quantized", 8, "float"),
     "rtn": ("  - {method: rtn, group_size: 32}\n", "pack-quantized", 4, None),
 }
+# the vLLM kernel class each method's checkpoint needs (quantkit.serving.support)
+SERVING_CLASS = {"awq": "W4A16", "gptq": "W4A16", "int8": "W8A8", "int8-static": "W8A8", "fp8": "FP8", "rtn": "W4A16"}
 
 
 @pytest.mark.parametrize("method", list(METHOD_OUTPUTS))
@@ -45,6 +46,9 @@ def test_method_writes_loadable_checkpoint(method, tiny_model, tmp_path):
         assert acts["strategy"] == ("tensor" if method == "int8-static" else "token")
     else:
         assert group["input_activations"] is None
+    from quantkit.serving.support import serving_class
+
+    assert serving_class(art.path) == SERVING_CLASS[method]
 
     # calibrated methods ran layer by layer and reported it
     calibrated = method in ("awq", "gptq", "int8", "int8-static")
@@ -79,7 +83,6 @@ def test_manifest_records_inputs_and_checksums(tiny_model, tmp_path):
 
 def test_no_model_kept_alive_between_outputs(tiny_model, tmp_path):
     import gc
-    import weakref
 
     from llmcompressor.core import active_session
     from transformers import LlamaForCausalLM

@@ -4,7 +4,6 @@ server runs in tests/test_vllm.py."""
 
 import json
 import os
-import signal
 import socket
 import sys
 import time

@@ -13,7 +13,7 @@ from quantkit.artifact import Artifact
 
 from quantkit.sources.calibration import builtin_holdout_text
 
-from conftest import CI_OVERRIDES, EXPECTED, GGUF, GGUF_TYPES, REPO, run_cli
+from conftest import EXPECTED, GGUF, GGUF_TYPES, REPO, run_cli
 
 pytestmark = pytest.mark.slow
 

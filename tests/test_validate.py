@@ -243,3 +243,12 @@ def test_recipe_gates_apply_and_cli_overrides_win(tiny_model, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     with pytest.raises(quantkit.RecipeError, match="kld_mean_max"):
         quantkit.parse_recipe(tiny_recipe_text(tiny_model, out, "  - {method: fp8, gates: {kld_max: 1}}\n"))
+
+
+def test_serving_class_of_weight_only_8_bit_and_2_bit(tiny_artifacts):
+    from quantkit.serving.support import serving_class
+
+    assert serving_class(tiny_artifacts["twin-w8a16"]) == "W8A16"  # no vLLM CPU kernel on any ISA
+    assert serving_class(tiny_artifacts["twin-w8a8"]) == "W8A8"
+    [two_bit] = [p for name, p in tiny_artifacts.items() if "rtn" in name and "twin" not in name]
+    assert serving_class(two_bit) is None  # quantkit has no rule: vLLM's own start decides

@@ -31,7 +31,7 @@ class CheckContext:
 @dataclass
 class CheckResult:
     check: str
-    status: str  # "measured" | "skipped" | "failed" (could not run the artifact: its gates fail)
+    status: str  # "measured" | "skipped" | "failed" (could not run the artifact: its gates fail) | "unsupported" (not runnable on this machine)
     metrics: dict = field(default_factory=dict)  # gate keys -> worst value over domains
     per_domain: dict = field(default_factory=dict)
     sample: dict = field(default_factory=dict)  # sample sizes behind the numbers

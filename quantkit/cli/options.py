@@ -27,6 +27,12 @@ OnlyOpt = Annotated[
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace artifacts that already exist.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show the libraries' own logs and progress bars.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+ProgressOpt = Annotated[
+    Optional[str],
+    typer.Option("--progress", help="Progress on stderr: rich (bars), plain (timestamped start/end lines and a line every 30 s, "
+                 "for CI logs) or none. Default: rich in a terminal, plain otherwise; or $QUANTKIT_PROGRESS.",
+                 show_default=False),
+]
 
 # vLLM serving smoke test (validate --serve and serve-test)
 VllmPythonOpt = Annotated[

@@ -93,6 +93,53 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+PROGRESS_MODES = ("auto", "rich", "plain", "none")
+
+
+def progress_mode(requested: str | None) -> str:
+    """rich in a terminal; plain where stdout or stderr is not one (CI logs, pipes)."""
+    mode = requested or os.environ.get("QUANTKIT_PROGRESS") or "auto"
+    if mode not in PROGRESS_MODES:
+        from quantkit.errors import QuantkitError
+
+        raise QuantkitError(f"--progress {mode!r}: expected one of {', '.join(PROGRESS_MODES)}")
+    if mode == "auto":
+        return "rich" if sys.stdout.isatty() and sys.stderr.isatty() else "plain"
+    return mode
+
+
+@contextlib.contextmanager
+def make_reporter(requested: str | None) -> Iterator:
+    """The Reporter for --progress: rich bars, timestamped lines, or nothing (all on stderr)."""
+    from quantkit.progress import NullReporter, PlainReporter, RichReporter
+
+    mode = progress_mode(requested)
+    if mode == "none":
+        yield NullReporter()
+        return
+    reporter = RichReporter(err_console) if mode == "rich" else PlainReporter(sys.stderr)
+    with reporter:
+        yield reporter
+
+
+def print_table(table, target: Console | None = None) -> None:
+    """A table at full width where output is not a terminal: identifiers are never cut to 80 columns."""
+    target = target or console
+    if target.is_terminal:
+        target.print(table)
+        return
+    from rich.measure import Measurement
+
+    wide = target.options.update_width(100_000)
+    width = Measurement.get(target, wide, table).maximum
+    previous = target.width  # print(width=) is capped at the console's width, so widen the console
+    target.width = max(width, previous)
+    try:
+        target.print(table)
+    finally:
+        target.width = previous
+
+
 def fail(message: str, code: int = 2) -> None:
     from rich.text import Text
 

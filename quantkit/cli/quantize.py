@@ -7,8 +7,9 @@ import json
 import typer
 from rich.table import Table
 
-from quantkit.cli.options import ForceOpt, JsonOpt, OnlyOpt, OutputDirOpt, RecipeArg, SetOpt, VerboseOpt
-from quantkit.cli.output import console, err_console, human_bytes, library_logs_to_stderr, quiet_libraries, sigterm_as_exit
+from quantkit.cli.options import ForceOpt, JsonOpt, OnlyOpt, OutputDirOpt, ProgressOpt, RecipeArg, SetOpt, VerboseOpt
+from quantkit.cli.output import (console, human_bytes, library_logs_to_stderr, make_reporter, print_table, quiet_libraries,
+                                 sigterm_as_exit)
 
 
 def quantize_command(
@@ -18,6 +19,7 @@ def quantize_command(
     only: OnlyOpt = None,
     force: ForceOpt = False,
     verbose: VerboseOpt = False,
+    progress: ProgressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Quantize a model into every output of RECIPE (AWQ, GPTQ, INT8, FP8, RTN, GGUF).
@@ -31,14 +33,13 @@ def quantize_command(
       quantkit quantize recipes/smollm2-135m.yaml --set calibration.num_samples=16 -o /tmp/out
     """
     quiet_libraries(verbose)
-    from quantkit.progress import RichReporter
     from quantkit.quantize import QuantizeFailed, quantize
     from quantkit.recipe import load_recipe
 
     parsed = load_recipe(recipe, set_ or [])
     library_logs_to_stderr(verbose)
     artifacts, failed = [], None
-    with sigterm_as_exit(), RichReporter(err_console) as reporter:
+    with sigterm_as_exit(), make_reporter(progress) as reporter:
         try:
             artifacts = quantize(parsed, output_dir=output_dir, only=only, force=force, reporter=reporter)
         except QuantizeFailed as e:
@@ -46,7 +47,7 @@ def quantize_command(
     if as_json:
         console.print_json(json.dumps([{"path": str(a.path), **_row(a)} for a in artifacts]))
     else:
-        console.print(results_table(artifacts))
+        print_table(results_table(artifacts))
     if failed:
         raise failed
 
@@ -76,7 +77,8 @@ def _row(a) -> dict:
 def results_table(artifacts) -> Table:
     folders = sorted({str(a.path.parent) for a in artifacts})
     table = Table(title="quantkit quantize", title_justify="left", caption=f"written to {', '.join(folders)}" if folders else None)
-    for col, just in (("artifact", "left"), ("method", "left"), ("scheme", "left"), ("size", "right"),
+    table.add_column("artifact", justify="left", no_wrap=True)
+    for col, just in ( ("method", "left"), ("scheme", "left"), ("size", "right"),
                       ("vs float", "right"), ("time", "right"), ("peak RSS", "right")):
         table.add_column(col, justify=just)
     for a in artifacts:

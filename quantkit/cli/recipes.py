@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from quantkit.cli.options import OutputDirOpt, RecipeArg, SetOpt
-from quantkit.cli.output import console
+from quantkit.cli.options import JsonOpt, OutputDirOpt, RecipeArg, SetOpt
+from quantkit.cli.output import console, print_table
 
 app = typer.Typer(help="Validate recipes, list the shipped ones, print the JSON schema.", no_args_is_help=True)
 
 
 @app.command("validate")
-def validate_command(recipe: RecipeArg, set_: SetOpt = None, output_dir: OutputDirOpt = None) -> None:
+def validate_command(recipe: RecipeArg, set_: SetOpt = None, output_dir: OutputDirOpt = None, as_json: JsonOpt = False) -> None:
     """Check RECIPE and print what `quantize` would do with it (no model is loaded).
 
     Example: quantkit recipes validate recipes/smollm2-135m.yaml
@@ -26,6 +27,12 @@ def validate_command(recipe: RecipeArg, set_: SetOpt = None, output_dir: OutputD
 
     r = load_recipe(recipe, set_ or [])
     cal = r.calibration
+    if as_json:
+        outputs = [{"name": out.name, "destination": str(dest), "method": out.method, "scheme": out.scheme,
+                    "calibrated": engine_for(out.method).needs_calibration(out), "description": engine_for(out.method).describe(out)}
+                   for out, dest in plan(r, output_dir)]
+        console.print_json(json.dumps({"recipe": str(recipe), "valid": True, "parsed": r.model_dump(mode="json"), "outputs": outputs}))
+        return
     console.print(f"[bold]{recipe}[/]: recipe '{r.name}' is well-formed.", highlight=False)
     console.print(f"model: {r.model.source} ({r.model.dtype}{', trust_remote_code' if r.model.trust_remote_code else ''})", highlight=False)
     console.print(
@@ -58,18 +65,29 @@ def schema_command(
 @app.command("list")
 def list_command(
     folder: Annotated[Path, typer.Option("--folder", help="Folder of recipes.")] = Path("recipes"),
+    as_json: JsonOpt = False,
 ) -> None:
     """List the recipes in a folder with their model and outputs."""
     from quantkit.errors import RecipeError
     from quantkit.recipe import load_recipe
 
-    table = Table()
-    for col in ("recipe", "model", "outputs"):
-        table.add_column(col)
+    rows = []
     for p in sorted(folder.glob("*.y*ml")):
         try:
             r = load_recipe(p)
-            table.add_row(str(p), r.model.source, ", ".join(o.name for o in r.outputs))
+            rows.append({"recipe": str(p), "valid": True, "model": r.model.source, "outputs": [o.name for o in r.outputs]})
         except RecipeError as e:
-            table.add_row(str(p), "[red]invalid[/]", str(e.problems[0]))
-    console.print(table)
+            rows.append({"recipe": str(p), "valid": False, "error": str(e.problems[0])})
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table()
+    table.add_column("recipe", no_wrap=True)
+    for col in ("model", "outputs"):
+        table.add_column(col)
+    for row in rows:
+        if row["valid"]:
+            table.add_row(row["recipe"], row["model"], ", ".join(row["outputs"]))
+        else:
+            table.add_row(row["recipe"], "[red]invalid[/]", row["error"])
+    print_table(table)

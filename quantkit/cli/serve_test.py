@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from quantkit.cli.options import (ConcurrencyOpt, DraftOpt, JsonOpt, ReadyTimeoutOpt, ServeDtypeOpt, ServeMaxTokensOpt, ServePromptsOpt,
+from quantkit.cli.options import (ConcurrencyOpt, DraftOpt, JsonOpt, ProgressOpt, ReadyTimeoutOpt, ServeDtypeOpt, ServeMaxTokensOpt, ServePromptsOpt,
                                   SpeculativeOpt, VerboseOpt, VllmPythonOpt, serve_options)
-from quantkit.cli.output import console, err_console, quiet_libraries, sigterm_as_exit
+from quantkit.cli.output import console, make_reporter, print_table, quiet_libraries, sigterm_as_exit
 
 
 def serve_test_command(
@@ -27,6 +28,7 @@ def serve_test_command(
     gate: Annotated[Optional[list[str]], typer.Option("--gate", help="Override a serving gate: KEY=VALUE (serve_ready_s_max, serve_failed_requests_max, ...). Repeatable.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", help="Also write the JSON report to this file.", show_default=False)] = None,
     verbose: VerboseOpt = False,
+    progress: ProgressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Start vLLM's OpenAI-compatible server on PATH, send chat and completion requests, compare greedy
@@ -44,9 +46,7 @@ def serve_test_command(
     from quantkit.serving.report import run_serve_test
 
     options = serve_options(speculative, draft, concurrency, serve_max_tokens, serve_prompts, ready_timeout, serve_dtype)
-    from quantkit.progress import RichReporter
-
-    with sigterm_as_exit(), RichReporter(err_console) as reporter:
+    with sigterm_as_exit(), make_reporter(progress) as reporter:
         report = run_serve_test(path, options, vllm_python=vllm_python, gate_overrides=gate, reporter=reporter)
     doc = report.to_dict()
     if output:
@@ -54,7 +54,7 @@ def serve_test_command(
     if as_json:
         console.print_json(json.dumps(doc))
     else:
-        console.print(serve_table(doc))
+        print_table(serve_table(doc))
     if not report.passed:
         raise typer.Exit(1)
 
@@ -64,8 +64,13 @@ def serve_table(doc: dict) -> Table:
     t = Table(title=f"quantkit serve-test: {Path(r['model']).name}", title_justify="left")
     t.add_column("measure", justify="left")
     t.add_column("value", justify="left")
-    t.add_row("status", r["status"] + (f" ({r['reason']})" if r.get("reason") else ""))
+    t.add_row("status", escape(r["status"] + (f" ({r['reason']})" if r.get("reason") else "")))
     t.add_row("vLLM", f"{r['vllm'].get('distribution', 'vllm')} {r['vllm'].get('vllm')} ({r['vllm'].get('device', '?')})")
+    if r.get("serving_class"):
+        t.add_row("serving class", r["serving_class"])
+    probe = r.get("kernel_probe") or {}
+    if probe.get("kernel_library"):
+        t.add_row("vLLM kernel library", probe["kernel_library"])
     t.add_row("time to ready", "-" if r["ready_s"] is None else f"{r['ready_s']:.1f} s")
     t.add_row("quantization (vLLM / artifact)", f"{r['quantization']} / {r['expected_quantization']}")
     if r["greedy"]:

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from quantkit.cli.options import (ConcurrencyOpt, DraftOpt, JsonOpt, ReadyTimeoutOpt, ServeDtypeOpt, ServeMaxTokensOpt, ServePromptsOpt,
+from quantkit.cli.options import (ConcurrencyOpt, DraftOpt, JsonOpt, ProgressOpt, ReadyTimeoutOpt, ServeDtypeOpt, ServeMaxTokensOpt, ServePromptsOpt,
                                   SpeculativeOpt, VerboseOpt, VllmPythonOpt, serve_options)
-from quantkit.cli.output import console, err_console, quiet_libraries, sigterm_as_exit
+from quantkit.cli.output import console, err_console, make_reporter, print_table, quiet_libraries, sigterm_as_exit
 
 
 def validate_command(
@@ -34,6 +35,7 @@ def validate_command(
     ready_timeout: ReadyTimeoutOpt = 600.0,
     serve_dtype: ServeDtypeOpt = None,
     verbose: VerboseOpt = False,
+    progress: ProgressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure perplexity and KL divergence of each artifact against its unquantized base on held-out
@@ -54,7 +56,6 @@ def validate_command(
     """
     quiet_libraries(verbose)
     from quantkit.gates import parse_gate_overrides
-    from quantkit.progress import RichReporter
     from quantkit.validate import find_artifacts, load_domains, validate
 
     overrides = parse_gate_overrides(gate)
@@ -79,7 +80,7 @@ def validate_command(
     else:
         folders = find_artifacts(path)
     reports = []
-    with sigterm_as_exit(), RichReporter(err_console) as reporter:
+    with sigterm_as_exit(), make_reporter(progress) as reporter:
         for folder in folders:
             reports.append(validate(folder, gate_overrides=overrides, context=context, stride=stride,
                                     max_tokens=max_tokens, domains=domains, tasks=task, task_limit=task_limit,
@@ -93,25 +94,26 @@ def validate_command(
     if as_json:
         console.print_json(json.dumps([r.to_dict() for r in reports]))
     else:
-        console.print(results_table(reports))
-        console.print(gates_table(reports))
+        print_table(results_table(reports))
+        print_table(gates_table(reports))
         serving = serving_table(reports)
         if serving.row_count:
-            console.print(serving)
+            print_table(serving)
     if not all(r.passed for r in reports):
         raise typer.Exit(1)
 
 
 def results_table(reports) -> Table:
     table = Table(title="quantkit validate", title_justify="left")
-    for col, just in (("target", "left"), ("domain", "left"), ("tokens", "right"), ("base ppl", "right"), ("ppl", "right"),
+    table.add_column("target", justify="left", no_wrap=True)
+    for col, just in ( ("domain", "left"), ("tokens", "right"), ("base ppl", "right"), ("ppl", "right"),
                       ("mean KLD", "right"), ("top-1", "right"), ("gates", "left")):
         table.add_column(col, justify=just)
     for r in reports:
         for t in r.targets:
             verdict = "[green]pass[/]" if t.passed else f"[red]FAIL[/] ({sum(not g.passed for g in t.gates)} of {len(t.gates)})"
             if t.runtime_unavailable:
-                table.add_row(t.target, f"[yellow]skipped[/]: {t.runtime_unavailable}", "0", "-", "-", "-", "-", verdict)
+                table.add_row(t.target, f"[yellow]skipped[/]: {escape(t.runtime_unavailable)}", "0", "-", "-", "-", "-", verdict)
             for i, s in enumerate(t.scores):
                 table.add_row(t.target if i == 0 else "", s.domain, str(s.n_tokens), f"{s.base_ppl:.3f}", f"{s.ppl:.3f}",
                               f"{s.kld_mean:.4f}", f"{s.top1_agreement:.1%}", verdict if i == 0 else "")
@@ -120,7 +122,8 @@ def results_table(reports) -> Table:
 
 def gates_table(reports) -> Table:
     table = Table(title="gates", title_justify="left")
-    for col, just in (("target", "left"), ("gate", "left"), ("value", "right"), ("threshold", "right"), ("", "left")):
+    table.add_column("target", justify="left", no_wrap=True)
+    for col, just in ( ("gate", "left"), ("value", "right"), ("threshold", "right"), ("", "left")):
         table.add_column(col, justify=just)
     for r in reports:
         for t in r.targets:
@@ -143,7 +146,7 @@ def serving_table(reports) -> Table:
         for t in r.targets:
             serve = next((c for c in t.checks if c.check == "serve"), None)
             if serve is not None:
-                table.add_row(t.target, summary_line(serve.to_dict()))
+                table.add_row(t.target, escape(summary_line(serve.to_dict())))
     return table
 
 

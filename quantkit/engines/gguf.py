@@ -169,7 +169,7 @@ def compute_imatrix(tc: LlamaCpp, base: Path, job: EngineJob, target: Path) -> d
     text_path.write_text("".join(tok.decode(ids) for ids in cal.input_ids), encoding="utf-8")
     args = ["-m", str(base), "-f", str(text_path), "-o", str(target), "-c", str(cal.spec.seq_len),
             "--chunks", str(len(cal.input_ids)), "-t", str(threads()), "--no-ppl", "--no-escape"]
-    with job.reporter.task("llama-imatrix (chunks)", total=len(cal.input_ids)) as task:
+    with job.reporter.task("llama-imatrix (chunks)", total=len(cal.input_ids), tokens=len(cal.input_ids) * cal.spec.seq_len) as task:
         output = _stream_chunks(tc, "llama-imatrix", args, task)
     chunks = _IMATRIX_CHUNKS.search(output)
     return {

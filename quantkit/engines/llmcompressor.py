@@ -192,9 +192,11 @@ class LLMCompressorEngine(Engine):
         timings["load_s"] = round(time.perf_counter() - t0, 3)
 
         kwargs: dict = dict(model=model, processor=tokenizer, recipe=self.modifiers(out), log_dir=None)
+        cal_tokens = None
         if self.needs_calibration(out):
             cal = job.calibration
             assert cal is not None, "quantize() builds the calibration set for methods that need it"
+            cal_tokens = sum(len(ids) for ids in cal.input_ids)
             kwargs.update(
                 dataset=cal.to_dataset(),
                 num_calibration_samples=len(cal.input_ids),
@@ -209,7 +211,8 @@ class LLMCompressorEngine(Engine):
 
         try:
             t0 = time.perf_counter()
-            with cpu_compat() as patches, progress_from_tqdm(rep), rep.task(f"{out.method}: {self.algorithm(out)}"):
+            # the tqdm bridge inside the step: its per-layer step ends before the step that holds it
+            with cpu_compat() as patches, rep.task(f"{out.method}: {self.algorithm(out)}", tokens=cal_tokens), progress_from_tqdm(rep):
                 oneshot(**kwargs)
             timings["quantize_s"] = round(time.perf_counter() - t0, 3)
 

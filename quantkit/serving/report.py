@@ -9,7 +9,7 @@ from pathlib import Path
 from quantkit.errors import QuantkitError
 from quantkit.gates import SERVE_DEFAULTS, SPEC_DEFAULTS, GateResult, evaluate_gates, parse_gate_overrides
 from quantkit.progress import NullReporter, Reporter
-from quantkit.serving.smoke import ServeOptions, ServeResult, greedy_reference, serve_test
+from quantkit.serving.smoke import ServeOptions, ServeResult, greedy_reference, serve_test, unsupported_result
 from quantkit.serving.workload import GREEDY_PROMPT
 
 
@@ -64,10 +64,13 @@ def run_serve_test(path: str | Path, options: ServeOptions | None = None, *, vll
     overrides = parse_gate_overrides(gate_overrides)
     model, expected, log_dir = describe_target(Path(path))
     env = require_environment(vllm_python)
-    with reporter.task(f"transformers: greedy reference for {GREEDY_PROMPT!r}"):
-        reference = greedy_reference(model, expected, options.greedy_tokens)
-    result = serve_test(model, env, expected_quantization=expected, options=options, log_dir=log_dir,
-                        greedy_reference=reference, reporter=reporter)
+    with reporter.task("vLLM: can this machine's kernels serve it (kernel library probe, cached)"):
+        result = unsupported_result(model, env, expected_quantization=expected, options=options)
+    if result is None:
+        with reporter.task(f"transformers: greedy reference for {GREEDY_PROMPT!r}"):
+            reference = greedy_reference(model, expected, options.greedy_tokens)
+        result = serve_test(model, env, expected_quantization=expected, options=options, log_dir=log_dir,
+                            greedy_reference=reference, reporter=reporter)
     gates = dict(SERVE_DEFAULTS)
     if options.speculative:
         gates.update(SPEC_DEFAULTS)

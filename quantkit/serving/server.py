@@ -40,14 +40,36 @@ def free_port() -> int:
 
 
 ERROR_LINE = re.compile(r"\b([A-Z]\w*(?:Error|Exception)): (.+)")
+# the exception line that ends a traceback: at the start of the line, or right after vLLM's log prefix
+# ("(EngineCore pid=9) ERROR 11-26 09:00:00 [core.py:710] "); frame and source lines are indented there
+_EXCEPTION_LINE = re.compile(r"(?:^|[\])] )((?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception)): (.*)$")
+_TRACEBACK = "Traceback (most recent call last):"
+
+
+def root_cause(log: str) -> str | None:
+    """The exception that ends the first traceback in the log: where the engine broke first (later
+    ones, such as EngineDeadError, are consequences)."""
+    lines = log.splitlines()
+    start = next((i for i, line in enumerate(lines) if _TRACEBACK in line), None)
+    if start is None:
+        return None
+    for line in lines[start + 1:]:
+        m = _EXCEPTION_LINE.search(line.rstrip())
+        if m:
+            return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}"
+    return None
 
 
 def failure_reason(log: str) -> str:
-    """vLLM's own reason: the last `SomethingError: message` line of its log, else its last line."""
+    """vLLM's own reason: its last `SomethingError: message` line, with the first traceback's exception
+    (the root cause) when that differs; else its last line."""
     found = ERROR_LINE.findall(log)
-    if found:
-        name, message = found[-1]
-        return f"{name}: {message.strip()}"
+    last = f"{found[-1][0]}: {found[-1][1].strip()}" if found else None
+    root = root_cause(log)
+    if last and root and root != last:
+        return f"{last} (root cause: {root})"
+    if last or root:
+        return last or root  # type: ignore[return-value]
     lines = [line for line in log.strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else "no output"
 

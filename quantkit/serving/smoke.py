@@ -72,7 +72,7 @@ class ServeOptions:
 
 @dataclass
 class ServeResult:
-    status: str  # "measured" | "failed" (did not load, or crashed while serving)
+    status: str  # "measured" | "failed" (did not load, or crashed while serving) | "unsupported" (no kernel here; not started)
     model: str
     expected_quantization: str | None
     reason: str | None = None
@@ -89,6 +89,8 @@ class ServeResult:
     workload: str = WORKLOAD_NOTE
     log_tail: str = ""
     spec_log_tail: str = ""
+    serving_class: str | None = None  # W4A16, W8A8, FP8, float, ... (quantkit.serving.support)
+    kernel_probe: dict | None = None  # which kernel library and ops vLLM has on this CPU
 
     @property
     def quantization_matches(self) -> bool | None:
@@ -188,6 +190,20 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def unsupported_result(model_path: str | Path, env: VllmEnv, *, expected_quantization: str | None,
+                       options: ServeOptions | None = None) -> ServeResult | None:
+    """A result saying why `env` cannot serve this model on this machine, decided without starting a
+    server (its CPU kernel library lacks the op the scheme needs); None when it can, or cannot be told."""
+    from quantkit.serving.support import check_serving_support
+
+    kind, reason, probe = check_serving_support(env, Path(model_path))
+    if reason is None:
+        return None
+    options = options or ServeOptions()
+    return ServeResult("unsupported", str(model_path), expected_quantization, reason=reason, vllm=dict(env.info),
+                       options=options.to_dict(), serving_class=kind, kernel_probe=probe)
+
+
 def serve_test(model_path: str | Path, env: VllmEnv, *, expected_quantization: str | None, options: ServeOptions | None = None,
                log_dir: str | Path, greedy_reference: list[int] | None = None, reporter: Reporter | None = None) -> ServeResult:
     options = options or ServeOptions()
@@ -196,6 +212,9 @@ def serve_test(model_path: str | Path, env: VllmEnv, *, expected_quantization: s
     spec_config = options.speculative_config()  # bad options fail before any server starts
     cpu = env.info.get("device", "cpu") == "cpu"
     result = ServeResult("measured", str(model_path), expected_quantization, vllm=dict(env.info), options=options.to_dict())
+    from quantkit.serving.support import serving_class
+
+    result.serving_class = serving_class(model_path)
     workload = spec_requests(options.max_tokens, options.prompts)
     quantized = expected_quantization is not None or _is_quantized(options.draft_model if options.speculative == "draft_model" else None)
     result.dtype = options.dtype or (("bfloat16" if quantized else "float32") if cpu else None)
@@ -286,6 +305,8 @@ def summary_line(check: dict) -> str:
     """One line for tables: the serving check's status and headline figures (from CheckResult.to_dict())."""
     if check["status"] == "skipped":
         return f"skipped: {check['reason']}"
+    if check["status"] == "unsupported":
+        return f"not servable here: {check['reason']}"
     d = check.get("details") or {}
     if check["status"] == "failed" and not d.get("performance"):
         return f"did not serve: {check['reason']}"

