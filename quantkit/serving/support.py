@@ -100,7 +100,8 @@ def check_serving_support(env, model: Path) -> tuple[str | None, str | None, dic
     from quantkit.toolchains.vllm import probe_kernels
 
     kind = serving_class(model)
-    if kind is None or env.info.get("device", "cpu") != "cpu":
-        return kind, None, None
+    cls = SERVING_CLASSES.get(kind) if kind else None
+    if cls is None or env.info.get("device", "cpu") != "cpu" or not (cls.cpu_ops or cls.cpu_unsupported):
+        return kind, None, None  # nothing to decide: no rule, a GPU build, or a kernel every CPU build has
     probe = probe_kernels(env)
     return kind, unsupported_reason(probe, kind), probe
