@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 from quantkit.engines.base import EngineJob
-from quantkit.engines.gguf import compute_imatrix, converted_base, quantize_type
+from quantkit.engines.gguf import compute_imatrix, quantize_type
 from quantkit.progress import NullReporter
 from quantkit.recipe import CalibrationSpec, GGUFOutput, ModelSpec
 from quantkit.sources.calibration import build_calibration, builtin_holdout_text
 from quantkit.sources.models import load_tokenizer, resolve_model
-from quantkit.toolchains.llamacpp import build_toolchain
+from quantkit.toolchains.llamacpp import build_toolchain, converted_base
 
 DEFAULT_TYPES = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_K_S", "Q3_K_M", "IQ4_XS", "Q4_0"]
 
@@ -43,7 +43,10 @@ def main() -> None:
     rep = NullReporter()
     t0 = time.perf_counter()
     tc = build_toolchain(rep)
-    print(f"toolchain: {tc.version} (build {tc.info.get('build_seconds')} s when it was built; ready in {time.perf_counter() - t0:.1f} s)")
+    print(
+        f"toolchain: {tc.version} (build {tc.info.get('build_seconds')} s when it was built; "
+        f"ready in {time.perf_counter() - t0:.1f} s)"
+    )
     model = resolve_model(ModelSpec(source="smollm2-135m"))
     cal = build_calibration(CalibrationSpec(num_samples=args.samples, seq_len=args.seq_len), load_tokenizer(model))
 
@@ -69,8 +72,10 @@ def main() -> None:
         logits = tmp / "f32.logits"
         ref = tc.perplexity(f32, text, ctx=args.eval_ctx, chunks=args.eval_chunks, save_logits=logits)
         f16_kld = tc.kl_divergence(f16, logits, ctx=args.eval_ctx, chunks=args.eval_chunks)
-        print(f"held-out eval: {args.eval_chunks} x {args.eval_ctx} tokens; float (F32) ppl {ref['ppl']:.3f}; "
-              f"F16 ppl {f16_kld['ppl']:.3f} mean KLD {f16_kld['mean_kld']:.5f}")
+        print(
+            f"held-out eval: {args.eval_chunks} x {args.eval_ctx} tokens; float (F32) ppl {ref['ppl']:.3f}; "
+            f"F16 ppl {f16_kld['ppl']:.3f} mean KLD {f16_kld['mean_kld']:.5f}"
+        )
 
         rows = []
         for qtype in args.types:
@@ -81,15 +86,28 @@ def main() -> None:
                 info = quantize_type(tc, f16, target, qtype, out, imatrix if use_imatrix else None)
                 seconds = time.perf_counter() - t0
                 kld = tc.kl_divergence(target, logits, ctx=args.eval_ctx, chunks=args.eval_chunks)
-                rows.append({"type": qtype, "imatrix": use_imatrix, "mb": info["bytes"] / 1e6, "bpw": info["bpw"],
-                             "seconds": round(seconds, 2), "fallback": info["fallback_tensors"], **kld})
+                rows.append(
+                    {
+                        "type": qtype,
+                        "imatrix": use_imatrix,
+                        "mb": info["bytes"] / 1e6,
+                        "bpw": info["bpw"],
+                        "seconds": round(seconds, 2),
+                        "fallback": info["fallback_tensors"],
+                        **kld,
+                    }
+                )
                 target.unlink()
 
-    print(f"\n{'type':8s} {'imatrix':7s} {'MB':>7s} {'BPW':>6s} {'quant s':>7s} {'ppl':>8s} {'mean KLD':>9s} "
-          f"{'p99 KLD':>8s} {'top-1 %':>7s}  fallback")
+    print(
+        f"\n{'type':8s} {'imatrix':7s} {'MB':>7s} {'BPW':>6s} {'quant s':>7s} {'ppl':>8s} {'mean KLD':>9s} "
+        f"{'p99 KLD':>8s} {'top-1 %':>7s}  fallback"
+    )
     for r in rows:
-        print(f"{r['type']:8s} {'yes' if r['imatrix'] else 'no':7s} {r['mb']:7.1f} {r['bpw'] or 0:6.2f} {r['seconds']:7.2f} "
-              f"{r['ppl']:8.3f} {r['mean_kld']:9.5f} {r['p99_kld']:8.4f} {r['same_top_p']:7.2f}  {r['fallback'] or '-'}")
+        print(
+            f"{r['type']:8s} {'yes' if r['imatrix'] else 'no':7s} {r['mb']:7.1f} {r['bpw'] or 0:6.2f} {r['seconds']:7.2f} "
+            f"{r['ppl']:8.3f} {r['mean_kld']:9.5f} {r['p99_kld']:8.4f} {r['same_top_p']:7.2f}  {r['fallback'] or '-'}"
+        )
     print(json.dumps({"float_ppl": ref["ppl"], "rows": rows}))
 
 

@@ -22,12 +22,12 @@ def main() -> None:
     from lm_eval.models.huggingface import HFLM
 
     from quantkit.recipe import ModelSpec
-    from quantkit.runtimes.transformers import TransformersRuntime, perplexity
+    from quantkit.runtimes.transformers import TransformersModel, perplexity
     from quantkit.sources.calibration import builtin_domain_text
     from quantkit.sources.models import resolve_model
 
     model = resolve_model(ModelSpec(source="smollm2-135m"))
-    rt = TransformersRuntime(model.path)
+    rt = TransformersModel(model.path)
     ids = rt.tokenize(builtin_domain_text("prose", args.tokens * 8))[: args.tokens + 1]
     text = rt.tokenizer.decode(ids)
 

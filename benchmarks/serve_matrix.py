@@ -28,13 +28,13 @@ def main() -> None:
     args = ap.parse_args()
 
     from quantkit.artifact import MANIFEST_NAME, Artifact
-    from quantkit.serving.report import run_serve_test
+    from quantkit.serve_test import run_serve_test
     from quantkit.serving.smoke import ServeOptions
 
     targets = []
     for folder in sorted(d for d in args.run.iterdir() if (d / MANIFEST_NAME).is_file()):
         if not targets:
-            targets.append(("float base", Path(Artifact.load(folder).manifest["base_model"]["path"])))
+            targets.append(("float base", Path(Artifact.load(folder).manifest.base_model.path)))
         targets.append((folder.name, folder))
     rows, docs = [], {}
     for name, path in targets:

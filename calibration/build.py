@@ -6,8 +6,8 @@ Every machine with CPython has this text, so the sets need no network. Two domai
   doctest lines removed;
 - code: stdlib Python source, one function or class per record.
 
-Each source *file* goes wholly to one split (and a text found in several files is kept once) (`train` for calibration, `holdout` for
-evaluation), chosen by a hash of its path, so no text is in both. The output is
+Each source *file* goes wholly to one split (and a text found in several files is kept once)
+(`train` for calibration, `holdout` for evaluation), chosen by a hash of its path, so no text is in both. The output is
 deterministic for a given Python version; the files are committed so every machine uses
 the same bytes, and `SOURCES.json` records the interpreter that built them.
 
@@ -26,7 +26,18 @@ import sysconfig
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "turtledemo", "__pycache__", "ensurepip", "pydoc_data"}
+SKIP_DIRS = {
+    "test",
+    "tests",
+    "idlelib",
+    "lib2to3",
+    "site-packages",
+    "dist-packages",
+    "turtledemo",
+    "__pycache__",
+    "ensurepip",
+    "pydoc_data",
+}
 HOLDOUT_PERCENT = 20
 LIMITS = {"train": 400_000, "holdout": 120_000}  # characters per domain and split
 MIN_PROSE, MIN_CODE, MAX_CODE = 240, 300, 3000

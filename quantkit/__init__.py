@@ -10,7 +10,8 @@ Library first: everything the `quantkit` CLI does is a function here.
 from quantkit.artifact import Artifact
 from quantkit.errors import QuantkitError, RecipeError
 from quantkit.quantize import QuantizeFailed, plan, quantize
-from quantkit.recipe import Recipe, load_recipe, parse_recipe, recipe_json_schema
+from quantkit.recipe import Recipe, recipe_json_schema
+from quantkit.recipe_loader import load_recipe, parse_recipe
 
 __version__ = "0.1.0"
 

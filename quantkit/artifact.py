@@ -7,27 +7,24 @@ library versions) and what came out (sha256 and size of every file), so `validat
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import hashlib
 import json
-import os
 import platform
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from quantkit.errors import ArtifactError
+from quantkit.files import sha256_file
 
 MANIFEST_NAME = "quantkit.json"
 MANIFEST_VERSION = 1
 # Files other tools add to an artifact after it was written (reports, cards); not checksummed.
 ADDED_LATER = ("validation.json", "validation.md", "validation.html", "README.md")
 SERVE_LOGS = "serve-logs"  # vLLM server logs of the serving check, written after the manifest
-_PARTIAL_MARK = ".partial-"
 
 TRACKED_LIBRARIES = (
     "quantkit",
@@ -41,14 +38,6 @@ TRACKED_LIBRARIES = (
     "safetensors",
     "tokenizers",
 )
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_checksums(folder: Path) -> dict[str, dict]:
@@ -74,22 +63,106 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-@dataclass
-class Artifact:
-    path: Path
-    manifest: dict = field(repr=False)
+class FileRecord(BaseModel):
+    sha256: str
+    bytes: int
 
-    @property
-    def name(self) -> str:
-        return self.manifest["name"]
+
+class BaseModelRecord(BaseModel):
+    """The float model an artifact was made from, as `quantize` resolved it."""
+
+    model_config = ConfigDict(extra="allow")
+    source: str
+    kind: str
+    path: str
+    fingerprint: str
+    weight_bytes: int
+    revision: str | None = None
+    origin: dict[str, Any] = Field(default_factory=dict)
+
+
+class CalibrationRecord(BaseModel):
+    """The calibration set (its recipe fields, fingerprint and size)."""
+
+    model_config = ConfigDict(extra="allow")
+    source: str
+    fingerprint: str
+    num_tokens: int
+    num_samples: int
+    seq_len: int
+
+
+class Manifest(BaseModel):
+    """`quantkit.json`: what went into an artifact and what came out. Version 1 is what quantkit has
+    always written; fields it does not know (from a newer quantkit) are kept, not dropped."""
+
+    model_config = ConfigDict(extra="allow")
+    manifest_version: int = MANIFEST_VERSION
+    name: str
+    created: str
+    format: str  # "compressed-tensors" | "gguf"
+    scheme: str
+    description: str = ""
+    output: dict[str, Any]  # the recipe output that made it (method, scheme, gates, ...)
+    recipe: dict[str, Any] = Field(default_factory=dict)
+    base_model: BaseModelRecord
+    calibration: CalibrationRecord | None = None
+    libraries: dict[str, str] = Field(default_factory=dict)
+    engine: dict[str, Any] = Field(default_factory=dict)  # engine-specific record (GGUF: the file of each type)
+    failures: list[str] = Field(default_factory=list)
+    timings_s: dict[str, float] = Field(default_factory=dict)
+    peak_rss_bytes: int | None = None
+    peak_rss_method: str | None = None
+    compression_ratio: float | None = None
+    files: dict[str, FileRecord] = Field(default_factory=dict)
+    size_bytes: int = 0
 
     @property
     def method(self) -> str:
-        return self.manifest["output"]["method"]
+        return self.output["method"]
 
     @property
-    def size_bytes(self) -> int:
-        return sum(f["bytes"] for f in self.manifest["files"].values())
+    def gates(self) -> dict[str, float]:
+        return dict(self.output.get("gates") or {})
+
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One deployable model in an artifact: the compressed-tensors folder, or one GGUF file."""
+
+    name: str  # "ARTIFACT" or "ARTIFACT/TYPE"
+    path: Path
+    format: str
+    method: str
+    scheme: str  # compressed-tensors scheme, or the GGUF type
+    bytes: int
+    bits: int | None = None  # a bits override of the recipe output (its precision class)
+
+
+@dataclass
+class Artifact:
+    path: Path
+    manifest: Manifest = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def method(self) -> str:
+        return self.manifest.method
+
+    def targets(self) -> list[Target]:
+        """The deployable models, in recipe order (GGUF: each type that was written)."""
+        m = self.manifest
+        if m.format != "gguf":
+            return [Target(m.name, self.path, m.format, m.method, m.scheme, m.size_bytes, m.output.get("bits"))]
+        written = m.engine.get("types") or {}
+        return [Target(f"{m.name}/{q}", self.path / written[q]["file"], "gguf", m.method, q, written[q]["bytes"])
+                for q in m.output.get("types", []) if q in written]
 
     @classmethod
     def load(cls, path: str | Path, verify: bool = True) -> "Artifact":
@@ -100,9 +173,11 @@ class Artifact:
         if not mf.is_file():
             raise ArtifactError(f"{p} has no {MANIFEST_NAME}: it is not a quantkit artifact (or it is incomplete)")
         try:
-            manifest = json.loads(mf.read_text())
-        except json.JSONDecodeError as e:
-            raise ArtifactError(f"{mf} is not valid JSON: {e}") from None
+            manifest = Manifest.model_validate_json(mf.read_bytes())
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(x) for x in first["loc"]) or "(top level)"
+            raise ArtifactError(f"{mf} is not a valid quantkit manifest: {where}: {first['msg']}") from None
         art = cls(p, manifest)
         if verify:
             art.verify()
@@ -111,85 +186,20 @@ class Artifact:
     def verify(self) -> None:
         """Raise ArtifactError naming every file that is missing or differs from the manifest."""
         problems = []
-        for rel, info in self.manifest.get("files", {}).items():
+        for rel, info in self.manifest.files.items():
             f = self.path / rel
             if not f.is_file():
                 problems.append(f"missing: {rel}")
-            elif f.stat().st_size != info["bytes"] or sha256_file(f) != info["sha256"]:
+            elif f.stat().st_size != info.bytes or sha256_file(f) != info.sha256:
                 problems.append(f"modified: {rel} (checksum differs from {MANIFEST_NAME})")
         if problems:
             raise ArtifactError(f"artifact {self.path} does not match its manifest:\n  " + "\n  ".join(problems))
 
 
-def write_manifest(folder: Path, manifest: dict) -> dict:
-    manifest = dict(manifest)
-    manifest["manifest_version"] = MANIFEST_VERSION
-    manifest["files"] = file_checksums(folder)
-    manifest["size_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
-    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+def write_manifest(folder: Path, fields: dict) -> Manifest:
+    """Checksum every file of `folder` and write `quantkit.json` from `fields` (validated first)."""
+    files = file_checksums(folder)
+    manifest = Manifest.model_validate({**fields, "manifest_version": MANIFEST_VERSION, "files": files,
+                                        "size_bytes": sum(f["bytes"] for f in files.values())})
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n")
     return manifest
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_partials(dest: Path) -> list[Path]:
-    """Remove staging folders of `dest` left by runs that were killed (SIGKILL, power loss)."""
-    removed = []
-    prefix = f".{dest.name}{_PARTIAL_MARK}"
-    if not dest.parent.is_dir():
-        return removed
-    for p in dest.parent.iterdir():
-        if p.name.startswith(prefix):
-            try:
-                pid = int(p.name[len(prefix):].split("-")[0])
-            except ValueError:
-                continue
-            if not _pid_alive(pid):
-                shutil.rmtree(p, ignore_errors=True)
-                removed.append(p)
-    return removed
-
-
-def check_destination(dest: Path, force: bool) -> None:
-    if dest.exists() and not force:
-        raise ArtifactError(f"{dest} already exists; pass --force (force=True) to replace it")
-
-
-@contextlib.contextmanager
-def staged_folder(dest: Path, force: bool = False) -> Iterator[Path]:
-    """Yield a hidden staging folder beside `dest`; move it into place only if the block succeeds.
-
-    Any exception, Ctrl-C or SystemExit (SIGTERM in the CLI) removes the staging folder, so
-    `dest` either holds a complete artifact or is untouched.
-    """
-    dest = Path(dest)
-    check_destination(dest, force)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(dest)
-    staging = dest.parent / f".{dest.name}{_PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        yield staging
-        check_destination(dest, force)
-        if dest.exists():
-            trash = dest.parent / f".{dest.name}.replaced-{uuid.uuid4().hex[:8]}"
-            os.rename(dest, trash)
-            os.rename(staging, dest)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(staging, dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def folder_size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())

@@ -27,13 +27,6 @@ GATE_KEYS = {
     "serve_quantization_match_min": ("serve_quantization_match", "min"),  # 1: vLLM used the artifact's method
     "spec_mismatches_max": ("spec_mismatches", "max"),  # greedy outputs that differ with speculation
 }
-SERVE_DEFAULTS = {
-    "serve_loaded_min": 1.0, "serve_ready_s_max": 600.0, "serve_failed_requests_max": 0.0,
-    "serve_quantization_match_min": 1.0,
-}
-SPEC_DEFAULTS = {"spec_mismatches_max": 0.0}
-# llm-compressor's own CI gates task recovery at 0.95; applied when lm-eval tasks ran
-RECOVERY_MIN_DEFAULT = 0.95
 CLASS_DEFAULTS = {  # bits -> default thresholds
     16: {"kld_mean_max": 0.002, "ppl_increase_max": 0.01},
     8: {"kld_mean_max": 0.01, "ppl_increase_max": 0.02},
@@ -58,9 +51,11 @@ def precision_bits(method: str, scheme: str, bits: int | None = None) -> int:
     return int(m.group(1)) if m else 4
 
 
-def default_gates(method: str, scheme: str, bits: int | None = None) -> dict[str, float]:
+def class_defaults(method: str, scheme: str, bits: int | None = None) -> dict[str, float]:
+    """KLD and perplexity thresholds of the output's precision class (the nearest class defined)."""
     b = precision_bits(method, scheme, bits)
     return dict(CLASS_DEFAULTS[min(CLASS_DEFAULTS, key=lambda k: (abs(k - b), -k))])
+
 
 
 def parse_gate_overrides(items: list[str] | None) -> dict[str, float]:
@@ -89,8 +84,9 @@ class GateResult:
 
 
 def evaluate_gates(gates: dict[str, float], metrics: dict[str, float]) -> list[GateResult]:
+    """Each gate against its metric, in GATE_KEYS order (whoever set it)."""
     results = []
-    for key, threshold in gates.items():
+    for key, threshold in sorted(gates.items(), key=lambda kv: list(GATE_KEYS).index(kv[0])):
         metric, kind = GATE_KEYS[key]
         value = metrics.get(metric)
         # a metric that was not measured fails its gate: a skipped check never passes

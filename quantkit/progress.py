@@ -101,7 +101,9 @@ class RichReporter:
                 progress.advance(task_id, n)
 
             def update(self, *, completed=None, total=None, description=None) -> None:
-                kwargs = {k: v for k, v in dict(completed=completed, total=total, description=description).items() if v is not None}
+                kwargs = {
+                    k: v for k, v in dict(completed=completed, total=total, description=description).items() if v is not None
+                }
                 progress.update(task_id, **kwargs)
 
         ok = False
@@ -152,8 +154,13 @@ class PlainReporter:
     (the per-batch bars inside calibration) print nothing of their own.
     """
 
-    def __init__(self, stream: TextIO | None = None, heartbeat: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic, now: Callable[[], datetime] = datetime.now) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        heartbeat: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = datetime.now,
+    ) -> None:
         self.stream = stream or sys.stderr
         self.heartbeat = heartbeat
         self.clock, self.now = clock, now
@@ -194,8 +201,9 @@ class PlainReporter:
         self._line(f"… {step.description} ({_duration(self.clock() - step.started)} so far{done})", step.depth)
 
     @contextlib.contextmanager
-    def task(self, description: str, total: float | None = None, transient: bool = False,
-             tokens: int | None = None) -> Iterator[Task]:
+    def task(
+        self, description: str, total: float | None = None, transient: bool = False, tokens: int | None = None
+    ) -> Iterator[Task]:
         self.steps.append(description)
         description = plain_text(description).strip()
         with self._lock:

@@ -11,17 +11,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantkit.artifact import (
-    Artifact,
-    check_destination,
-    folder_size,
-    library_versions,
-    staged_folder,
-    utc_now,
-    write_manifest,
-)
+from quantkit.artifact import Artifact, library_versions, utc_now, write_manifest
+from quantkit.device import accelerator_available
 from quantkit.engines import EngineJob, engine_for
 from quantkit.errors import QuantkitError
+from quantkit.files import check_destination, folder_size, staged_folder
 from quantkit.memory import PeakRSS
 from quantkit.progress import NullReporter, Reporter
 from quantkit.recipe import Recipe
@@ -75,8 +69,6 @@ def quantize(
     jobs = plan(recipe, output_dir, only)
     for _, dest in jobs:
         check_destination(dest, force)
-
-    from quantkit.engines.llmcompressor_workarounds import accelerator_available
 
     if not accelerator_available():
         reporter.log("no accelerator found: quantizing on CPU")

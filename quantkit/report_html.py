@@ -152,18 +152,25 @@ def render_html(reports: list[ValidationReport], title: str) -> str:
             )
             if t.runtime_unavailable:
                 rows.append(f"<tr><td class=l>{html.escape(t.target)}</td><td>{t.size_bytes / 1e6:.1f}</td>"
-                            f"<td class=l colspan=8>skipped: {html.escape(t.runtime_unavailable)}</td><td class=l>{gates}</td></tr>")
+                            f"<td class=l colspan=8>skipped: {html.escape(t.runtime_unavailable)}</td>"
+                            f"<td class=l>{gates}</td></tr>")
             for i, s in enumerate(t.scores):
                 rows.append(
                     "<tr>"
-                    + (f"<td class=l rowspan={len(t.scores)}>{html.escape(t.target)}</td>"
-                       f"<td rowspan={len(t.scores)}>{t.size_bytes / 1e6:.1f}</td>" if i == 0 else "")
-                    + f"<td class=l>{html.escape(s.domain)}</td><td>{s.n_tokens}</td><td>{s.base_ppl:.3f}</td><td>{s.ppl:.3f}</td>"
+                    + (
+                        f"<td class=l rowspan={len(t.scores)}>{html.escape(t.target)}</td>"
+                        f"<td rowspan={len(t.scores)}>{t.size_bytes / 1e6:.1f}</td>"
+                        if i == 0
+                        else ""
+                    )
+                    + f"<td class=l>{html.escape(s.domain)}</td><td>{s.n_tokens}</td>"
+                    f"<td>{s.base_ppl:.3f}</td><td>{s.ppl:.3f}</td>"
                     f"<td>{s.ppl_increase:+.1%}</td><td>{s.kld_mean:.4f}</td><td>{s.kld_p99:.4f}</td><td>{s.top1_agreement:.1%}</td>"
                     + (f"<td class=l rowspan={len(t.scores)}>{gates}</td>" if i == 0 else "")
                     + "</tr>"
                 )
     passed = all(r.passed for r in reports)
+    verdict_class, verdict_text = ("pass", "all gates pass") if passed else ("fail", "a gate fails")
     by_position = kld_by_position_plot(reports)
     plots = [("size vs KLD", size_vs_kld_plot(reports)), ("per-domain perplexity", domain_ppl_plot(reports))]
     if by_position:
@@ -175,11 +182,18 @@ def render_html(reports: list[ValidationReport], title: str) -> str:
 
     serve_rows = "".join(
         f"<tr><td class=l>{html.escape(t.target)}</td><td class=l>{html.escape(summary_line(c.to_dict()))}</td></tr>"
-        for r in reports if r.settings.get("serve") is not None for t in r.targets for c in t.checks if c.check == "serve"
+        for r in reports
+        if r.settings.get("serve") is not None
+        for t in r.targets
+        for c in t.checks
+        if c.check == "serve"
     )
-    serve_section = (f"<h2>vLLM serving smoke test</h2><p>Speed workload: {html.escape(WORKLOAD_NOTE)}.</p>"
-                     f"<table><thead><tr><th class=l>target</th><th class=l>serving</th></tr></thead><tbody>{serve_rows}</tbody></table>"
-                     if serve_rows else "")
+    serve_section = (
+        f"<h2>vLLM serving smoke test</h2><p>Speed workload: {html.escape(WORKLOAD_NOTE)}.</p>"
+        f"<table><thead><tr><th class=l>target</th><th class=l>serving</th></tr></thead><tbody>{serve_rows}</tbody></table>"
+        if serve_rows
+        else ""
+    )
     images = "".join(f'<img alt="{alt}" src="{src}">' for alt, src in plots)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -193,13 +207,13 @@ th {{ background: #f3f3f3; }} .l {{ text-align: left; }}
 .ok {{ color: #1a7f37; }} .bad {{ color: #c62828; font-weight: bold; }}
 .plots {{ display: flex; flex-wrap: wrap; gap: 1rem; }} .plots img {{ max-width: 100%; border: 1px solid #eee; }}
 </style></head><body>
-<h1>{html.escape(title)} <span class="verdict {'pass' if passed else 'fail'}">{'all gates pass' if passed else 'a gate fails'}</span></h1>
+<h1>{html.escape(title)} <span class="verdict {verdict_class}">{verdict_text}</span></h1>
 <p>Each target evaluated against its unquantized base on held-out text with the runtime that serves it
 (transformers for compressed-tensors, llama.cpp for GGUF).</p>
 <div class="plots">{images}</div>
 <table><thead><tr><th>target</th><th>MB</th><th>domain</th><th>tokens</th><th>base ppl</th><th>ppl</th><th>Δppl</th>
 <th>mean KLD</th><th>p99 KLD</th><th>top-1</th><th>gates (value / threshold)</th></tr></thead>
-<tbody>{''.join(rows)}</tbody></table>
+<tbody>{"".join(rows)}</tbody></table>
 {serve_section}
 </body></html>
 """

@@ -9,17 +9,17 @@ code), which never overlap the calibration sets.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from quantkit.artifact import MANIFEST_NAME, SERVE_LOGS, Artifact, utc_now
-from quantkit.checks import CHECKS, CheckContext
+from quantkit.checks import CheckContext, build_checks
 from quantkit.errors import ArtifactError, QuantkitError
-from quantkit.gates import RECOVERY_MIN_DEFAULT, SERVE_DEFAULTS, SPEC_DEFAULTS, GateResult, default_gates, evaluate_gates
+from quantkit.files import atomic_write_text
+from quantkit.gates import GateResult, evaluate_gates
 from quantkit.progress import NullReporter, Reporter
-from quantkit.runtimes.base import DomainScores
+from quantkit.runtimes import DomainScores, EvaluationSettings, runtime_for
 
 if TYPE_CHECKING:
     from quantkit.checks.serve import ServeSettings
@@ -76,7 +76,7 @@ class ValidationReport:
 
 def load_domains(specs: list[str] | None, text_field: str = "text") -> dict[str, str] | None:
     """`NAME=FILE` (JSONL/JSON/TXT/parquet, records joined by blank lines) or `NAME=builtin:prose|code`."""
-    from quantkit.sources.calibration import _file_texts, builtin_domain_text
+    from quantkit.sources.calibration import builtin_domain_text, file_texts
 
     if not specs:
         return None
@@ -96,7 +96,7 @@ def load_domains(specs: list[str] | None, text_field: str = "text") -> dict[str,
         path = Path(source).expanduser()
         if not path.is_file():
             raise QuantkitError(f"--domain {name}: file not found: {path.resolve()}")
-        domains[name] = "\n\n".join(_file_texts(path, text_field))
+        domains[name] = "\n\n".join(file_texts(path, text_field))
     return domains
 
 
@@ -124,13 +124,16 @@ def validate(
     serve: "ServeSettings | None" = None,
     reporter: Reporter | None = None,
     write: bool = True,
+    **check_options,
 ) -> ValidationReport:
     """Evaluate one artifact folder; writes validation.json and validation.md into it.
 
     `serve` adds the vLLM serving smoke test (quantkit.checks.serve); None leaves it out.
+    `check_options` go to the checks whose constructors name them (quantkit.checks.build_checks).
 
-    Gate thresholds: the output's precision-class defaults, then the output's `gates` from its
-    recipe (`recipe_gates`, else the ones recorded in the manifest), then `gate_overrides`.
+    Gate thresholds: each check's defaults for the target (precision class, tasks, serving), then
+    the output's `gates` from its recipe (`recipe_gates`, else the ones recorded in the manifest),
+    then `gate_overrides`.
     """
     reporter = reporter or NullReporter()
     art = Artifact.load(path)  # checksums first: never evaluate a modified artifact
@@ -141,125 +144,72 @@ def validate(
     settings = {"context": context, "stride": stride, "max_tokens": max_tokens, "domains": list(texts),
                 "tasks": list(tasks or []), "task_limit": task_limit,
                 "serve": serve.options.to_dict() if serve is not None else None}
+    checks = build_checks(tasks=tasks, task_limit=task_limit, serve=serve, **check_options)
     base_folder = _base_folder(art)
-    if art.manifest["format"] == "gguf":
-        targets = _validate_gguf(art, base_folder, texts, context, max_tokens, reporter)
-    else:
-        targets = [_validate_transformers(art, base_folder, texts, context, stride, max_tokens, reporter)]
-    for t in targets:
-        ctx = CheckContext(t.scores, t.path or art.path, base_folder, art.manifest["format"], list(tasks or []), task_limit,
-                           runtime_unavailable=t.runtime_unavailable, serve=serve, name=t.target,
-                           log_dir=art.path / SERVE_LOGS)
-        t.checks = []
-        for check in CHECKS.values():
-            with reporter.task(f"{t.target}: {check.name}"):
-                t.checks.append(check.run(ctx))
-        metrics = {k: v for c in t.checks for k, v in c.metrics.items()}
-        gates = default_gates(t.method, t.scheme, art.manifest["output"].get("bits"))
-        if tasks and art.manifest["format"] == "compressed-tensors":
-            gates["recovery_min"] = RECOVERY_MIN_DEFAULT
-        serve_check = next((c for c in t.checks if c.check == "serve"), None)
-        serve_unsupported = serve_check is not None and serve_check.status == "unsupported"
-        if (serve is not None and serve.applies_gates and (art.manifest["format"] != "gguf" or serve.explicit)
-                and (serve.explicit or not serve_unsupported)):
-            gates.update(SERVE_DEFAULTS)
-            if serve.options.speculative:
-                gates.update(SPEC_DEFAULTS)
-        gates.update(recipe_gates if recipe_gates is not None else art.manifest["output"].get("gates") or {})
+    runtime = runtime_for(art.manifest.format)
+    scored = runtime.evaluate(art, base_folder, texts, EvaluationSettings(context, stride, max_tokens), reporter)
+    targets = []
+    for st in scored:
+        t = st.target
+        evaluated = EvaluatedTarget(art.name, t.name, t.method, t.scheme, t.bytes, st.runtime, st.scores, path=t.path,
+                                    runtime_unavailable=st.unavailable)
+        ctx = CheckContext(t, st.scores, base_folder, st.unavailable, log_dir=art.path / SERVE_LOGS)
+        gates: dict[str, float] = {}
+        for check in checks:
+            with reporter.task(f"{t.name}: {check.name}"):
+                result = check.run(ctx)
+            evaluated.checks.append(result)
+            gates.update(check.default_gates(t, result))
+        metrics = {k: v for c in evaluated.checks for k, v in c.metrics.items()}
+        gates.update(recipe_gates if recipe_gates is not None else art.manifest.gates)
         gates.update(gate_overrides or {})
-        t.gates = evaluate_gates(gates, metrics)
+        evaluated.gates = evaluate_gates(gates, metrics)
+        targets.append(evaluated)
     report = ValidationReport(art.path, settings, targets)
     if write:
         write_reports(report)
     return report
 
 
+def validate_run(path: str | Path, *, recipe: str | Path | None = None, reporter: Reporter | None = None,
+                 **options) -> list[ValidationReport]:
+    """Validate every artifact under `path` (one artifact folder, or a folder of them), or, with `recipe`,
+    the artifacts that recipe writes into `path`, each with the recipe's gates. `options` go to `validate`."""
+    path = Path(path)
+    recipe_gates: dict[str, dict] | None = None
+    if recipe is not None:
+        from quantkit.recipe_loader import load_recipe
+
+        parsed = load_recipe(recipe)
+        folders = [path / o.name for o in parsed.outputs]
+        missing = [str(f) for f in folders if not f.is_dir()]
+        if missing:
+            raise ArtifactError(f"{recipe} names outputs that are not in {path}: {', '.join(missing)}")
+        recipe_gates = {o.name: dict(o.gates) for o in parsed.outputs}
+    else:
+        folders = find_artifacts(path)
+    return [validate(folder, recipe_gates=recipe_gates.get(folder.name) if recipe_gates is not None else None,
+                     reporter=reporter, **options) for folder in folders]
+
+
 def _base_folder(art: Artifact) -> Path:
     from quantkit.sources.models import fingerprint_folder
 
-    base = art.manifest["base_model"]
-    folder = Path(base["path"])
+    base = art.manifest.base_model
+    folder = Path(base.path)
     if not (folder / "config.json").is_file():
         raise ArtifactError(
             f"the base model of {art.path} is not at {folder} any more; re-run `quantkit quantize` "
-            f"(model source '{base['source']}') to restore it"
+            f"(model source '{base.source}') to restore it"
         )
-    if fingerprint_folder(folder)[0] != base["fingerprint"]:
+    if fingerprint_folder(folder)[0] != base.fingerprint:
         raise ArtifactError(f"the base model at {folder} has changed since {art.path} was made (fingerprint differs)")
     return folder
 
 
-def _validate_transformers(art, base_folder, texts, context, stride, max_tokens, reporter) -> EvaluatedTarget:
-    from quantkit.runtimes.transformers import TransformersRuntime, score_lockstep
-
-    with reporter.task(f"loading {art.name} and its base (transformers)"):
-        base, quant = TransformersRuntime(base_folder), TransformersRuntime(art.path)
-    scores = []
-    for domain, text in texts.items():
-        ids = base.tokenize(text)[:max_tokens]
-        if quant.tokenize(text)[: len(ids)] != ids:
-            raise QuantkitError(f"{art.name} tokenizes the '{domain}' text differently from its base; KLD would be meaningless")
-        if len(ids) < 2:
-            raise QuantkitError(f"the '{domain}' text has fewer than 2 tokens")
-        with reporter.task(f"{art.name}: perplexity and KLD on {domain} ({len(ids)} tokens)", tokens=len(ids)):
-            scores.append(score_lockstep(base, quant, ids, domain, context=context, stride=stride))
-    m = art.manifest
-    return EvaluatedTarget(art.name, art.name, m["output"]["method"], m["scheme"], m["size_bytes"], "transformers", scores,
-                           path=art.path)
-
-
-def _validate_gguf(art, base_folder, texts, context, max_tokens, reporter) -> list[EvaluatedTarget]:
-    import tempfile
-
-    from quantkit.engines.gguf import check_tokenizer_fidelity, converted_base
-    from quantkit.recipe import ModelSpec
-    from quantkit.runtimes.llamacpp import base_logits, score_gguf
-    from quantkit.sources.models import ResolvedModel
-    from quantkit.toolchains.llamacpp import ToolchainError, require_toolchain
-
-    written = art.manifest["engine"]["types"]
-    types = [t for t in art.manifest["output"]["types"] if t in written]  # recipe order
-    try:
-        tc = require_toolchain()
-    except ToolchainError as e:
-        # reported per type as skipped (its gates fail: an unmeasured metric never passes)
-        return [EvaluatedTarget(art.name, f"{art.name}/{q}", "gguf", q, written[q]["bytes"], "llama.cpp", [],
-                                path=art.path / written[q]["file"], runtime_unavailable=str(e)) for q in types]
-    b = art.manifest["base_model"]
-    resolved = ResolvedModel(ModelSpec(source=b["source"]), base_folder, b["kind"], b["fingerprint"], b["weight_bytes"])
-    with reporter.task("float reference for llama.cpp (F32 conversion of the base)"):
-        f32 = converted_base(tc, resolved, "F32", reporter)
-    chunks = max(1, max_tokens // (context - context // 2))
-    targets = []
-    with tempfile.TemporaryDirectory(prefix="quantkit-validate-") as tmp_name:
-        tmp = Path(tmp_name)
-        logits = {}
-        for domain, text in texts.items():
-            check_tokenizer_fidelity(tc, f32, resolved, text=text[:20_000])
-            (tmp / f"{domain}.txt").write_text(text)
-            with reporter.task(f"reference logits on {domain} (llama-perplexity, F32)", tokens=chunks * context):
-                used = base_logits(tc, f32, tmp / f"{domain}.txt", tmp / f"{domain}.logits", context, chunks)
-            logits[domain] = (tmp / f"{domain}.logits", used)
-        for qtype in types:
-            info = written[qtype]
-            scores = []
-            for domain, (logit_file, used) in logits.items():
-                with reporter.task(f"{qtype}: KLD and perplexity on {domain} (llama-perplexity)", tokens=chunks * context):
-                    scores.append(score_gguf(tc, art.path / info["file"], logit_file, domain, context, used))
-            targets.append(EvaluatedTarget(art.name, f"{art.name}/{qtype}", "gguf", qtype, info["bytes"], "llama.cpp", scores,
-                                           path=art.path / info["file"]))
-    return targets
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_reports(report: ValidationReport) -> None:
-    _atomic_write(report.path / "validation.json", json.dumps(report.to_dict(), indent=2) + "\n")
-    _atomic_write(report.path / "validation.md", markdown_table(report))
+    atomic_write_text(report.path / "validation.json", json.dumps(report.to_dict(), indent=2) + "\n")
+    atomic_write_text(report.path / "validation.md", markdown_table(report))
 
 
 def markdown_table(report: ValidationReport) -> str:

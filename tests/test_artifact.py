@@ -1,14 +1,22 @@
+import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
-from quantkit.artifact import Artifact, remove_stale_partials, staged_folder, write_manifest
+from quantkit.artifact import Artifact, write_manifest
 from quantkit.errors import ArtifactError
+from quantkit.files import remove_stale_partials, staged_folder
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def _write(folder, content="x"):
     (folder / "model.safetensors").write_text(content)
-    return write_manifest(folder, {"name": folder.name, "output": {"method": "fp8"}})
+    base = {"source": "m", "kind": "local", "path": "/m", "fingerprint": "f" * 64, "weight_bytes": 1}
+    return write_manifest(folder, {"name": folder.name, "created": "2026-11-26T00:00:00+00:00", "format": "compressed-tensors",
+                                   "scheme": "FP8_DYNAMIC", "output": {"method": "fp8"}, "base_model": base})
 
 
 def test_success_moves_into_place(tmp_path):
@@ -64,7 +72,7 @@ def test_verify_detects_modified_and_missing_files(tmp_path):
     dest = tmp_path / "art"
     with staged_folder(dest) as s:
         m = _write(s, "weights")
-    assert m["files"]["model.safetensors"]["bytes"] == 7
+    assert m.files["model.safetensors"].bytes == 7
     Artifact.load(dest)  # verifies
     (dest / "model.safetensors").write_text("weightz")
     with pytest.raises(ArtifactError, match="modified: model.safetensors"):
@@ -88,3 +96,37 @@ def test_stale_partials_of_dead_processes_are_removed(tmp_path):
     alive.mkdir()
     assert remove_stale_partials(tmp_path / "art") == [dead]
     assert alive.exists()
+
+
+@pytest.mark.parametrize("fixture", ["manifest-v1-gptq.json", "manifest-v1-gguf.json"])
+def test_manifests_written_by_earlier_quantkit_still_load(fixture, tmp_path):
+    """Manifests as quantkit wrote them before the typed Manifest (committed fixtures) load unchanged."""
+    folder = tmp_path / "art"
+    folder.mkdir()
+    shutil.copy(FIXTURES / fixture, folder / "quantkit.json")
+    raw = json.loads((folder / "quantkit.json").read_text())
+    art = Artifact.load(folder, verify=False)
+    m = art.manifest
+    assert m.manifest_version == 1 and m.name == raw["name"] and m.method == raw["output"]["method"]
+    assert m.base_model.fingerprint == raw["base_model"]["fingerprint"]
+    assert m.calibration.num_tokens == raw["calibration"]["num_tokens"]
+    assert {k: v.sha256 for k, v in m.files.items()} == {k: v["sha256"] for k, v in raw["files"].items()}
+    assert m.to_json()["engine"] == raw["engine"]  # engine-specific records round-trip
+    targets = art.targets()
+    if m.format == "gguf":
+        assert [t.scheme for t in targets] == raw["output"]["types"]  # recipe order
+        assert [t.path.name for t in targets] == [raw["engine"]["types"][q]["file"] for q in raw["output"]["types"]]
+        assert all(t.name == f"{m.name}/{t.scheme}" and t.format == "gguf" for t in targets)
+    else:
+        [t] = targets
+        assert (t.name, t.path, t.scheme, t.bytes) == (m.name, folder, raw["scheme"], raw["size_bytes"])
+
+
+@pytest.mark.parametrize("text, problem", [
+    (b"{}", "name"), (b"[]", "(top level)"), (b'{"files": null}', "name"), (b"\xff\xfe not utf-8", "(top level)"),
+])
+def test_a_malformed_manifest_is_one_clear_error(text, problem, tmp_path):
+    (tmp_path / "quantkit.json").write_bytes(text)
+    with pytest.raises(ArtifactError, match="is not a valid quantkit manifest") as e:
+        Artifact.load(tmp_path)
+    assert problem in str(e.value) and "\n" not in str(e.value)

@@ -2,12 +2,11 @@ import json
 import platform
 
 import pytest
+from conftest import REPO
 
 from quantkit.errors import CalibrationError
 from quantkit.recipe import CalibrationSpec
-from quantkit.sources.calibration import _builtin_texts, build_calibration, builtin_dir, builtin_sets, load_texts
-
-from conftest import REPO
+from quantkit.sources.calibration import build_calibration, builtin_dir, builtin_sets, builtin_texts, load_texts
 
 
 def test_builtin_sets_have_two_domains():
@@ -52,8 +51,8 @@ def test_tokenized_fingerprint_is_deterministic_and_sensitive(tiny_tokenizer):
 
 
 def test_mixed_interleaves_prose_and_code():
-    mixed = _builtin_texts("mixed", "train")
-    assert mixed[0] == _builtin_texts("prose", "train")[0] and mixed[1] == _builtin_texts("code", "train")[0]
+    mixed = builtin_texts("mixed", "train")
+    assert mixed[0] == builtin_texts("prose", "train")[0] and mixed[1] == builtin_texts("code", "train")[0]
 
 
 def test_user_files(tmp_path):
@@ -93,7 +92,9 @@ def test_errors_name_the_problem(tmp_path, tiny_tokenizer):
     with pytest.raises(CalibrationError, match="unknown built-in calibration set 'poetry'"):
         load_texts(CalibrationSpec(source="builtin:poetry"))
     with pytest.raises(CalibrationError, match="tokens; num_samples × seq_len"):
-        build_calibration(CalibrationSpec(source=str(tmp_path / "f.jsonl"), text_field="content", num_samples=2, seq_len=64), tiny_tokenizer)
+        build_calibration(
+            CalibrationSpec(source=str(tmp_path / "f.jsonl"), text_field="content", num_samples=2, seq_len=64), tiny_tokenizer
+        )
 
 
 def test_chat_template_changes_tokens(tiny_tokenizer):

@@ -6,10 +6,9 @@ import json
 import re
 
 import pytest
+from conftest import REPO, run_cli, tiny_recipe_text
 
 from quantkit.progress import PlainReporter
-
-from conftest import REPO, run_cli, tiny_recipe_text
 
 LOG = {"COLUMNS": "80"}  # what a CI log gets: no terminal, rich's default width
 LONG = "tiny-llama-for-the-release-pipeline-fp8-dynamic-with-a-long-name"
@@ -113,7 +112,7 @@ def test_progress_modes(quantized, tmp_path):
     assert r.returncode == 0, r.stderr
     assert not any(STEP.match(line) for line in r.stderr.splitlines())
     r = run_cli("validate", str(art), "--progress", "fancy")
-    assert r.returncode == 2 and "--progress 'fancy': expected one of auto, rich, plain, none" in r.stderr
+    assert r.returncode == 2 and "'fancy' is not one of 'auto', 'rich', 'plain', 'none'" in r.stderr
     r = run_cli("inspect", str(art), "--json")
     assert json.loads(r.stdout)["name"] == LONG
 
@@ -136,7 +135,7 @@ def test_every_command_has_json(tmp_path):
 def test_readme_sample_output_is_todays_output():
     """The README shows a real run of its first command: its calibration fingerprint is what the shipped
     recipe's calibration set gives today."""
-    from quantkit.recipe import load_recipe
+    from quantkit.recipe_loader import load_recipe
     from quantkit.sources.calibration import build_calibration
     from quantkit.sources.models import load_tokenizer, resolve_model
 

@@ -4,13 +4,12 @@ import json
 import shutil
 
 import pytest
+from conftest import run_cli, tiny_recipe_text
 
 import quantkit
 from quantkit.errors import RecipeError, SchemeConstraintError
 from quantkit.progress import NullReporter
 from quantkit.toolchains.llamacpp import ToolchainError
-
-from conftest import run_cli, tiny_recipe_text
 
 
 def gguf_recipe(model, out, types="[Q8_0]", extra="", **kw):
@@ -86,23 +85,31 @@ def test_unknown_architecture_fails_in_preflight(llamacpp, tiny_model, tmp_path)
         from quantkit.recipe import ModelSpec
         from quantkit.sources.models import resolve_model
 
-        GGUFEngine().preflight(quantkit.parse_recipe(gguf_recipe(odd, tmp_path)).outputs[0], resolve_model(ModelSpec(source=str(odd))))
+        GGUFEngine().preflight(
+            quantkit.parse_recipe(gguf_recipe(odd, tmp_path)).outputs[0], resolve_model(ModelSpec(source=str(odd)))
+        )
 
 
 def test_k_and_i_quants_on_a_256_wide_model(llamacpp, smol_tokenizer_llama, tmp_path):
     from gguf import GGUFReader
 
     recipe = quantkit.parse_recipe(
-        gguf_recipe(smol_tokenizer_llama, tmp_path / "out", "[F16, Q4_K_M, Q3_K_M, IQ4_XS]",
-                    ", output_tensor_type: q8_0", num_samples=4, seq_len=128)
+        gguf_recipe(
+            smol_tokenizer_llama,
+            tmp_path / "out",
+            "[F16, Q4_K_M, Q3_K_M, IQ4_XS]",
+            ", output_tensor_type: q8_0",
+            num_samples=4,
+            seq_len=128,
+        )
     )
     [art] = quantkit.quantize(recipe)
     m = art.manifest
-    assert m["format"] == "gguf" and m["failures"] == []
-    assert set(m["files"]) >= {"g-F16.gguf", "g-Q4_K_M.gguf", "g-Q3_K_M.gguf", "g-IQ4_XS.gguf", "imatrix.gguf"}
-    assert m["engine"]["toolchain"]["llama_cpp_commit"].startswith("0c1e570")
-    assert m["engine"]["imatrix"]["calibration_fingerprint"] == m["calibration"]["fingerprint"]
-    assert m["engine"]["imatrix"]["chunks"] == 4
+    assert m.format == "gguf" and m.failures == []
+    assert set(m.files) >= {"g-F16.gguf", "g-Q4_K_M.gguf", "g-Q3_K_M.gguf", "g-IQ4_XS.gguf", "imatrix.gguf"}
+    assert m.engine["toolchain"]["llama_cpp_commit"].startswith("0c1e570")
+    assert m.engine["imatrix"]["calibration_fingerprint"] == m.calibration.fingerprint
+    assert m.engine["imatrix"]["chunks"] == 4
 
     def tensor_type(name, file):
         reader = GGUFReader(str(art.path / file))
@@ -112,7 +119,7 @@ def test_k_and_i_quants_on_a_256_wide_model(llamacpp, smol_tokenizer_llama, tmp_
     assert tensor_type("blk.0.attn_q.weight", "g-Q3_K_M.gguf") == "Q3_K"
     assert tensor_type("blk.0.attn_q.weight", "g-IQ4_XS.gguf") == "IQ4_XS"
     assert tensor_type("output.weight", "g-Q4_K_M.gguf") == "Q8_0"  # per-tensor override
-    assert m["engine"]["types"]["Q4_K_M"]["bpw"] < m["engine"]["types"]["F16"]["bytes"] * 8 / 1e6
+    assert m.engine["types"]["Q4_K_M"]["bpw"] < m.engine["types"]["F16"]["bytes"] * 8 / 1e6
     for qtype in ("Q4_K_M", "IQ4_XS"):
         text = llamacpp.complete(art.path / f"g-{qtype}.gguf", "Hello", n_tokens=8)
         assert isinstance(text, str)
@@ -133,7 +140,12 @@ def test_k_and_i_quants_on_a_256_wide_model(llamacpp, smol_tokenizer_llama, tmp_
     [skipped] = json.loads(r.stdout)
     t = skipped["targets"][0]
     assert "quantkit env llama.cpp" in t["runtime_unavailable"] and t["domains"] == []
-    assert {c["check"]: c["status"] for c in t["checks"]} == {"perplexity": "skipped", "kld": "skipped", "lm_eval": "skipped", "serve": "skipped"}
+    assert {c["check"]: c["status"] for c in t["checks"]} == {
+        "perplexity": "skipped",
+        "kld": "skipped",
+        "lm_eval": "skipped",
+        "serve": "skipped",
+    }
     assert "quantkit env llama.cpp" in next(c for c in t["checks"] if c["check"] == "kld")["reason"]
     assert t["gates"] and all(not g["passed"] and g["value"] is None for g in t["gates"])
 
@@ -154,5 +166,5 @@ def test_a_failed_type_keeps_the_others(llamacpp, smol_tokenizer_llama, tmp_path
         quantkit.quantize(recipe)
     [art] = e.value.artifacts
     assert (art.path / "g-Q8_0.gguf").is_file() and not (art.path / "g-Q4_0.gguf").exists()
-    assert art.manifest["failures"][0].startswith("Q4_0: llama-quantize failed")
+    assert art.manifest.failures[0].startswith("Q4_0: llama-quantize failed")
     assert "Q4_0" in str(e.value)

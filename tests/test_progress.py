@@ -2,8 +2,8 @@ import io
 
 from rich.console import Console
 
-from quantkit.progress import NullReporter, RichReporter, TqdmBridge
 from quantkit.memory import PeakRSS
+from quantkit.progress import NullReporter, RichReporter, TqdmBridge
 
 
 def test_tqdm_bridge_turns_layer_loops_into_one_layer_bar():

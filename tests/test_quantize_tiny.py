@@ -7,19 +7,24 @@ import sys
 import time
 
 import pytest
+from conftest import run_cli, tiny_recipe_text
 
 import quantkit
-from quantkit.artifact import Artifact, sha256_file
+from quantkit.artifact import Artifact
 from quantkit.errors import QuantkitError, SchemeConstraintError
+from quantkit.files import sha256_file
 from quantkit.progress import NullReporter
-
-from conftest import run_cli, tiny_recipe_text
 
 METHOD_OUTPUTS = {
     "awq": ("  - {method: awq, group_size: 64, n_grid: 3}\n", "pack-quantized", 4, None),
     "gptq": ("  - {method: gptq, scheme: W4A16_ASYM, group_size: 64}\n", "pack-quantized", 4, None),
     "int8": ("  - {method: int8}\n", "int-quantized", 8, "int"),
-    "int8-static": ("  - {method: int8, activations: static, weight_algorithm: rtn, smoothing_strength: 0.5}\n", "int-quantized", 8, "int"),
+    "int8-static": (
+        "  - {method: int8, activations: static, weight_algorithm: rtn, smoothing_strength: 0.5}\n",
+        "int-quantized",
+        8,
+        "int",
+    ),
     "fp8": ("  - {method: fp8}\n", "float-quantized", 8, "float"),
     "rtn": ("  - {method: rtn, group_size: 32}\n", "pack-quantized", 4, None),
 }
@@ -53,7 +58,7 @@ def test_method_writes_loadable_checkpoint(method, tiny_model, tmp_path):
     # calibrated methods ran layer by layer and reported it
     calibrated = method in ("awq", "gptq", "int8", "int8-static")
     assert ("calibrating layers" in reporter.steps) == calibrated
-    assert (art.manifest["calibration"] is not None) == calibrated
+    assert (art.manifest.calibration is not None) == calibrated
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -99,8 +104,8 @@ def test_no_model_kept_alive_between_outputs(tiny_model, tmp_path):
 def test_same_inputs_same_fingerprints(tiny_model, tmp_path):
     outputs = METHOD_OUTPUTS["gptq"][0] + METHOD_OUTPUTS["int8"][0]
     arts = quantkit.quantize(quantkit.parse_recipe(tiny_recipe_text(tiny_model, tmp_path / "out", outputs)))
-    assert len({a.manifest["calibration"]["fingerprint"] for a in arts}) == 1
-    assert len({a.manifest["base_model"]["fingerprint"] for a in arts}) == 1
+    assert len({a.manifest.calibration.fingerprint for a in arts}) == 1
+    assert len({a.manifest.base_model.fingerprint for a in arts}) == 1
 
 
 def test_group_size_divisibility_fails_before_calibration(odd_model, tmp_path):
@@ -187,9 +192,17 @@ def test_killed_run_leaves_no_artifact(sig, tiny_model, tmp_path):
     out = tmp_path / "out"
     recipe = tmp_path / "r.yaml"
     # enough calibration work that the run is still going when we kill it
-    recipe.write_text(tiny_recipe_text(tiny_model, out, "  - {method: awq, name: victim, group_size: 64, n_grid: 50}\n", num_samples=64, seq_len=256))
-    proc = subprocess.Popen([sys.executable, "-m", "quantkit.cli.main", "quantize", str(recipe)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    recipe.write_text(
+        tiny_recipe_text(
+            tiny_model, out, "  - {method: awq, name: victim, group_size: 64, n_grid: 50}\n", num_samples=64, seq_len=256
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quantkit.cli.main", "quantize", str(recipe)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (out.exists() and any(p.name.startswith(".") for p in out.iterdir())):
         assert proc.poll() is None, proc.stderr.read()

@@ -1,11 +1,11 @@
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from quantkit.errors import RecipeError
-from quantkit.recipe import load_recipe, parse_recipe, recipe_json_schema_text
-
-from conftest import REPO
+from quantkit.recipe import recipe_json_schema_text
+from quantkit.recipe_loader import load_recipe, parse_recipe
 
 GOOD = """
 name: demo

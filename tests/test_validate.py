@@ -5,14 +5,13 @@ import shutil
 
 import pytest
 import torch
+from conftest import run_cli, tiny_recipe_text
 
 import quantkit
 from quantkit.errors import ArtifactError, QuantkitError
-from quantkit.gates import default_gates, evaluate_gates, parse_gate_overrides
-from quantkit.runtimes.transformers import TransformersRuntime, score_lockstep, windows
+from quantkit.gates import class_defaults, evaluate_gates, parse_gate_overrides
+from quantkit.runtimes.transformers import TransformersModel, score_lockstep, windows
 from quantkit.validate import validate
-
-from conftest import run_cli, tiny_recipe_text
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +40,7 @@ def test_windows_score_every_token_once():
 def test_kld_of_a_model_against_itself_is_zero(tiny_model):
     from quantkit.runtimes.transformers import perplexity
 
-    rt = TransformersRuntime(tiny_model)
+    rt = TransformersModel(tiny_model)
     ids = rt.tokenize("def f(x):\n    return x + 1\n" * 20)[:200]
     s = score_lockstep(rt, rt, ids, "code", context=64, stride=32)
     assert s.kld_mean == pytest.approx(0, abs=1e-6) and s.top1_agreement == 1.0 and s.ppl == pytest.approx(s.base_ppl)
@@ -52,7 +51,7 @@ def test_kld_of_a_model_against_itself_is_zero(tiny_model):
 def test_kld_grows_with_a_perturbation(tiny_model, tmp_path):
     perturbed = tmp_path / "perturbed"
     shutil.copytree(tiny_model, perturbed)
-    base, other = TransformersRuntime(tiny_model), TransformersRuntime(perturbed)
+    base, other = TransformersModel(tiny_model), TransformersModel(perturbed)
     with torch.no_grad():
         other.model.lm_head.weight.mul_(3.0)
     ids = base.tokenize("The quick brown fox jumps over the lazy dog. " * 10)[:100]
@@ -77,7 +76,7 @@ def test_llamacpp_windows_score_the_second_half_of_full_chunks():
 
 
 def test_uniform_model_perplexity_is_the_vocabulary_size(tiny_model):
-    rt = TransformersRuntime(tiny_model)
+    rt = TransformersModel(tiny_model)
     with torch.no_grad():
         rt.model.lm_head.weight.zero_()
     ids = rt.tokenize("a uniform model assigns every token the same probability " * 5)[:120]
@@ -87,7 +86,7 @@ def test_uniform_model_perplexity_is_the_vocabulary_size(tiny_model):
 
 def test_w8a8_activations_are_quantized_in_the_forward_pass(tiny_artifacts):
     """Activation quantization must not be silently dropped: W8A8 differs from its weight-only twin."""
-    w8a8, w8a16 = TransformersRuntime(tiny_artifacts["twin-w8a8"]), TransformersRuntime(tiny_artifacts["twin-w8a16"])
+    w8a8, w8a16 = TransformersModel(tiny_artifacts["twin-w8a8"]), TransformersModel(tiny_artifacts["twin-w8a16"])
     assert w8a8.activation_quantized_modules > 0 and w8a16.activation_quantized_modules == 0
     for name, param in w8a16.model.named_parameters():  # same weights
         if name.endswith("weight"):
@@ -106,11 +105,11 @@ def test_recipe_gate_keys_are_the_validation_gate_keys():
 
 
 def test_gate_defaults_and_evaluation():
-    assert default_gates("fp8", "FP8_DYNAMIC")["kld_mean_max"] == 0.01
-    assert default_gates("gptq", "W4A16_ASYM")["kld_mean_max"] == 0.06
-    assert default_gates("gguf", "Q6_K")["kld_mean_max"] == 0.02
-    assert default_gates("gguf", "IQ2_XXS")["kld_mean_max"] == 0.4
-    assert default_gates("rtn", "W4A16", bits=2)["kld_mean_max"] == 0.4
+    assert class_defaults("fp8", "FP8_DYNAMIC")["kld_mean_max"] == 0.01
+    assert class_defaults("gptq", "W4A16_ASYM")["kld_mean_max"] == 0.06
+    assert class_defaults("gguf", "Q6_K")["kld_mean_max"] == 0.02
+    assert class_defaults("gguf", "IQ2_XXS")["kld_mean_max"] == 0.4
+    assert class_defaults("rtn", "W4A16", bits=2)["kld_mean_max"] == 0.4
     [g] = evaluate_gates({"kld_mean_max": 0.05}, {"kld_mean": 0.05})
     assert g.passed
     [g] = evaluate_gates({"kld_mean_max": 0.05}, {"kld_mean": 0.0501})

@@ -6,10 +6,9 @@ file vLLM does not load (its reason recorded)."""
 import json
 
 import pytest
+from conftest import GGUF, REPO, run_cli
 
 from quantkit.serving.smoke import ServeOptions
-
-from conftest import GGUF, REPO, run_cli
 
 pytestmark = pytest.mark.slow
 SHORT = ["--serve-max-tokens", "48", "--concurrency", "1", "--concurrency", "8"]
@@ -17,7 +16,7 @@ SHORT = ["--serve-max-tokens", "48", "--concurrency", "1", "--concurrency", "8"]
 
 def test_float_base_serves_and_speculation_keeps_greedy_output(artifacts, vllm_env, tmp_path):
     from quantkit.recipe import ModelSpec
-    from quantkit.serving.report import run_serve_test
+    from quantkit.serve_test import run_serve_test
     from quantkit.sources.models import resolve_model
 
     base = resolve_model(ModelSpec(source="smollm2-135m"))

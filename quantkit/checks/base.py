@@ -8,30 +8,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from quantkit.checks.serve import ServeSettings
+    from quantkit.artifact import Target
     from quantkit.runtimes.base import DomainScores
 
 
 @dataclass
 class CheckContext:
-    """What a check may look at for one evaluated target."""
+    """One evaluated target: what it is and what its runtime measured. Options of a check are the
+    check's own (its constructor), not the context's."""
 
+    target: "Target"
     scores: "list[DomainScores]"
-    target_path: Path  # compressed-tensors folder or GGUF file
     base_path: Path  # the float base folder
-    format: str
-    tasks: list[str] = field(default_factory=list)
-    task_limit: int | None = None
     runtime_unavailable: str | None = None  # why the format's runtime could not score this target
-    serve: "ServeSettings | None" = None  # the vLLM serving check; None: not requested
-    name: str = ""  # the target's name (one artifact, or one GGUF type)
     log_dir: Path | None = None  # where a check may keep logs (inside the artifact folder)
 
 
 @dataclass
 class CheckResult:
     check: str
-    status: str  # "measured" | "skipped" | "failed" (could not run the artifact: its gates fail) | "unsupported" (not runnable on this machine)
+    # "measured" | "skipped" | "failed" (could not run the artifact: its gates fail)
+    # | "unsupported" (this machine cannot run it)
+    status: str
     metrics: dict = field(default_factory=dict)  # gate keys -> worst value over domains
     per_domain: dict = field(default_factory=dict)
     sample: dict = field(default_factory=dict)  # sample sizes behind the numbers
@@ -43,9 +41,14 @@ class CheckResult:
 
 
 class Check(ABC):
-    """One check. Register an instance in `quantkit.checks.CHECKS`."""
+    """One check, built per run with its options (keyword arguments of its constructor, which
+    `quantkit.checks.build_checks` passes by name). Register the class in `quantkit.checks.CHECKS`."""
 
     name: str
 
     @abstractmethod
     def run(self, ctx: CheckContext) -> CheckResult: ...
+
+    def default_gates(self, target: "Target", result: CheckResult) -> dict[str, float]:
+        """This check's gates for `target` before recipe gates and --gate overrides (none by default)."""
+        return {}

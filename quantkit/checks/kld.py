@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from quantkit.checks.base import Check, CheckResult
+from quantkit.checks.base import Check, CheckContext, CheckResult
+from quantkit.gates import class_defaults
 
 
 class KLDivergenceCheck(Check):
     name = "kld"
 
-    def run(self, ctx) -> CheckResult:
+    def run(self, ctx: CheckContext) -> CheckResult:
         scores = ctx.scores
         if not scores:
             return CheckResult(self.name, "skipped", reason=ctx.runtime_unavailable or "no evaluation text")
         per = {
-            s.domain: {"kld_mean": s.kld_mean, "kld_median": s.kld_median, "kld_p99": s.kld_p99, "top1_agreement": s.top1_agreement}
+            s.domain: {
+                "kld_mean": s.kld_mean,
+                "kld_median": s.kld_median,
+                "kld_p99": s.kld_p99,
+                "top1_agreement": s.top1_agreement,
+            }
             for s in scores
         }
         return CheckResult(
@@ -23,3 +29,6 @@ class KLDivergenceCheck(Check):
             per_domain=per,
             sample={s.domain: {"tokens": s.n_tokens, "runtime": s.runtime} for s in scores},
         )
+
+    def default_gates(self, target, result) -> dict[str, float]:
+        return {"kld_mean_max": class_defaults(target.method, target.scheme, target.bits)["kld_mean_max"]}

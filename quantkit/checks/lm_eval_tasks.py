@@ -14,18 +14,24 @@ import os
 
 from quantkit.checks.base import Check, CheckContext, CheckResult
 
+# llm-compressor's own CI gates task recovery at 0.95
+RECOVERY_MIN_DEFAULT = 0.95
+# the base is the same for every artifact of a run (its fingerprint is checked): scored once per process
+_BASE_RESULTS: dict[tuple, dict] = {}
+
 
 class LMEvalCheck(Check):
     name = "lm_eval"
 
-    def __init__(self) -> None:
-        self._base_results: dict[tuple, dict] = {}
+    def __init__(self, tasks: list[str] | None = None, task_limit: int | None = None) -> None:
+        self.tasks, self.task_limit = list(tasks or []), task_limit
 
     def run(self, ctx: CheckContext) -> CheckResult:
-        if not ctx.tasks:
+        fmt = ctx.target.format
+        if not self.tasks:
             return CheckResult(self.name, "skipped", reason="no tasks requested (--task)")
-        if ctx.format != "compressed-tensors":
-            return CheckResult(self.name, "skipped", reason=f"lm-eval on {ctx.format}: no server returns correct prompt "
+        if fmt != "compressed-tensors":
+            return CheckResult(self.name, "skipped", reason=f"lm-eval on {fmt}: no server returns correct prompt "
                                "log-probabilities (llama-server has none; llama-cpp-python's are shifted; docs/decisions.md)")
         try:
             import lm_eval  # noqa: F401
@@ -33,14 +39,13 @@ class LMEvalCheck(Check):
             return CheckResult(self.name, "skipped", reason="lm-eval is not installed (pip install lm-eval)")
         from quantkit.tasks import task_manager
 
-        # the base is the same for every artifact of a run (its fingerprint was checked): score it once per process
-        key = (str(ctx.base_path), tuple(ctx.tasks), ctx.task_limit)
-        if key not in self._base_results:
-            self._base_results[key] = run_tasks(ctx.base_path, ctx.tasks, ctx.task_limit, task_manager())
-        base = self._base_results[key]
-        art = run_tasks(ctx.target_path, ctx.tasks, ctx.task_limit, task_manager())
+        key = (str(ctx.base_path), tuple(self.tasks), self.task_limit)
+        if key not in _BASE_RESULTS:
+            _BASE_RESULTS[key] = run_tasks(ctx.base_path, self.tasks, self.task_limit, task_manager())
+        base = _BASE_RESULTS[key]
+        art = run_tasks(ctx.target.path, self.tasks, self.task_limit, task_manager())
         per = {}
-        for task in ctx.tasks:
+        for task in self.tasks:
             b, a = base[task], art[task]
             per[task] = {"base_acc": b["acc"], "acc": a["acc"], "recovery": a["acc"] / b["acc"] if b["acc"] else None,
                          "base_acc_stderr": b["acc_stderr"], "acc_stderr": a["acc_stderr"]}
@@ -49,8 +54,11 @@ class LMEvalCheck(Check):
             self.name, "measured",
             metrics={"recovery": min(recoveries)} if recoveries else {},
             per_domain=per,
-            sample={t: {"documents": base[t]["n"], "limit": ctx.task_limit} for t in ctx.tasks},
+            sample={t: {"documents": base[t]["n"], "limit": self.task_limit} for t in self.tasks},
         )
+
+    def default_gates(self, target, result) -> dict[str, float]:
+        return {"recovery_min": RECOVERY_MIN_DEFAULT} if self.tasks and target.format == "compressed-tensors" else {}
 
 
 def run_tasks(model_path, tasks: list[str], limit: int | None, manager) -> dict:

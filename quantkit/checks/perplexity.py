@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from quantkit.checks.base import Check, CheckResult
+from quantkit.checks.base import Check, CheckContext, CheckResult
+from quantkit.gates import class_defaults
 
 
 class PerplexityCheck(Check):
     name = "perplexity"
 
-    def run(self, ctx) -> CheckResult:
+    def run(self, ctx: CheckContext) -> CheckResult:
         scores = ctx.scores
         if not scores:
             return CheckResult(self.name, "skipped", reason=ctx.runtime_unavailable or "no evaluation text")
@@ -18,5 +19,10 @@ class PerplexityCheck(Check):
             "measured",
             metrics={"ppl_increase": max(s.ppl_increase for s in scores)},
             per_domain=per,
-            sample={s.domain: {"tokens": s.n_tokens, "context": s.context, "stride": s.stride, "runtime": s.runtime} for s in scores},
+            sample={
+                s.domain: {"tokens": s.n_tokens, "context": s.context, "stride": s.stride, "runtime": s.runtime} for s in scores
+            },
         )
+
+    def default_gates(self, target, result) -> dict[str, float]:
+        return {"ppl_increase_max": class_defaults(target.method, target.scheme, target.bits)["ppl_increase_max"]}

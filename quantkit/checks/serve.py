@@ -18,6 +18,18 @@ from quantkit.checks.base import Check, CheckContext, CheckResult
 from quantkit.serving.smoke import ServeOptions
 from quantkit.toolchains.vllm import VllmEnv
 
+# applied where the check runs (or was asked for explicitly)
+SERVE_DEFAULTS = {
+    "serve_loaded_min": 1.0, "serve_ready_s_max": 600.0, "serve_failed_requests_max": 0.0,
+    "serve_quantization_match_min": 1.0,
+}
+SPEC_DEFAULTS = {"spec_mismatches_max": 0.0}
+
+
+def serving_gates(options: ServeOptions) -> dict[str, float]:
+    """The serving gates of a run with these options (speculation adds the identity gate)."""
+    return {**SERVE_DEFAULTS, **(SPEC_DEFAULTS if options.speculative else {})}
+
 EXPECTED_QUANTIZATION = {"compressed-tensors": "compressed-tensors", "gguf": "gguf", "float": None}
 
 
@@ -51,25 +63,28 @@ class ServeSettings:
 class ServeCheck(Check):
     name = "serve"
 
+    def __init__(self, serve: ServeSettings | None = None) -> None:
+        self.settings = serve  # None: serving not requested
+
     def run(self, ctx: CheckContext) -> CheckResult:
         from quantkit.serving.smoke import greedy_reference, serve_test, unsupported_result
 
-        s = ctx.serve
+        s, target = self.settings, ctx.target
         if s is None:
             return CheckResult(self.name, "skipped", reason="serving not requested (--serve)")
         if s.env is None:
             return CheckResult(self.name, "skipped", reason=s.unavailable or "no vLLM environment")
-        if ctx.format == "gguf" and not s.explicit:
+        if target.format == "gguf" and not s.explicit:
             return CheckResult(self.name, "skipped", reason="GGUF is served by llama.cpp; try it in vLLM with --serve")
-        expected = EXPECTED_QUANTIZATION.get(ctx.format, ctx.format)
-        unsupported = unsupported_result(ctx.target_path, s.env, expected_quantization=expected, options=s.options)
+        expected = EXPECTED_QUANTIZATION.get(target.format, target.format)
+        unsupported = unsupported_result(target.path, s.env, expected_quantization=expected, options=s.options)
         if unsupported is not None:
             # known before any start: recorded with the reason; its gates apply only where --serve asked for it
             return CheckResult(self.name, "unsupported", metrics=unsupported.metrics() if s.explicit else {},
                                reason=unsupported.reason, details=unsupported.to_dict())
-        log_dir = (ctx.log_dir or Path(ctx.target_path).parent) / (ctx.name.replace("/", "_") or "target")
-        result = serve_test(ctx.target_path, s.env, expected_quantization=expected, options=s.options, log_dir=log_dir,
-                            greedy_reference=greedy_reference(ctx.target_path, expected, s.options.greedy_tokens))
+        log_dir = (ctx.log_dir or Path(target.path).parent) / (target.name.replace("/", "_") or "target")
+        result = serve_test(target.path, s.env, expected_quantization=expected, options=s.options, log_dir=log_dir,
+                            greedy_reference=greedy_reference(target.path, expected, s.options.greedy_tokens))
         return CheckResult(
             self.name, "measured" if result.status == "measured" else "failed", metrics=result.metrics(),
             sample={"smoke_requests": result.smoke.get("requests"),
@@ -77,3 +92,11 @@ class ServeCheck(Check):
                     "max_tokens": s.options.max_tokens},
             reason=result.reason, details=result.to_dict(),
         )
+
+    def default_gates(self, target, result) -> dict[str, float]:
+        s = self.settings
+        if s is None or not s.applies_gates or (target.format == "gguf" and not s.explicit):
+            return {}
+        if result.status == "unsupported" and not s.explicit:
+            return {}
+        return serving_gates(s.options)

@@ -19,8 +19,8 @@ def show(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from quantkit.artifact import library_versions
-    from quantkit.engines.llmcompressor_workarounds import accelerator_available
-    from quantkit.sources.models import cache_dir
+    from quantkit.device import accelerator_available
+    from quantkit.files import cache_dir
     from quantkit.toolchains.llamacpp import find_toolchain, toolchain_dir
     from quantkit.toolchains.vllm import VllmEnvError, environment_dir, find_environment
 

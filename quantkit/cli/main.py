@@ -12,8 +12,8 @@ from quantkit.cli import quantize as quantize_cli
 from quantkit.cli import recipes as recipes_cli
 from quantkit.cli import serve_test as serve_test_cli
 from quantkit.cli import validate as validate_cli
-from quantkit.cli.options import ArtifactArg, JsonOpt
-from quantkit.cli.output import console, fail, human_bytes
+from quantkit.cli.options import ArtifactArg, JsonOpt, VerboseOpt
+from quantkit.cli.output import configure, console, fail, human_bytes
 
 app = typer.Typer(
     name="quantkit",
@@ -22,6 +22,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def main_options(verbose: VerboseOpt = False) -> None:
+    """Quantize Hugging Face LLM checkpoints from declarative recipes (AWQ, GPTQ, INT8, FP8, GGUF), validate them, and smoke-test them in vLLM."""
+    configure(verbose)  # before any command imports llm-compressor or transformers
+
+
 quantize_cli.register(app)
 validate_cli.register(app)
 serve_test_cli.register(app)
@@ -37,14 +45,15 @@ def inspect_command(artifact: ArtifactArg, as_json: JsonOpt = False) -> None:
     a = Artifact.load(artifact, verify=True)
     m = a.manifest
     if as_json:
-        console.print_json(json.dumps(m))
+        console.print_json(json.dumps(m.to_json()))
         return
-    console.print(f"[bold]{a.path}[/]: {len(m['files'])} files match {a.path.name}/quantkit.json", highlight=False)
-    console.print(f"  {m['output']['method']} {m['output']['scheme']} ({m['format']}): {m['description']}", highlight=False)
-    console.print(f"  base: {m['base_model']['source']} fingerprint {m['base_model']['fingerprint'][:16]}", highlight=False)
-    cal = m.get("calibration")
-    console.print(f"  calibration: {cal['source']} {cal['num_tokens']} tokens, fingerprint {cal['fingerprint'][:16]}" if cal else "  calibration: none", highlight=False)
-    console.print(f"  size {human_bytes(m['size_bytes'])} ({m.get('compression_ratio')}x smaller than float)", highlight=False)
+    console.print(f"[bold]{a.path}[/]: {len(m.files)} files match {a.path.name}/quantkit.json", highlight=False)
+    console.print(f"  {m.method} {m.scheme} ({m.format}): {m.description}", highlight=False)
+    console.print(f"  base: {m.base_model.source} fingerprint {m.base_model.fingerprint[:16]}", highlight=False)
+    cal = m.calibration
+    console.print(f"  calibration: {cal.source} {cal.num_tokens} tokens, fingerprint {cal.fingerprint[:16]}" if cal else "  calibration: none",
+                  highlight=False)
+    console.print(f"  size {human_bytes(m.size_bytes)} ({m.compression_ratio}x smaller than float)", highlight=False)
 
 
 def main() -> None:

@@ -24,6 +24,16 @@ def human_bytes(n: int | None) -> str:
     return f"{n} B"
 
 
+VERBOSE = False  # set once by the app callback (quantkit -v COMMAND)
+
+
+def configure(verbose: bool) -> None:
+    """What the `quantkit` callback does before any command: remember --verbose, quiet the libraries."""
+    global VERBOSE
+    VERBOSE = verbose
+    quiet_libraries(verbose)
+
+
 def quiet_libraries(verbose: bool) -> None:
     """Keep the terminal to quantkit's own progress bars unless --verbose.
 
@@ -55,7 +65,7 @@ def quiet_libraries(verbose: bool) -> None:
     tqdm.std.tqdm.__init__ = _silent_init
 
 
-def library_logs_to_stderr(verbose: bool) -> None:
+def library_logs_to_stderr(verbose: bool | None = None) -> None:
     """llm-compressor logs to stdout (loguru); move it to stderr so stdout carries only results."""
     # it also logs while being imported, so keep it disabled until the sinks are replaced
     previous = os.environ.get("LLM_COMPRESSOR_LOG_DISABLED")
@@ -75,7 +85,7 @@ def library_logs_to_stderr(verbose: bool) -> None:
     except ValueError:  # registered by llm-compressor's configure_logger, skipped while disabled
         logger.level("METRIC", no=38)
     logger.remove()
-    logger.add(sys.stderr, level="INFO" if verbose else "ERROR",
+    logger.add(sys.stderr, level="INFO" if (VERBOSE if verbose is None else verbose) else "ERROR",
                format="{time:HH:mm:ss} | llmcompressor | {level} - {message}")
 
 
@@ -96,20 +106,20 @@ def sigterm_as_exit() -> Iterator[None]:
 PROGRESS_MODES = ("auto", "rich", "plain", "none")
 
 
-def progress_mode(requested: str | None) -> str:
+def progress_mode(requested=None) -> str:
     """rich in a terminal; plain where stdout or stderr is not one (CI logs, pipes)."""
-    mode = requested or os.environ.get("QUANTKIT_PROGRESS") or "auto"
+    mode = getattr(requested, "value", requested) or os.environ.get("QUANTKIT_PROGRESS") or "auto"
     if mode not in PROGRESS_MODES:
         from quantkit.errors import QuantkitError
 
-        raise QuantkitError(f"--progress {mode!r}: expected one of {', '.join(PROGRESS_MODES)}")
+        raise QuantkitError(f"QUANTKIT_PROGRESS={mode!r}: expected one of {', '.join(PROGRESS_MODES)}")
     if mode == "auto":
         return "rich" if sys.stdout.isatty() and sys.stderr.isatty() else "plain"
     return mode
 
 
 @contextlib.contextmanager
-def make_reporter(requested: str | None) -> Iterator:
+def make_reporter(requested=None) -> Iterator:
     """The Reporter for --progress: rich bars, timestamped lines, or nothing (all on stderr)."""
     from quantkit.progress import NullReporter, PlainReporter, RichReporter
 

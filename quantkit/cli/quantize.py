@@ -7,9 +7,8 @@ import json
 import typer
 from rich.table import Table
 
-from quantkit.cli.options import ForceOpt, JsonOpt, OnlyOpt, OutputDirOpt, ProgressOpt, RecipeArg, SetOpt, VerboseOpt
-from quantkit.cli.output import (console, human_bytes, library_logs_to_stderr, make_reporter, print_table, quiet_libraries,
-                                 sigterm_as_exit)
+from quantkit.cli.options import ForceOpt, JsonOpt, OnlyOpt, OutputDirOpt, ProgressOpt, RecipeArg, SetOpt
+from quantkit.cli.output import console, human_bytes, library_logs_to_stderr, make_reporter, print_table, sigterm_as_exit
 
 
 def quantize_command(
@@ -18,7 +17,6 @@ def quantize_command(
     output_dir: OutputDirOpt = None,
     only: OnlyOpt = None,
     force: ForceOpt = False,
-    verbose: VerboseOpt = False,
     progress: ProgressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -32,12 +30,11 @@ def quantize_command(
 
       quantkit quantize recipes/smollm2-135m.yaml --set calibration.num_samples=16 -o /tmp/out
     """
-    quiet_libraries(verbose)
     from quantkit.quantize import QuantizeFailed, quantize
-    from quantkit.recipe import load_recipe
+    from quantkit.recipe_loader import load_recipe
 
     parsed = load_recipe(recipe, set_ or [])
-    library_logs_to_stderr(verbose)
+    library_logs_to_stderr()
     artifacts, failed = [], None
     with sigterm_as_exit(), make_reporter(progress) as reporter:
         try:
@@ -52,25 +49,25 @@ def quantize_command(
         raise failed
 
 
-def _ratio_text(m: dict) -> str:
-    types = (m.get("engine") or {}).get("types") if m.get("format") == "gguf" else None
-    if types:  # several files, each a full model: the ratio of each file is what matters
-        base = m["base_model"]["weight_bytes"]
-        ratios = sorted(base / t["bytes"] for t in types.values() if t.get("bytes"))
-        return f"{ratios[0]:.2f}–{ratios[-1]:.2f}x/file"
-    return f"{m['compression_ratio']:.2f}x" if m.get("compression_ratio") else "-"
+def _ratio_text(a) -> str:
+    m = a.manifest
+    if m.format == "gguf":  # several files, each a full model: the ratio of each file is what matters
+        ratios = sorted(m.base_model.weight_bytes / t.bytes for t in a.targets() if t.bytes)
+        if ratios:
+            return f"{ratios[0]:.2f}–{ratios[-1]:.2f}x/file"
+    return f"{m.compression_ratio:.2f}x" if m.compression_ratio else "-"
 
 
 def _row(a) -> dict:
     m = a.manifest
     return {
         "name": a.name,
-        "method": m["output"]["method"],
-        "scheme": m["scheme"],
-        "size_bytes": m["size_bytes"],
-        "compression_ratio": m.get("compression_ratio"),
-        "time_s": m["timings_s"]["total_s"],
-        "peak_rss_bytes": m.get("peak_rss_bytes"),
+        "method": m.method,
+        "scheme": m.scheme,
+        "size_bytes": m.size_bytes,
+        "compression_ratio": m.compression_ratio,
+        "time_s": m.timings_s["total_s"],
+        "peak_rss_bytes": m.peak_rss_bytes,
     }
 
 
@@ -78,14 +75,14 @@ def results_table(artifacts) -> Table:
     folders = sorted({str(a.path.parent) for a in artifacts})
     table = Table(title="quantkit quantize", title_justify="left", caption=f"written to {', '.join(folders)}" if folders else None)
     table.add_column("artifact", justify="left", no_wrap=True)
-    for col, just in ( ("method", "left"), ("scheme", "left"), ("size", "right"),
+    for col, just in (("method", "left"), ("scheme", "left"), ("size", "right"),
                       ("vs float", "right"), ("time", "right"), ("peak RSS", "right")):
         table.add_column(col, justify=just)
     for a in artifacts:
         r = _row(a)
         table.add_row(
             a.name, r["method"], r["scheme"], human_bytes(r["size_bytes"]),
-            _ratio_text(a.manifest),
+            _ratio_text(a),
             f"{r['time_s']:.1f} s", human_bytes(r["peak_rss_bytes"]),
         )
     return table

@@ -23,7 +23,7 @@ def validate_command(recipe: RecipeArg, set_: SetOpt = None, output_dir: OutputD
     """
     from quantkit.engines import engine_for
     from quantkit.quantize import plan
-    from quantkit.recipe import load_recipe
+    from quantkit.recipe_loader import load_recipe
 
     r = load_recipe(recipe, set_ or [])
     cal = r.calibration
@@ -69,7 +69,7 @@ def list_command(
 ) -> None:
     """List the recipes in a folder with their model and outputs."""
     from quantkit.errors import RecipeError
-    from quantkit.recipe import load_recipe
+    from quantkit.recipe_loader import load_recipe
 
     rows = []
     for p in sorted(folder.glob("*.y*ml")):

@@ -10,9 +10,20 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from quantkit.cli.options import (ConcurrencyOpt, DraftOpt, JsonOpt, ProgressOpt, ReadyTimeoutOpt, ServeDtypeOpt, ServeMaxTokensOpt, ServePromptsOpt,
-                                  SpeculativeOpt, VerboseOpt, VllmPythonOpt, serve_options)
-from quantkit.cli.output import console, make_reporter, print_table, quiet_libraries, sigterm_as_exit
+from quantkit.cli.options import (
+    ConcurrencyOpt,
+    DraftOpt,
+    JsonOpt,
+    ProgressOpt,
+    ReadyTimeoutOpt,
+    ServeDtypeOpt,
+    ServeMaxTokensOpt,
+    ServePromptsOpt,
+    SpeculativeOpt,
+    VllmPythonOpt,
+    serve_options,
+)
+from quantkit.cli.output import console, make_reporter, print_table, sigterm_as_exit
 
 
 def serve_test_command(
@@ -27,7 +38,6 @@ def serve_test_command(
     serve_dtype: ServeDtypeOpt = None,
     gate: Annotated[Optional[list[str]], typer.Option("--gate", help="Override a serving gate: KEY=VALUE (serve_ready_s_max, serve_failed_requests_max, ...). Repeatable.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", help="Also write the JSON report to this file.", show_default=False)] = None,
-    verbose: VerboseOpt = False,
     progress: ProgressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -42,8 +52,7 @@ def serve_test_command(
 
       quantkit serve-test ~/.cache/quantkit/models/<float base> --speculative draft_model --draft out/smollm2-135m-gptq-w4a16
     """
-    quiet_libraries(verbose)
-    from quantkit.serving.report import run_serve_test
+    from quantkit.serve_test import run_serve_test
 
     options = serve_options(speculative, draft, concurrency, serve_max_tokens, serve_prompts, ready_timeout, serve_dtype)
     with sigterm_as_exit(), make_reporter(progress) as reporter:

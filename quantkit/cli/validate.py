@@ -10,9 +10,20 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from quantkit.cli.options import (ConcurrencyOpt, DraftOpt, JsonOpt, ProgressOpt, ReadyTimeoutOpt, ServeDtypeOpt, ServeMaxTokensOpt, ServePromptsOpt,
-                                  SpeculativeOpt, VerboseOpt, VllmPythonOpt, serve_options)
-from quantkit.cli.output import console, err_console, make_reporter, print_table, quiet_libraries, sigterm_as_exit
+from quantkit.cli.options import (
+    ConcurrencyOpt,
+    DraftOpt,
+    JsonOpt,
+    ProgressOpt,
+    ReadyTimeoutOpt,
+    ServeDtypeOpt,
+    ServeMaxTokensOpt,
+    ServePromptsOpt,
+    SpeculativeOpt,
+    VllmPythonOpt,
+    serve_options,
+)
+from quantkit.cli.output import console, err_console, make_reporter, print_table, sigterm_as_exit
 
 
 def validate_command(
@@ -34,7 +45,6 @@ def validate_command(
     serve_prompts: ServePromptsOpt = None,
     ready_timeout: ReadyTimeoutOpt = 600.0,
     serve_dtype: ServeDtypeOpt = None,
-    verbose: VerboseOpt = False,
     progress: ProgressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -54,9 +64,8 @@ def validate_command(
 
       quantkit validate out/smollm2-135m-gptq-w4a16 --serve --concurrency 1 --concurrency 8
     """
-    quiet_libraries(verbose)
     from quantkit.gates import parse_gate_overrides
-    from quantkit.validate import find_artifacts, load_domains, validate
+    from quantkit.validate import load_domains, validate_run
 
     overrides = parse_gate_overrides(gate)
     domains = load_domains(domain)
@@ -66,27 +75,10 @@ def validate_command(
 
         options = serve_options(speculative, draft, concurrency, serve_max_tokens, serve_prompts, ready_timeout, serve_dtype)
         serve_settings = ServeSettings.discover(options, vllm_python, explicit=bool(serve))
-    recipe_gates: dict[str, dict] = {}
-    if recipe is not None:
-        from quantkit.errors import ArtifactError
-        from quantkit.recipe import load_recipe
-
-        parsed = load_recipe(recipe)
-        folders = [path / o.name for o in parsed.outputs]
-        missing = [str(f) for f in folders if not f.is_dir()]
-        if missing:
-            raise ArtifactError(f"{recipe} names outputs that are not in {path}: {', '.join(missing)}")
-        recipe_gates = {o.name: dict(o.gates) for o in parsed.outputs}
-    else:
-        folders = find_artifacts(path)
-    reports = []
     with sigterm_as_exit(), make_reporter(progress) as reporter:
-        for folder in folders:
-            reports.append(validate(folder, gate_overrides=overrides, context=context, stride=stride,
-                                    max_tokens=max_tokens, domains=domains, tasks=task, task_limit=task_limit,
-                                    recipe_gates=recipe_gates.get(folder.name) if recipe is not None else None,
-                                    serve=serve_settings, reporter=reporter))
-    if len(folders) > 1 or folders[0] != path:
+        reports = validate_run(path, recipe=recipe, reporter=reporter, gate_overrides=overrides, context=context, stride=stride,
+                               max_tokens=max_tokens, domains=domains, tasks=task, task_limit=task_limit, serve=serve_settings)
+    if len(reports) > 1 or reports[0].path != path:
         from quantkit.report_html import write_run_report
 
         html_path = write_run_report(reports, path)

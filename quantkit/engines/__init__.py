@@ -1,6 +1,7 @@
 """Engine registry: recipe `method` -> the engine that produces it.
 
-A new method is one engine module plus one line here (and its output model in recipe.py).
+A new method family is one engine module plus one line here (and its output model in
+quantkit.recipe); a new llm-compressor method is one row of `engines.llmcompressor.METHODS`.
 """
 
 from __future__ import annotations
@@ -9,16 +10,7 @@ from quantkit.engines.base import Engine, EngineJob, EngineResult
 from quantkit.engines.gguf import GGUFEngine
 from quantkit.engines.llmcompressor import LLMCompressorEngine
 
-_llmcompressor = LLMCompressorEngine()
-
-ENGINES: dict[str, Engine] = {
-    "awq": _llmcompressor,
-    "gptq": _llmcompressor,
-    "int8": _llmcompressor,
-    "fp8": _llmcompressor,
-    "rtn": _llmcompressor,
-    "gguf": GGUFEngine(),
-}
+ENGINES: dict[str, Engine] = {method: engine for engine in (LLMCompressorEngine(), GGUFEngine()) for method in engine.methods}
 
 
 def engine_for(method: str) -> Engine:

@@ -41,6 +41,7 @@ class Engine(ABC):
     """One method family. Register an instance in `quantkit.engines.ENGINES`."""
 
     name: str
+    methods: tuple[str, ...]  # the recipe `method` values it produces
 
     @abstractmethod
     def needs_calibration(self, output) -> bool: ...

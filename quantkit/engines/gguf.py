@@ -17,25 +17,19 @@ from pathlib import Path
 
 from quantkit.engines.base import Engine, EngineJob, EngineResult
 from quantkit.errors import SchemeConstraintError
-from quantkit.toolchains.llamacpp import LlamaCpp, ToolchainError, require_toolchain
+from quantkit.toolchains.llamacpp import LlamaCpp, ToolchainError, check_tokenizer_fidelity, converted_base, require_toolchain
 
 _QUANT_SIZE = re.compile(r"quant size\s*=\s*([\d.]+) MiB \(([\d.]+) BPW\)")
 _FALLBACK = re.compile(r"(\d+) of (\d+) tensor\(s\) required fallback quantization")
 _CHUNK = re.compile(r"\[(\d+)\]")
 _IMATRIX_CHUNKS = re.compile(r"computing over (\d+) chunks")
-FIDELITY_TEXT = (
-    "Quantization maps 2024 float weights to 4-bit integers; café, naïve, 東京 and emoji 🙂 must survive.\n"
-    "def f(x):\n    return x ** 2  # squared\n\tTabs,  double  spaces and <|im_end|> text.\n"
-    r'print("a\nb\tc")  # backslash sequences in source code stay two characters' "\n"
-)
-
-
 def threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
 class GGUFEngine(Engine):
     name = "llama.cpp"
+    methods = ("gguf",)
 
     def needs_calibration(self, output) -> bool:
         return output.imatrix
@@ -73,7 +67,9 @@ class GGUFEngine(Engine):
         t0 = time.perf_counter()
         base = converted_base(tc, job.model, out.base_type, rep)
         timings["convert_s"] = round(time.perf_counter() - t0, 3)
-        check_tokenizer_fidelity(tc, base, job.model)
+        from quantkit.sources.models import load_tokenizer
+
+        check_tokenizer_fidelity(tc, base, load_tokenizer(job.model))
 
         imatrix_info = None
         imatrix_path = None
@@ -114,49 +110,6 @@ class GGUFEngine(Engine):
         )
 
 
-def converted_base(tc: LlamaCpp, model, base_type: str, reporter) -> Path:
-    """The model converted to a high-precision GGUF, cached per model fingerprint and toolchain."""
-    from quantkit.sources.models import cache_dir
-
-    commit = tc.info["llama_cpp_commit"][:9]
-    target = cache_dir() / "gguf" / f"{model.fingerprint[:16]}-{base_type}-{commit}.gguf"
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(f".partial-{os.getpid()}")
-    try:
-        with reporter.task(f"converting to GGUF {base_type} (llama.cpp convert_hf_to_gguf.py, once per model)"):
-            tc.convert(model.path, partial, base_type, model_name=Path(model.spec.source).name)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
-    return target
-
-
-def gguf_tokens(tc: LlamaCpp, gguf_file: Path, text: str) -> list[int]:
-    """Token ids of `text` as llama.cpp tokenizes it (no BOS added, special tokens as text)."""
-    proc = tc.run("llama-tokenize", ["-m", str(gguf_file), "-p", text, "--ids", "--no-bos", "--no-escape", "--log-disable"])
-    match = re.search(r"\[([\d,\s]*)\]\s*$", proc.stdout.strip())
-    if not match:
-        raise ToolchainError(f"could not read token ids from llama-tokenize output: {proc.stdout[-200:]!r}")
-    return [int(t) for t in match.group(1).replace(",", " ").split()]
-
-
-def check_tokenizer_fidelity(tc: LlamaCpp, gguf_file: Path, model, text: str = FIDELITY_TEXT) -> None:
-    """Refuse a GGUF whose tokenizer disagrees with the HF tokenizer: every eval would be off."""
-    from quantkit.sources.models import load_tokenizer
-
-    hf = load_tokenizer(model)(text, add_special_tokens=False)["input_ids"]
-    llama = gguf_tokens(tc, gguf_file, text)
-    if hf != llama:
-        at = next((i for i, (a, b) in enumerate(zip(hf, llama)) if a != b), min(len(hf), len(llama)))
-        raise ToolchainError(
-            f"the GGUF tokenizer disagrees with the Hugging Face tokenizer at token {at} "
-            f"(HF {hf[at:at + 5]}, llama.cpp {llama[at:at + 5]}); the converter probably picked the wrong "
-            "pre-tokenizer for this model"
-        )
-
-
 def compute_imatrix(tc: LlamaCpp, base: Path, job: EngineJob, target: Path) -> dict:
     from quantkit.sources.models import load_tokenizer
 
@@ -169,7 +122,9 @@ def compute_imatrix(tc: LlamaCpp, base: Path, job: EngineJob, target: Path) -> d
     text_path.write_text("".join(tok.decode(ids) for ids in cal.input_ids), encoding="utf-8")
     args = ["-m", str(base), "-f", str(text_path), "-o", str(target), "-c", str(cal.spec.seq_len),
             "--chunks", str(len(cal.input_ids)), "-t", str(threads()), "--no-ppl", "--no-escape"]
-    with job.reporter.task("llama-imatrix (chunks)", total=len(cal.input_ids), tokens=len(cal.input_ids) * cal.spec.seq_len) as task:
+    with job.reporter.task(
+        "llama-imatrix (chunks)", total=len(cal.input_ids), tokens=len(cal.input_ids) * cal.spec.seq_len
+    ) as task:
         output = _stream_chunks(tc, "llama-imatrix", args, task)
     chunks = _IMATRIX_CHUNKS.search(output)
     return {
@@ -183,8 +138,9 @@ def compute_imatrix(tc: LlamaCpp, base: Path, job: EngineJob, target: Path) -> d
 
 def _stream_chunks(tc: LlamaCpp, tool: str, args: list[str], task) -> str:
     """Run a llama.cpp tool that prints `[i]` per processed chunk; advance `task` as it goes."""
-    proc = subprocess.Popen([str(tc.tool(tool)), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, errors="replace", bufsize=1)
+    proc = subprocess.Popen(
+        [str(tc.tool(tool)), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1
+    )
     seen, buf = 0, []
     assert proc.stdout is not None
     while chunk := proc.stdout.read(64):

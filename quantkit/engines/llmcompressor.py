@@ -12,7 +12,8 @@ import gc
 import importlib
 import math
 import time
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 from quantkit.engines.base import Engine, EngineJob, EngineResult
 from quantkit.engines.llmcompressor_workarounds import cpu_compat, release_traced_model
@@ -72,27 +73,76 @@ def _describe_args(args, role: str) -> str:
     return f"{role} {kind}{args.num_bits} {sym} per-{strategy}{dyn}"
 
 
+def _awq_modifiers(output, groups: dict, ignore: list[str]) -> list:
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+    from llmcompressor.modifiers.transform.awq import AWQModifier
+
+    return [AWQModifier(n_grid=output.n_grid, duo_scaling=output.duo_scaling),
+            QuantizationModifier(config_groups=groups, ignore=ignore)]
+
+
+def _gptq_modifiers(output, groups: dict, ignore: list[str]) -> list:
+    from llmcompressor.modifiers.gptq import GPTQModifier
+
+    return [GPTQModifier(config_groups=groups, ignore=ignore, dampening_frac=output.dampening_frac,
+                         block_size=output.block_size, actorder=output.actorder)]
+
+
+def _int8_modifiers(output, groups: dict, ignore: list[str]) -> list:
+    from llmcompressor.modifiers.gptq import GPTQModifier
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+
+    mods = []
+    if output.smoothquant:
+        from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
+
+        mods.append(SmoothQuantModifier(smoothing_strength=output.smoothing_strength))
+    if output.weight_algorithm == "gptq":
+        mods.append(GPTQModifier(config_groups=groups, ignore=ignore, dampening_frac=output.dampening_frac))
+    else:
+        mods.append(QuantizationModifier(config_groups=groups, ignore=ignore))
+    return mods
+
+
+def _rtn_modifiers(output, groups: dict, ignore: list[str]) -> list:
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+
+    return [QuantizationModifier(config_groups=groups, ignore=ignore)]
+
+
+@dataclass(frozen=True)
+class LLMCompressorMethod:
+    """What one recipe method is in llm-compressor: whether it calibrates, what it is called, its modifiers."""
+
+    needs_calibration: Callable[[Any], bool]
+    algorithm: Callable[[Any], str]
+    modifiers: Callable[[Any, dict, list[str]], list]
+
+
+# A new llm-compressor method is one row here (plus its output model in quantkit.recipe).
+METHODS: dict[str, LLMCompressorMethod] = {
+    "awq": LLMCompressorMethod(lambda o: True, lambda o: "AWQ scale search + round-to-nearest", _awq_modifiers),
+    "gptq": LLMCompressorMethod(lambda o: True, lambda o: "GPTQ", _gptq_modifiers),
+    # SmoothQuant needs activation statistics; GPTQ needs Hessians
+    "int8": LLMCompressorMethod(
+        lambda o: True,
+        lambda o: ("SmoothQuant + " if o.smoothquant else "") + ("GPTQ" if o.weight_algorithm == "gptq" else "round-to-nearest"),
+        _int8_modifiers),
+    # static FP8 activation scales are observed on the calibration set
+    "fp8": LLMCompressorMethod(lambda o: o.scheme == "FP8", lambda o: "round-to-nearest FP8 (E4M3)", _rtn_modifiers),
+    "rtn": LLMCompressorMethod(lambda o: False, lambda o: "round-to-nearest", _rtn_modifiers),
+}
+
+
 class LLMCompressorEngine(Engine):
     name = "llmcompressor"
+    methods = tuple(METHODS)
 
     def needs_calibration(self, output) -> bool:
-        if output.method in ("awq", "gptq"):
-            return True
-        if output.method == "int8":
-            return True  # SmoothQuant needs activation statistics; GPTQ needs Hessians
-        if output.method == "fp8":
-            return output.scheme == "FP8"  # static activation scales
-        return False
+        return METHODS[output.method].needs_calibration(output)
 
     def algorithm(self, output) -> str:
-        return {
-            "awq": "AWQ scale search + round-to-nearest",
-            "gptq": "GPTQ",
-            "int8": ("SmoothQuant + " if getattr(output, "smoothquant", False) else "")
-            + ("GPTQ" if getattr(output, "weight_algorithm", "gptq") == "gptq" else "round-to-nearest"),
-            "fp8": "round-to-nearest FP8 (E4M3)",
-            "rtn": "round-to-nearest",
-        }[output.method]
+        return METHODS[output.method].algorithm(output)
 
     def describe(self, output) -> str:
         s = resolved_scheme(output)
@@ -143,41 +193,7 @@ class LLMCompressorEngine(Engine):
     # ------------------------------------------------------------------ run
 
     def modifiers(self, output) -> list:
-        from llmcompressor.modifiers.gptq import GPTQModifier
-        from llmcompressor.modifiers.quantization import QuantizationModifier
-
-        scheme = resolved_scheme(output)
-        groups = {"group_0": scheme}
-        ignore = list(output.ignore)
-        if output.method == "awq":
-            from llmcompressor.modifiers.transform.awq import AWQModifier
-
-            return [
-                AWQModifier(n_grid=output.n_grid, duo_scaling=output.duo_scaling),
-                QuantizationModifier(config_groups=groups, ignore=ignore),
-            ]
-        if output.method == "gptq":
-            return [
-                GPTQModifier(
-                    config_groups=groups,
-                    ignore=ignore,
-                    dampening_frac=output.dampening_frac,
-                    block_size=output.block_size,
-                    actorder=output.actorder,
-                )
-            ]
-        if output.method == "int8":
-            mods = []
-            if output.smoothquant:
-                from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
-
-                mods.append(SmoothQuantModifier(smoothing_strength=output.smoothing_strength))
-            if output.weight_algorithm == "gptq":
-                mods.append(GPTQModifier(config_groups=groups, ignore=ignore, dampening_frac=output.dampening_frac))
-            else:
-                mods.append(QuantizationModifier(config_groups=groups, ignore=ignore))
-            return mods
-        return [QuantizationModifier(config_groups=groups, ignore=ignore)]
+        return METHODS[output.method].modifiers(output, {"group_0": resolved_scheme(output)}, list(output.ignore))
 
     def run(self, job: EngineJob) -> EngineResult:
         from llmcompressor import oneshot
@@ -212,7 +228,8 @@ class LLMCompressorEngine(Engine):
         try:
             t0 = time.perf_counter()
             # the tqdm bridge inside the step: its per-layer step ends before the step that holds it
-            with cpu_compat() as patches, rep.task(f"{out.method}: {self.algorithm(out)}", tokens=cal_tokens), progress_from_tqdm(rep):
+            step = rep.task(f"{out.method}: {self.algorithm(out)}", tokens=cal_tokens)
+            with cpu_compat() as patches, step, progress_from_tqdm(rep):
                 oneshot(**kwargs)
             timings["quantize_s"] = round(time.perf_counter() - t0, 3)
 

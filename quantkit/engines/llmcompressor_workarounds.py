@@ -15,12 +15,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-
-def accelerator_available() -> bool:
-    import torch
-
-    acc = getattr(torch, "accelerator", None)
-    return bool(acc and acc.is_available()) or torch.cuda.is_available()
+from quantkit.device import accelerator_available
 
 
 @contextlib.contextmanager

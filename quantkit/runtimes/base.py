@@ -1,6 +1,15 @@
+"""The runtime interface: one format's evaluation, from an artifact to scored targets."""
+
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from quantkit.artifact import Artifact, Target
+    from quantkit.progress import Reporter
 
 
 @dataclass
@@ -28,3 +37,31 @@ class DomainScores:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "ppl_increase": self.ppl_increase}
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    context: int = 512  # tokens per window
+    stride: int = 512  # window stride (transformers); llama.cpp's tool always uses the context
+    max_tokens: int = 4096  # scored tokens per domain
+
+
+@dataclass
+class ScoredTarget:
+    """One deployable target and its scores per domain; `unavailable` says why the runtime could not run it."""
+
+    target: "Target"
+    runtime: str
+    scores: list[DomainScores] = field(default_factory=list)
+    unavailable: str | None = None
+
+
+class Runtime(ABC):
+    """Evaluates every target of one artifact format against the float base. Register it in
+    `quantkit.runtimes.RUNTIMES` under the format it evaluates."""
+
+    name: str
+
+    @abstractmethod
+    def evaluate(self, artifact: "Artifact", base_folder: Path, texts: dict[str, str], settings: EvaluationSettings,
+                 reporter: "Reporter") -> list[ScoredTarget]: ...

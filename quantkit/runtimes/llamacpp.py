@@ -8,10 +8,11 @@ of each chunk, so stride == context here.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
-from quantkit.runtimes.base import DomainScores
-from quantkit.toolchains.llamacpp import LlamaCpp
+from quantkit.runtimes.base import DomainScores, EvaluationSettings, Runtime, ScoredTarget
+from quantkit.toolchains.llamacpp import LlamaCpp, ToolchainError, check_tokenizer_fidelity, converted_base, require_toolchain
 
 
 def base_logits(tc: LlamaCpp, base_gguf: Path, text_file: Path, logits_file: Path, context: int, chunks: int) -> int:
@@ -28,3 +29,42 @@ def score_gguf(tc: LlamaCpp, gguf_file: Path, logits_file: Path, domain: str, co
         base_ppl=k["ppl_base"], ppl=k["ppl"], kld_mean=k["mean_kld"], kld_median=k["median_kld"],
         kld_p99=k["p99_kld"], top1_agreement=k["same_top_p"] / 100.0,
     )
+
+
+class LlamaCppRuntime(Runtime):
+    """GGUF files: reference logits of the base's F32 conversion once per text, then each type against them."""
+
+    name = "llama.cpp"
+
+    def evaluate(self, artifact, base_folder, texts, settings: EvaluationSettings, reporter) -> list[ScoredTarget]:
+        from quantkit.recipe import ModelSpec
+        from quantkit.sources.models import ResolvedModel, load_tokenizer
+
+        targets = artifact.targets()
+        try:
+            tc = require_toolchain()
+        except ToolchainError as e:
+            # reported per type as unavailable (their gates fail: an unmeasured metric never passes)
+            return [ScoredTarget(t, self.name, [], unavailable=str(e)) for t in targets]
+        b = artifact.manifest.base_model
+        resolved = ResolvedModel(ModelSpec(source=b.source), base_folder, b.kind, b.fingerprint, b.weight_bytes)
+        context = settings.context
+        with reporter.task("float reference for llama.cpp (F32 conversion of the base)"):
+            f32 = converted_base(tc, resolved, "F32", reporter)
+        tokenizer = load_tokenizer(resolved)
+        chunks = max(1, settings.max_tokens // (context - context // 2))
+        scored = {t.name: ScoredTarget(t, self.name) for t in targets}
+        with tempfile.TemporaryDirectory(prefix="quantkit-validate-") as tmp_name:
+            tmp = Path(tmp_name)
+            logits = {}
+            for domain, text in texts.items():
+                check_tokenizer_fidelity(tc, f32, tokenizer, text=text[:20_000])
+                (tmp / f"{domain}.txt").write_text(text)
+                with reporter.task(f"reference logits on {domain} (llama-perplexity, F32)", tokens=chunks * context):
+                    used = base_logits(tc, f32, tmp / f"{domain}.txt", tmp / f"{domain}.logits", context, chunks)
+                logits[domain] = (tmp / f"{domain}.logits", used)
+            for t in targets:
+                for domain, (logit_file, used) in logits.items():
+                    with reporter.task(f"{t.scheme}: KLD and perplexity on {domain} (llama-perplexity)", tokens=chunks * context):
+                        scored[t.name].scores.append(score_gguf(tc, t.path, logit_file, domain, context, used))
+        return list(scored.values())

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import torch
 
-from quantkit.runtimes.base import DomainScores
+from quantkit.errors import QuantkitError
+from quantkit.runtimes.base import DomainScores, EvaluationSettings, Runtime, ScoredTarget
 
 
-class TransformersRuntime:
-    name = "transformers"
+class TransformersModel:
+    """A checkpoint loaded with transformers (compressed-tensors installs its quantized forward)."""
 
     def __init__(self, path: str | Path, dtype: torch.dtype = torch.float32):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -63,7 +64,7 @@ def llamacpp_windows(n_tokens: int, context: int, chunks: int) -> list[tuple[int
     return [(c * context, (c + 1) * context, c * context + context // 2 + 1) for c in range(full)]
 
 
-def perplexity(rt: TransformersRuntime, token_ids: list[int], context: int = 512, stride: int = 512,
+def perplexity(rt: TransformersModel, token_ids: list[int], context: int = 512, stride: int = 512,
                spans: list[tuple[int, int, int]] | None = None) -> tuple[float, int]:
     """Single-model perplexity over the same windows as `score_lockstep`; returns (ppl, scored tokens)."""
     nll = []
@@ -78,7 +79,7 @@ def perplexity(rt: TransformersRuntime, token_ids: list[int], context: int = 512
 POSITION_BINS = 8
 
 
-def score_lockstep(base: TransformersRuntime, artifact: TransformersRuntime, token_ids: list[int], domain: str,
+def score_lockstep(base: TransformersModel, artifact: TransformersModel, token_ids: list[int], domain: str,
                    context: int = 512, stride: int = 512, spans: list[tuple[int, int, int]] | None = None) -> DomainScores:
     """Perplexity of both models and KL(base || artifact) over the full vocabulary, window by window.
 
@@ -116,6 +117,29 @@ def score_lockstep(base: TransformersRuntime, artifact: TransformersRuntime, tok
     )
 
 
-def perplexity_llamacpp_style(rt: TransformersRuntime, token_ids: list[int], context: int, chunks: int) -> float:
+def perplexity_llamacpp_style(rt: TransformersModel, token_ids: list[int], context: int, chunks: int) -> float:
     """Perplexity over llama.cpp's perplexity-tool windows (`llamacpp_windows`)."""
     return perplexity(rt, token_ids, context, context, spans=llamacpp_windows(len(token_ids), context, chunks))[0]
+
+
+class TransformersRuntime(Runtime):
+    """compressed-tensors (and float) checkpoints: base and artifact scored in lockstep, window by window."""
+
+    name = "transformers"
+
+    def evaluate(self, artifact, base_folder, texts, settings: EvaluationSettings, reporter) -> list[ScoredTarget]:
+        [target] = artifact.targets()
+        with reporter.task(f"loading {artifact.name} and its base (transformers)"):
+            base, quant = TransformersModel(base_folder), TransformersModel(artifact.path)
+        scores = []
+        for domain, text in texts.items():
+            ids = base.tokenize(text)[: settings.max_tokens]
+            if quant.tokenize(text)[: len(ids)] != ids:
+                raise QuantkitError(
+                    f"{artifact.name} tokenizes the '{domain}' text differently from its base; KLD would be meaningless"
+                )
+            if len(ids) < 2:
+                raise QuantkitError(f"the '{domain}' text has fewer than 2 tokens")
+            with reporter.task(f"{artifact.name}: perplexity and KLD on {domain} ({len(ids)} tokens)", tokens=len(ids)):
+                scores.append(score_lockstep(base, quant, ids, domain, context=settings.context, stride=settings.stride))
+        return [ScoredTarget(target, self.name, scores)]

@@ -55,7 +55,9 @@ def send(client: httpx.Client, base_url: str, model: str, req: Request) -> Reque
     try:
         with client.stream("POST", url, json=body) as r:
             if r.status_code != 200:
-                return RequestResult(req.id, req.kind, False, error=f"HTTP {r.status_code}: {r.read().decode(errors='replace')[:300]}")
+                return RequestResult(
+                    req.id, req.kind, False, error=f"HTTP {r.status_code}: {r.read().decode(errors='replace')[:300]}"
+                )
             for line in r.iter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
@@ -74,11 +76,18 @@ def send(client: httpx.Client, base_url: str, model: str, req: Request) -> Reque
     end = time.monotonic()
     text = "".join(parts)
     if not text.strip():
-        return RequestResult(req.id, req.kind, False, text=text, output_tokens=tokens, latency_s=end - start,
-                             error="empty output")
+        return RequestResult(
+            req.id, req.kind, False, text=text, output_tokens=tokens, latency_s=end - start, error="empty output"
+        )
     return RequestResult(
-        req.id, req.kind, True, text=text, output_tokens=tokens, ttft_s=first - start,
-        tpot_s=(last - first) / (tokens - 1) if tokens > 1 else None, latency_s=end - start,
+        req.id,
+        req.kind,
+        True,
+        text=text,
+        output_tokens=tokens,
+        ttft_s=first - start,
+        tpot_s=(last - first) / (tokens - 1) if tokens > 1 else None,
+        latency_s=end - start,
     )
 
 
@@ -96,11 +105,16 @@ class WorkloadRun:
         ok = [r for r in self.results if r.ok]
         out_tokens = sum(r.output_tokens for r in ok)
         return {
-            "concurrency": self.concurrency, "requests": len(self.results), "failed": self.failed,
-            "output_tokens": out_tokens, "wall_s": round(self.wall_s, 3),
+            "concurrency": self.concurrency,
+            "requests": len(self.results),
+            "failed": self.failed,
+            "output_tokens": out_tokens,
+            "wall_s": round(self.wall_s, 3),
             "output_tokens_per_s": out_tokens / self.wall_s if self.wall_s > 0 else None,
-            "ttft_p50_s": percentile([r.ttft_s for r in ok], 50), "ttft_p95_s": percentile([r.ttft_s for r in ok], 95),
-            "tpot_p50_s": percentile([r.tpot_s for r in ok], 50), "tpot_p95_s": percentile([r.tpot_s for r in ok], 95),
+            "ttft_p50_s": percentile([r.ttft_s for r in ok], 50),
+            "ttft_p95_s": percentile([r.ttft_s for r in ok], 95),
+            "tpot_p50_s": percentile([r.tpot_s for r in ok], 50),
+            "tpot_p95_s": percentile([r.tpot_s for r in ok], 95),
         }
 
 
@@ -116,8 +130,11 @@ def run_workload(base_url: str, model: str, requests: list[Request], concurrency
 
 def complete_token_ids(base_url: str, model: str, prompt: str, max_tokens: int, timeout: float = 300.0) -> list[int]:
     """Greedy completion's token ids (vLLM's `return_token_ids`)."""
-    r = httpx.post(f"{base_url}/v1/completions", timeout=timeout, json={
-        "model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "return_token_ids": True})
+    r = httpx.post(
+        f"{base_url}/v1/completions",
+        timeout=timeout,
+        json={"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "return_token_ids": True},
+    )
     r.raise_for_status()
     ids = r.json()["choices"][0].get("token_ids")
     if ids is None:

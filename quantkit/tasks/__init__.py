@@ -35,10 +35,10 @@ metadata:
 
 
 def docstring_mc_items(seed: int = 0) -> list[dict]:
-    from quantkit.sources.calibration import _builtin_texts
+    from quantkit.sources.calibration import builtin_texts
 
     pairs = []
-    for src in _builtin_texts("code", "holdout"):
+    for src in builtin_texts("code", "holdout"):
         try:
             tree = ast.parse(src)
         except SyntaxError:

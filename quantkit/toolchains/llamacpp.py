@@ -21,10 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantkit.artifact import sha256_file, staged_folder
 from quantkit.errors import QuantkitError
+from quantkit.files import cache_dir, sha256_file, staged_folder
 from quantkit.progress import NullReporter, Reporter
-from quantkit.sources.models import cache_dir
 
 SDIST_NAME = "llama-cpp-python"
 SDIST_VERSION = "0.3.36"
@@ -255,3 +254,52 @@ def _registered_architectures(conversion_dir: Path) -> set[str]:
         for args in re.findall(r"@ModelBase\.register\(([^)]*)\)", py.read_text(errors="replace")):
             names.update(re.findall(r"\"([A-Za-z0-9_]+)\"", args))
     return names
+
+
+# ------------------------------------------------------------------ shared by quantization and validation
+
+FIDELITY_TEXT = (
+    "Quantization maps 2024 float weights to 4-bit integers; café, naïve, 東京 and emoji 🙂 must survive.\n"
+    "def f(x):\n    return x ** 2  # squared\n\tTabs,  double  spaces and <|im_end|> text.\n"
+    r'print("a\nb\tc")  # backslash sequences in source code stay two characters' "\n"
+)
+
+
+def converted_base(tc: LlamaCpp, model, base_type: str, reporter: Reporter) -> Path:
+    """The model (a quantkit.sources.models.ResolvedModel) converted to a high-precision GGUF, cached per
+    model fingerprint and toolchain: quantization converts to F16/BF16, validation to F32 for reference logits."""
+    commit = tc.info["llama_cpp_commit"][:9]
+    target = cache_dir() / "gguf" / f"{model.fingerprint[:16]}-{base_type}-{commit}.gguf"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(f".partial-{os.getpid()}")
+    try:
+        with reporter.task(f"converting to GGUF {base_type} (llama.cpp convert_hf_to_gguf.py, once per model)"):
+            tc.convert(model.path, partial, base_type, model_name=Path(model.spec.source).name)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def gguf_tokens(tc: LlamaCpp, gguf_file: Path, text: str) -> list[int]:
+    """Token ids of `text` as llama.cpp tokenizes it (no BOS added, special tokens as text)."""
+    proc = tc.run("llama-tokenize", ["-m", str(gguf_file), "-p", text, "--ids", "--no-bos", "--no-escape", "--log-disable"])
+    match = re.search(r"\[([\d,\s]*)\]\s*$", proc.stdout.strip())
+    if not match:
+        raise ToolchainError(f"could not read token ids from llama-tokenize output: {proc.stdout[-200:]!r}")
+    return [int(t) for t in match.group(1).replace(",", " ").split()]
+
+
+def check_tokenizer_fidelity(tc: LlamaCpp, gguf_file: Path, tokenizer, text: str = FIDELITY_TEXT) -> None:
+    """Refuse a GGUF whose tokenizer disagrees with the model's Hugging Face tokenizer: every eval would be off."""
+    hf = tokenizer(text, add_special_tokens=False)["input_ids"]
+    llama = gguf_tokens(tc, gguf_file, text)
+    if hf != llama:
+        at = next((i for i, (a, b) in enumerate(zip(hf, llama)) if a != b), min(len(hf), len(llama)))
+        raise ToolchainError(
+            f"the GGUF tokenizer disagrees with the Hugging Face tokenizer at token {at} "
+            f"(HF {hf[at:at + 5]}, llama.cpp {llama[at:at + 5]}); the converter probably picked the wrong "
+            "pre-tokenizer for this model"
+        )

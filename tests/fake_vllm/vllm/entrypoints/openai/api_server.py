@@ -84,13 +84,16 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         if os.environ.get("FAKE_VLLM_ENGINE_DEAD"):
             pre = "(EngineCore pid=1) ERROR 11-26 09:00:00 [core.py:710]"
-            print(f"{pre} EngineCore encountered a fatal error.\n{pre} Traceback (most recent call last):\n"
-                  f"{pre}   File \"/venv/vllm/model_executor/kernels/linear/mixed_precision/cpu.py\", line 198, in apply_weights\n"
-                  f"{pre}     x = ops.cpu_gemm_wna16(\n"
-                  f"{pre} AttributeError: '_OpNamespace' '_C' object has no attribute 'cpu_gemm_wna16'\n"
-                  "(APIServer pid=2) ERROR 11-26 09:00:00 [async_llm.py:500] AsyncLLM output_handler failed.\n"
-                  "(APIServer pid=2) ERROR 11-26 09:00:00 [async_llm.py:500] vllm.v1.engine.exceptions.EngineDeadError: "
-                  "EngineCore encountered an issue. See stack trace (above) for the root cause.", flush=True)
+            print(
+                f"{pre} EngineCore encountered a fatal error.\n{pre} Traceback (most recent call last):\n"
+                f'{pre}   File "/venv/vllm/model_executor/kernels/linear/mixed_precision/cpu.py", line 198, in apply_weights\n'
+                f"{pre}     x = ops.cpu_gemm_wna16(\n"
+                f"{pre} AttributeError: '_OpNamespace' '_C' object has no attribute 'cpu_gemm_wna16'\n"
+                "(APIServer pid=2) ERROR 11-26 09:00:00 [async_llm.py:500] AsyncLLM output_handler failed.\n"
+                "(APIServer pid=2) ERROR 11-26 09:00:00 [async_llm.py:500] vllm.v1.engine.exceptions.EngineDeadError: "
+                "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+                flush=True,
+            )
             return self._json({"error": "EngineDeadError: EngineCore encountered an issue"}, 500)
         if os.environ.get("FAKE_VLLM_500"):
             print("NotImplementedError: \"cpu_gemm_wna16\" not implemented for 'Float'", flush=True)
@@ -104,8 +107,12 @@ class Handler(BaseHTTPRequestHandler):
                 counters["draft_tokens"] += 4 * (len(pieces) // 2)
                 counters["accepted"] += len(pieces) // 2
         if not body.get("stream"):
-            return self._json({"choices": [{"text": "".join(pieces), "token_ids": list(range(100, 100 + len(pieces)))}],
-                               "usage": {"completion_tokens": len(pieces)}})
+            return self._json(
+                {
+                    "choices": [{"text": "".join(pieces), "token_ids": list(range(100, 100 + len(pieces)))}],
+                    "usage": {"completion_tokens": len(pieces)},
+                }
+            )
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.end_headers()

@@ -1,4 +1,4 @@
-"""`run_serve_test`: what `quantkit serve-test` does, callable from Python."""
+"""`quantkit serve-test PATH` as a library call: `run_serve_test` serves one model in vLLM and gates the result."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from quantkit.checks.serve import serving_gates
 from quantkit.errors import QuantkitError
-from quantkit.gates import SERVE_DEFAULTS, SPEC_DEFAULTS, GateResult, evaluate_gates, parse_gate_overrides
+from quantkit.gates import GateResult, evaluate_gates, parse_gate_overrides
 from quantkit.progress import NullReporter, Reporter
 from quantkit.serving.smoke import ServeOptions, ServeResult, greedy_reference, serve_test, unsupported_result
 from quantkit.serving.workload import GREEDY_PROMPT
@@ -31,7 +32,7 @@ class ServeReport:
 def describe_target(path: Path) -> tuple[Path, str | None, Path]:
     """(what vLLM loads, the quantization it should report, where logs go)."""
     from quantkit.artifact import MANIFEST_NAME, SERVE_LOGS, Artifact
-    from quantkit.sources.models import cache_dir
+    from quantkit.files import cache_dir
 
     path = Path(path).expanduser()
     if not path.exists():
@@ -43,11 +44,8 @@ def describe_target(path: Path) -> tuple[Path, str | None, Path]:
     if (path / MANIFEST_NAME).is_file():
         art = Artifact.load(path)  # checksums first
         logs = path / SERVE_LOGS / "serve-test"
-        if art.manifest["format"] == "gguf":
-            written = art.manifest["engine"]["types"]
-            first = next(t for t in art.manifest["output"]["types"] if t in written)
-            return path / written[first]["file"], "gguf", logs
-        return path, "compressed-tensors", logs
+        first = art.targets()[0]
+        return first.path, first.format, logs
     config = path / "config.json"
     if not config.is_file():
         raise QuantkitError(f"{path} has neither {MANIFEST_NAME} nor config.json: not a model folder")
@@ -71,8 +69,5 @@ def run_serve_test(path: str | Path, options: ServeOptions | None = None, *, vll
             reference = greedy_reference(model, expected, options.greedy_tokens)
         result = serve_test(model, env, expected_quantization=expected, options=options, log_dir=log_dir,
                             greedy_reference=reference, reporter=reporter)
-    gates = dict(SERVE_DEFAULTS)
-    if options.speculative:
-        gates.update(SPEC_DEFAULTS)
-    gates.update(overrides)
+    gates = {**serving_gates(options), **overrides}
     return ServeReport(model, result, evaluate_gates(gates, result.metrics()))

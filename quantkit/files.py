@@ -1,0 +1,112 @@
+"""Files on the bottom floor: hashing, folders that appear complete or not at all, sizes, the cache.
+
+Everything above (artifacts, model sources, toolchains, validation) writes through these, so a
+crash or Ctrl-C never leaves a half-written file or folder where a complete one is expected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from quantkit.errors import ArtifactError
+
+PARTIAL_MARK = ".partial-"
+
+
+def cache_dir() -> Path:
+    """quantkit's cache: $QUANTKIT_CACHE, else $XDG_CACHE_HOME/quantkit, else ~/.cache/quantkit."""
+    root = os.environ.get("QUANTKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "quantkit"
+    )
+    return Path(root)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary sibling and a rename: readers see the old or the new file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_partials(dest: Path) -> list[Path]:
+    """Remove staging folders of `dest` left by runs that were killed (SIGKILL, power loss)."""
+    removed: list[Path] = []
+    prefix = f".{dest.name}{PARTIAL_MARK}"
+    if not dest.parent.is_dir():
+        return removed
+    for p in dest.parent.iterdir():
+        if p.name.startswith(prefix):
+            try:
+                pid = int(p.name[len(prefix):].split("-")[0])
+            except ValueError:
+                continue
+            if not _pid_alive(pid):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
+
+
+def check_destination(dest: Path, force: bool) -> None:
+    if dest.exists() and not force:
+        raise ArtifactError(f"{dest} already exists; pass --force (force=True) to replace it")
+
+
+@contextlib.contextmanager
+def staged_folder(dest: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a hidden staging folder beside `dest`; move it into place only if the block succeeds.
+
+    Any exception, Ctrl-C or SystemExit (SIGTERM in the CLI) removes the staging folder, so
+    `dest` either holds a complete folder or is untouched.
+    """
+    dest = Path(dest)
+    check_destination(dest, force)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(dest)
+    staging = dest.parent / f".{dest.name}{PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        yield staging
+        check_destination(dest, force)
+        if dest.exists():
+            trash = dest.parent / f".{dest.name}.replaced-{uuid.uuid4().hex[:8]}"
+            os.rename(dest, trash)
+            os.rename(staging, dest)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
