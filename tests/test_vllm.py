@@ -143,3 +143,20 @@ def test_a_gguf_file_is_reported_with_vllms_reason(artifacts, vllm_env):
     print("vLLM on GGUF:", res["reason"])
     assert res["status"] == "failed" and res["expected_quantization"] == "gguf" and res["reason"]
     assert not next(g for g in doc["gates"] if g["gate"] == "serve_loaded_min")["passed"]
+
+
+def test_env_vllm_reports_the_kernel_library_and_what_serves_here(vllm_env):
+    from quantkit.serving.support import servable_here
+    from quantkit.toolchains.vllm import probe_kernels
+
+    r = run_cli("env", "vllm", "--json", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout)
+    if vllm_env.info.get("device") != "cpu":
+        assert doc["kernel_probe"] is None
+        return
+    probe = probe_kernels(vllm_env)
+    assert doc["kernel_probe"]["kernel_library"] == probe["kernel_library"] and doc["serves_here"] == servable_here(probe)
+    assert "float" in doc["serves_here"] and "W8A8" in doc["serves_here"]
+    r = run_cli("env", "vllm", timeout=600)
+    assert "kernels on this CPU" in r.stdout and probe["kernel_library"] in r.stdout
