@@ -137,11 +137,12 @@ class _Step:
 
 def plain_text(message: str) -> str:
     """A message without rich markup ("[red]...[/]")."""
+    from rich.errors import MarkupError
     from rich.text import Text
 
     try:
         return Text.from_markup(message).plain
-    except Exception:  # noqa: BLE001 - a message with brackets that are not markup is printed as is
+    except MarkupError:  # brackets that are not markup: printed as they are
         return message
 
 

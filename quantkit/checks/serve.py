@@ -80,8 +80,8 @@ class ServeCheck(Check):
         unsupported = unsupported_result(target.path, s.env, expected_quantization=expected, options=s.options)
         if unsupported is not None:
             # known before any start: recorded with the reason; its gates apply only where --serve asked for it
-            return CheckResult(self.name, "unsupported", metrics=unsupported.metrics() if s.explicit else {},
-                               reason=unsupported.reason, details=unsupported.to_dict())
+            return CheckResult(self.name, "unsupported", metrics=unsupported.metrics(), reason=unsupported.reason,
+                               details=unsupported.to_dict())
         log_dir = (ctx.log_dir or Path(target.path).parent) / (target.name.replace("/", "_") or "target")
         result = serve_test(target.path, s.env, expected_quantization=expected, options=s.options, log_dir=log_dir,
                             greedy_reference=greedy_reference(target.path, expected, s.options.greedy_tokens))

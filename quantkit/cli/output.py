@@ -65,7 +65,7 @@ def quiet_libraries(verbose: bool) -> None:
     tqdm.std.tqdm.__init__ = _silent_init
 
 
-def library_logs_to_stderr(verbose: bool | None = None) -> None:
+def library_logs_to_stderr() -> None:
     """llm-compressor logs to stdout (loguru); move it to stderr so stdout carries only results."""
     # it also logs while being imported, so keep it disabled until the sinks are replaced
     previous = os.environ.get("LLM_COMPRESSOR_LOG_DISABLED")
@@ -85,7 +85,7 @@ def library_logs_to_stderr(verbose: bool | None = None) -> None:
     except ValueError:  # registered by llm-compressor's configure_logger, skipped while disabled
         logger.level("METRIC", no=38)
     logger.remove()
-    logger.add(sys.stderr, level="INFO" if (VERBOSE if verbose is None else verbose) else "ERROR",
+    logger.add(sys.stderr, level="INFO" if VERBOSE else "ERROR",
                format="{time:HH:mm:ss} | llmcompressor | {level} - {message}")
 
 
@@ -103,16 +103,16 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-PROGRESS_MODES = ("auto", "rich", "plain", "none")
-
-
 def progress_mode(requested=None) -> str:
     """rich in a terminal; plain where stdout or stderr is not one (CI logs, pipes)."""
+    from quantkit.cli.options import ProgressMode
+
+    modes = [m.value for m in ProgressMode]
     mode = getattr(requested, "value", requested) or os.environ.get("QUANTKIT_PROGRESS") or "auto"
-    if mode not in PROGRESS_MODES:
+    if mode not in modes:
         from quantkit.errors import QuantkitError
 
-        raise QuantkitError(f"QUANTKIT_PROGRESS={mode!r}: expected one of {', '.join(PROGRESS_MODES)}")
+        raise QuantkitError(f"QUANTKIT_PROGRESS={mode!r}: expected one of {', '.join(modes)}")
     if mode == "auto":
         return "rich" if sys.stdout.isatty() and sys.stderr.isatty() else "plain"
     return mode

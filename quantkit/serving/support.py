@@ -68,7 +68,7 @@ def isa_label(probe: dict) -> str:
     isa, flags = probe.get("isa") or {}, set((probe.get("cpu") or {}).get("isa_flags") or [])
     if isa.get("avx512"):
         return "AVX-512 with BF16" if isa.get("avx512_bf16") else "AVX-512, no BF16"
-    return "AVX2, no AVX-512" if "avx2" in flags or not flags else "no AVX2, no AVX-512"
+    return "AVX2, no AVX-512" if "avx2" in flags else "no AVX-512"
 
 
 def servable_here(probe: dict) -> list[str]:

@@ -124,21 +124,22 @@ def cpu_identity() -> dict:
     return {"model": model, "isa_flags": isa}
 
 
-def kernel_probe_path(env: "VllmEnv") -> Path:
-    """Where the probe's answer for this environment, CPU and import path is cached."""
-    key_src = json.dumps([KERNEL_PROBE_VERSION, cpu_identity(), str(env.python), os.environ.get("PYTHONPATH", ""), KERNEL_OPS])
+def kernel_probe_path(env: "VllmEnv", ident: dict | None = None) -> Path:
+    """Where the probe's answer for this environment, CPU (`cpu_identity()`) and import path is cached."""
+    ident = ident or cpu_identity()
+    key_src = json.dumps([KERNEL_PROBE_VERSION, ident, str(env.python), os.environ.get("PYTHONPATH", ""), KERNEL_OPS])
     return cache_dir() / "vllm" / "kernel-probes" / f"{hashlib.sha256(key_src.encode()).hexdigest()[:16]}.json"
 
 
-def probe_kernels(env: "VllmEnv", refresh: bool = False) -> dict:
+def probe_kernels(env: "VllmEnv") -> dict:
     """Which kernel library vLLM loads in `env` on this CPU and which serving ops it registers.
 
-    Run once and cached beside the environment, keyed by the CPU (model and ISA flags) and by the
-    variables that change what the interpreter imports: a cache copied to another machine is not trusted.
+    Run once and cached under the quantkit cache, keyed by the CPU (model and ISA flags), the interpreter
+    and PYTHONPATH (what changes what it imports): a cache copied to another machine is not trusted.
     """
     ident = cpu_identity()
-    cache = kernel_probe_path(env)
-    if cache.is_file() and not refresh:
+    cache = kernel_probe_path(env, ident)
+    if cache.is_file():
         try:
             return json.loads(cache.read_text())
         except (OSError, ValueError):
