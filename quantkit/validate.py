@@ -9,15 +9,18 @@ code), which never overlap the calibration sets.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from quantkit.artifact import MANIFEST_NAME, SERVE_LOGS, Artifact, utc_now
+from quantkit.artifact import MANIFEST_NAME, SERVE_LOGS, TRACKED_LIBRARIES, Artifact, library_versions, utc_now
 from quantkit.checks import CheckContext, build_checks
+from quantkit.device import resolve_device, resolve_dtype
 from quantkit.errors import ArtifactError, QuantkitError
 from quantkit.files import atomic_write_text
 from quantkit.gates import GateResult, evaluate_gates
+from quantkit.memory import PeakRSS
 from quantkit.progress import NullReporter, Reporter
 from quantkit.runtimes import DomainScores, EvaluationSettings, runtime_for
 
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
 
 REPORT_VERSION = 1
 DEFAULT_DOMAINS = ("prose", "code")
+VALIDATION_LIBRARIES = (*TRACKED_LIBRARIES, "lm-eval")
 
 
 @dataclass
@@ -64,6 +68,8 @@ class ValidationReport:
     path: Path
     settings: dict
     targets: list[EvaluatedTarget]
+    resources: dict = field(default_factory=dict)  # wall time, peak memory
+    libraries: dict = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -71,12 +77,13 @@ class ValidationReport:
 
     def to_dict(self) -> dict:
         return {"report_version": REPORT_VERSION, "created": utc_now(), "artifact": str(self.path),
-                "passed": self.passed, "settings": self.settings, "targets": [t.to_dict() for t in self.targets]}
+                "passed": self.passed, "settings": self.settings, "resources": self.resources,
+                "libraries": self.libraries, "targets": [t.to_dict() for t in self.targets]}
 
 
 def load_domains(specs: list[str] | None, text_field: str = "text") -> dict[str, str] | None:
     """`NAME=FILE` (JSONL/JSON/TXT/parquet, records joined by blank lines) or `NAME=builtin:prose|code`."""
-    from quantkit.sources.calibration import builtin_domain_text, file_texts
+    from quantkit.sources.calibration import builtin_domain_text
 
     if not specs:
         return None
@@ -96,8 +103,19 @@ def load_domains(specs: list[str] | None, text_field: str = "text") -> dict[str,
         path = Path(source).expanduser()
         if not path.is_file():
             raise QuantkitError(f"--domain {name}: file not found: {path.resolve()}")
-        domains[name] = "\n\n".join(file_texts(path, text_field))
+        domains[name] = domain_text(path, text_field)
     return domains
+
+
+def domain_text(path: Path, text_field: str = "text") -> str:
+    """The text scored for a domain file, as the user wrote it: a .txt file byte for byte (decoded
+    as UTF-8); the records of .jsonl/.json/.parquet joined with one blank line between them,
+    each record unchanged (no stripping)."""
+    from quantkit.sources.calibration import file_texts
+
+    if path.suffix.lower() == ".txt":
+        return path.read_text(encoding="utf-8")
+    return "\n\n".join(file_texts(path, text_field))
 
 
 def evaluation_texts(domains: dict[str, str] | None, max_tokens: int) -> dict[str, str]:
@@ -117,6 +135,8 @@ def validate(
     context: int = 512,
     stride: int | None = None,
     max_tokens: int = 4096,
+    device: str = "auto",
+    dtype: str = "auto",
     domains: dict[str, str] | None = None,
     tasks: list[str] | None = None,
     task_limit: int | None = None,
@@ -136,24 +156,50 @@ def validate(
     then `gate_overrides`.
     """
     reporter = reporter or NullReporter()
-    art = Artifact.load(path)  # checksums first: never evaluate a modified artifact
-    stride = stride or context
+    device = resolve_device(device)  # bad input fails before any heavy work
+    dtype = resolve_dtype(dtype, device)
+    if context < 2:
+        raise QuantkitError(f"--context {context}: must be at least 2 tokens")
+    stride = stride or max(1, context // 2)
     if not 1 <= stride <= context:
-        raise QuantkitError(f"stride must be between 1 and the context length {context}; got {stride}")
-    texts = evaluation_texts(domains, max_tokens)
-    settings = {"context": context, "stride": stride, "max_tokens": max_tokens, "domains": list(texts),
-                "tasks": list(tasks or []), "task_limit": task_limit,
-                "serve": serve.options.to_dict() if serve is not None else None}
-    checks = build_checks(tasks=tasks, task_limit=task_limit, serve=serve, **check_options)
-    base_folder = _base_folder(art)
-    runtime = runtime_for(art.manifest.format)
-    scored = runtime.evaluate(art, base_folder, texts, EvaluationSettings(context, stride, max_tokens), reporter)
+        raise QuantkitError(f"--stride {stride}: must be between 1 and the context length {context}")
+    started = time.perf_counter()
+    with PeakRSS() as peak:
+        if device != "cpu":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(device)
+        art = Artifact.load(path)  # checksums first: never evaluate a modified artifact
+        texts = evaluation_texts(domains, max_tokens)
+        settings = {"context": context, "stride": stride, "max_tokens": max_tokens, "domains": list(texts),
+                    "device": device, "dtype": dtype, "tasks": list(tasks or []), "task_limit": task_limit,
+                    "serve": serve.options.to_dict() if serve is not None else None}
+        checks = build_checks(tasks=tasks, task_limit=task_limit, serve=serve, device=device, dtype=dtype, **check_options)
+        base_folder = _base_folder(art)
+        runtime = runtime_for(art.manifest.format)
+        scored = runtime.evaluate(art, base_folder, texts, EvaluationSettings(context, stride, max_tokens, device, dtype),
+                                  reporter)
+        targets = _check_targets(art, scored, base_folder, checks, recipe_gates, gate_overrides, reporter)
+    resources = {"wall_s": round(time.perf_counter() - started, 1), "peak_rss_bytes": peak.bytes,
+                 "peak_rss_note": "resident memory of the validating process, sampled every 10 ms"}
+    if device != "cpu":
+        import torch
+
+        resources["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
+    report = ValidationReport(art.path, settings, targets, resources, library_versions(VALIDATION_LIBRARIES))
+    if write:
+        write_reports(report)
+    return report
+
+
+def _check_targets(art, scored, base_folder, checks, recipe_gates, gate_overrides, reporter) -> list[EvaluatedTarget]:
     targets = []
     for st in scored:
         t = st.target
         evaluated = EvaluatedTarget(art.name, t.name, t.method, t.scheme, t.bytes, st.runtime, st.scores, path=t.path,
                                     runtime_unavailable=st.unavailable)
-        ctx = CheckContext(t, st.scores, base_folder, st.unavailable, log_dir=art.path / SERVE_LOGS)
+        ctx = CheckContext(t, st.scores, base_folder, art.manifest.base_model.fingerprint, st.unavailable,
+                           log_dir=art.path / SERVE_LOGS)
         gates: dict[str, float] = {}
         for check in checks:
             with reporter.task(f"{t.name}: {check.name}"):
@@ -165,10 +211,7 @@ def validate(
         gates.update(gate_overrides or {})
         evaluated.gates = evaluate_gates(gates, metrics)
         targets.append(evaluated)
-    report = ValidationReport(art.path, settings, targets)
-    if write:
-        write_reports(report)
-    return report
+    return targets
 
 
 def validate_run(path: str | Path, *, recipe: str | Path | None = None, reporter: Reporter | None = None,

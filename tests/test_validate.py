@@ -6,6 +6,8 @@ import shutil
 import pytest
 import torch
 from conftest import run_cli, tiny_recipe_text
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import quantkit
 from quantkit.errors import ArtifactError, QuantkitError
@@ -28,13 +30,21 @@ def tiny_artifacts(tiny_model, tmp_path_factory):
     return {a.name: a.path for a in quantkit.quantize(recipe)}
 
 
-def test_windows_score_every_token_once():
-    for n, ctx, stride in [(10, 4, 4), (10, 4, 2), (3, 8, 8), (100, 16, 5)]:
-        scored = []
-        for begin, end, first in windows(n, ctx, stride):
-            assert end - begin <= ctx and first > begin
-            scored += list(range(first, end))
-        assert scored == list(range(1, n))
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(1, 400), context=st.integers(2, 64), data=st.data())
+def test_windows_score_every_token_from_the_lead_once_with_the_lead_as_context(n, context, data):
+    stride = data.draw(st.integers(1, context))
+    lead = max(1, context - stride)
+    scored = []
+    for begin, end, first in windows(n, context, stride):
+        assert 0 <= begin and end - begin <= context and first - begin == lead and first < end <= n
+        scored += list(range(first, end))
+    assert scored == list(range(lead, n))
+
+
+def test_default_windows_give_every_scored_token_half_a_context():
+    spans = windows(2048, 512, 256)
+    assert spans[:2] == [(0, 512, 256), (256, 768, 512)] and spans[-1] == (1536, 2048, 1792)
 
 
 def test_kld_of_a_model_against_itself_is_zero(tiny_model):
@@ -44,8 +54,8 @@ def test_kld_of_a_model_against_itself_is_zero(tiny_model):
     ids = rt.tokenize("def f(x):\n    return x + 1\n" * 20)[:200]
     s = score_lockstep(rt, rt, ids, "code", context=64, stride=32)
     assert s.kld_mean == pytest.approx(0, abs=1e-6) and s.top1_agreement == 1.0 and s.ppl == pytest.approx(s.base_ppl)
-    assert s.n_tokens == len(ids) - 1
-    assert perplexity(rt, ids, context=64, stride=32) == (pytest.approx(s.ppl, rel=1e-5), len(ids) - 1)
+    assert s.n_tokens == len(ids) - 32
+    assert perplexity(rt, ids, context=64, stride=32) == (pytest.approx(s.ppl, rel=1e-5), len(ids) - 32)
 
 
 def test_kld_grows_with_a_perturbation(tiny_model, tmp_path):
@@ -128,10 +138,14 @@ def test_gate_defaults_and_evaluation():
 def test_validate_writes_reports(tiny_artifacts):
     report = validate(tiny_artifacts["tiny-fp8-fp8-dynamic"], max_tokens=256, context=128)
     data = json.loads((tiny_artifacts["tiny-fp8-fp8-dynamic"] / "validation.json").read_text())
-    assert data["passed"] == report.passed and data["settings"]["context"] == 128
+    assert data["passed"] == report.passed and data["settings"]["context"] == 128 and data["settings"]["stride"] == 64
+    assert (data["settings"]["device"], data["settings"]["dtype"]) == ("cpu", "float32")  # auto without a GPU
+    assert data["resources"]["peak_rss_bytes"] > 100e6 and data["libraries"]["transformers"]
     [target] = data["targets"]
     assert [d["domain"] for d in target["domains"]] == ["prose", "code"]
-    assert all(d["n_tokens"] == 255 for d in target["domains"])
+    assert all(d["n_tokens"] == 256 for d in target["domains"])  # --max-tokens scored tokens
+    scored = target["domains"][0]["scored_tokens"]
+    assert scored["windows"][0] == [0, 128, 64] and scored["scored"] == 256 and "from offset 64 on" in scored["rule"]
     assert {c["check"] for c in target["checks"]} == {"perplexity", "kld", "lm_eval", "serve"}
     lm = next(c for c in target["checks"] if c["check"] == "lm_eval")
     assert lm["status"] == "skipped" and "--task" in lm["reason"]
@@ -139,7 +153,7 @@ def test_validate_writes_reports(tiny_artifacts):
     assert serve["status"] == "skipped" and "--serve" in serve["reason"]  # the library leaves serving out unless asked
     assert "recovery_min" not in {g["gate"] for g in target["gates"]}
     md = (tiny_artifacts["tiny-fp8-fp8-dynamic"] / "validation.md").read_text()
-    assert "| tiny-fp8-fp8-dynamic | prose | 255 |" in md
+    assert "| tiny-fp8-fp8-dynamic | prose | 256 |" in md
     quantkit.Artifact.load(tiny_artifacts["tiny-fp8-fp8-dynamic"])  # reports do not break the checksums
 
 

@@ -20,6 +20,7 @@ class CheckContext:
     target: "Target"
     scores: "list[DomainScores]"
     base_path: Path  # the float base folder
+    base_fingerprint: str  # its content fingerprint (the key of results cached per base)
     runtime_unavailable: str | None = None  # why the format's runtime could not score this target
     log_dir: Path | None = None  # where a check may keep logs (inside the artifact folder)
 

@@ -10,21 +10,23 @@ log-probabilities; llama-server returns none and llama-cpp-python's are shifted 
 
 from __future__ import annotations
 
+import json
 import os
 
 from quantkit.checks.base import Check, CheckContext, CheckResult
 
 # llm-compressor's own CI gates task recovery at 0.95
 RECOVERY_MIN_DEFAULT = 0.95
-# the base is the same for every artifact of a run (its fingerprint is checked): scored once per process
-_BASE_RESULTS: dict[tuple, dict] = {}
+BASE_STORE = "lm-eval-base"
 
 
 class LMEvalCheck(Check):
     name = "lm_eval"
 
-    def __init__(self, tasks: list[str] | None = None, task_limit: int | None = None) -> None:
+    def __init__(self, tasks: list[str] | None = None, task_limit: int | None = None, device: str = "cpu",
+                 dtype: str = "float32") -> None:
         self.tasks, self.task_limit = list(tasks or []), task_limit
+        self.device, self.dtype = device, dtype
 
     def run(self, ctx: CheckContext) -> CheckResult:
         fmt = ctx.target.format
@@ -39,11 +41,8 @@ class LMEvalCheck(Check):
             return CheckResult(self.name, "skipped", reason="lm-eval is not installed (pip install lm-eval)")
         from quantkit.tasks import task_manager
 
-        key = (str(ctx.base_path), tuple(self.tasks), self.task_limit)
-        if key not in _BASE_RESULTS:
-            _BASE_RESULTS[key] = run_tasks(ctx.base_path, self.tasks, self.task_limit, task_manager())
-        base = _BASE_RESULTS[key]
-        art = run_tasks(ctx.target.path, self.tasks, self.task_limit, task_manager())
+        base = self.base_results(ctx)
+        art = run_tasks(ctx.target.path, self.tasks, self.task_limit, task_manager(), self.device, self.dtype)
         per = {}
         for task in self.tasks:
             b, a = base[task], art[task]
@@ -57,17 +56,38 @@ class LMEvalCheck(Check):
             sample={t: {"documents": base[t]["n"], "limit": self.task_limit} for t in self.tasks},
         )
 
+    def base_results(self, ctx: CheckContext) -> dict:
+        """The base's task scores, computed once per (base, tasks, limit, dtype, device class, lm-eval
+        version, shipped task files) and kept in quantkit's cache."""
+        from importlib import metadata
+
+        from quantkit.cache_store import CacheStore
+        from quantkit.device import device_class
+        from quantkit.tasks import task_manager, tasks_digest
+
+        key = {"kind": "lm-eval-base-scores", "format": 1, "base_fingerprint": ctx.base_fingerprint,
+               "tasks": sorted(self.tasks), "limit": self.task_limit, "dtype": self.dtype,
+               "device_class": device_class(self.device), "lm_eval": metadata.version("lm-eval"),
+               "shipped_tasks_sha256": tasks_digest()}
+
+        def build(folder):
+            results = run_tasks(ctx.base_path, self.tasks, self.task_limit, task_manager(), self.device, self.dtype)
+            (folder / "scores.json").write_text(json.dumps(results, indent=1) + "\n")
+
+        with CacheStore(BASE_STORE).entry(key, build) as (entry, _):
+            return json.loads((entry / "scores.json").read_text())
+
     def default_gates(self, target, result) -> dict[str, float]:
         return {"recovery_min": RECOVERY_MIN_DEFAULT} if self.tasks and target.format == "compressed-tensors" else {}
 
 
-def run_tasks(model_path, tasks: list[str], limit: int | None, manager) -> dict:
+def run_tasks(model_path, tasks: list[str], limit: int | None, manager, device: str = "cpu", dtype: str = "float32") -> dict:
     from lm_eval import simple_evaluate
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     results = simple_evaluate(
-        model="hf", model_args=f"pretrained={model_path},dtype=float32", tasks=list(tasks), task_manager=manager,
-        batch_size=8, device="cpu", limit=limit, log_samples=False,
+        model="hf", model_args=f"pretrained={model_path},dtype={dtype}", tasks=list(tasks), task_manager=manager,
+        batch_size=8, device=device, limit=limit, log_samples=False,
     )
     out = {}
     for task in tasks:

@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from quantkit.cli import cache as cache_cli
 from quantkit.cli import env as env_cli
 from quantkit.cli import quantize as quantize_cli
 from quantkit.cli import recipes as recipes_cli
@@ -35,6 +36,7 @@ validate_cli.register(app)
 serve_test_cli.register(app)
 app.add_typer(recipes_cli.app, name="recipes")
 app.add_typer(env_cli.app, name="env")
+cache_cli.register(app)
 
 
 @app.command("inspect")

@@ -30,8 +30,10 @@ def validate_command(
     path: Annotated[Path, typer.Argument(help="An artifact folder, or a folder of artifacts (e.g. out/).", show_default=False)],
     gate: Annotated[Optional[list[str]], typer.Option("--gate", help="Override a gate: KEY=VALUE (kld_mean_max, ppl_increase_max, top1_agreement_min, recovery_min). Repeatable.", show_default=False)] = None,
     context: Annotated[int, typer.Option("--context", help="Tokens per evaluation window.")] = 512,
-    stride: Annotated[Optional[int], typer.Option("--stride", help="Window stride for transformers runtimes (default: --context, no overlap).", show_default=False)] = None,
+    stride: Annotated[Optional[int], typer.Option("--stride", help="Window step for transformers runtimes; every scored token has context - stride tokens before it (default: --context / 2, half a context, as llama.cpp).", show_default=False)] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Scored tokens per domain.")] = 4096,
+    device: Annotated[str, typer.Option("--device", help="Where models run: auto (the CUDA GPU when torch sees one, else cpu), cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="Evaluation dtype: auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16 or float16.")] = "auto",
     domain: Annotated[Optional[list[str]], typer.Option("--domain", help="Held-out text: NAME=FILE (.jsonl/.json/.txt/.parquet, field `text`) or NAME=builtin:prose|code. Repeatable; replaces the built-in prose and code domains.", show_default=False)] = None,
     task: Annotated[Optional[list[str]], typer.Option("--task", help="lm-eval task to run on base and artifact (e.g. quantkit_docstring_mc, shipped and offline). Repeatable.", show_default=False)] = None,
     task_limit: Annotated[Optional[int], typer.Option("--task-limit", help="Documents per lm-eval task (default: all).", show_default=False)] = None,
@@ -58,6 +60,8 @@ def validate_command(
 
       quantkit validate out/ --gate kld_mean_max=0.05
 
+      quantkit validate out/ --device cuda --dtype bfloat16
+
       quantkit validate out/ --recipe recipes/smollm2-135m.yaml
 
       quantkit validate out/my-model-gptq --domain legal=holdout/legal.jsonl --domain code=builtin:code
@@ -77,7 +81,8 @@ def validate_command(
         serve_settings = ServeSettings.discover(options, vllm_python, explicit=bool(serve))
     with sigterm_as_exit(), make_reporter(progress) as reporter:
         reports = validate_run(path, recipe=recipe, reporter=reporter, gate_overrides=overrides, context=context, stride=stride,
-                               max_tokens=max_tokens, domains=domains, tasks=task, task_limit=task_limit, serve=serve_settings)
+                               max_tokens=max_tokens, device=device, dtype=dtype, domains=domains, tasks=task,
+                               task_limit=task_limit, serve=serve_settings)
     if len(reports) > 1 or reports[0].path != path:
         from quantkit.report_html import write_run_report
 
@@ -91,8 +96,19 @@ def validate_command(
         serving = serving_table(reports)
         if serving.row_count:
             print_table(serving)
+        for r in reports:
+            err_console.print(resources_line(r), highlight=False)
     if not all(r.passed for r in reports):
         raise typer.Exit(1)
+
+
+def resources_line(report) -> str:
+    from quantkit.cli.output import human_bytes
+
+    res, s = report.resources, report.settings
+    gpu = f", GPU peak {human_bytes(res['peak_gpu_bytes'])}" if res.get("peak_gpu_bytes") is not None else ""
+    return (f"{report.path.name}: {s['device']} {s['dtype']}, {res['wall_s']:.1f} s, "
+            f"peak RSS {human_bytes(res['peak_rss_bytes'])}{gpu}")
 
 
 def results_table(reports) -> Table:

@@ -30,6 +30,8 @@ class DomainScores:
     # mean KLD per 1/8 of the context (position of the predicting token in its window); None where
     # the runtime does not expose per-token values (llama.cpp)
     kld_by_position: list[float | None] | None = None
+    # which tokens were scored (rule and windows); None for llama.cpp, whose rule is fixed (docs/validation.md)
+    scored_tokens: dict | None = None
 
     @property
     def ppl_increase(self) -> float:
@@ -42,8 +44,10 @@ class DomainScores:
 @dataclass(frozen=True)
 class EvaluationSettings:
     context: int = 512  # tokens per window
-    stride: int = 512  # window stride (transformers); llama.cpp's tool always uses the context
+    stride: int = 256  # window step (transformers); every scored token has context - stride tokens before it
     max_tokens: int = 4096  # scored tokens per domain
+    device: str = "cpu"  # resolved: cpu or cuda:N (quantkit.device.resolve_device)
+    dtype: str = "float32"  # resolved: float32, bfloat16 or float16
 
 
 @dataclass

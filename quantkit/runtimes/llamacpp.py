@@ -1,18 +1,26 @@
 """llama.cpp as the runtime for GGUF files: its own perplexity / KL-divergence tool.
 
-The reference logits come from the F32 conversion of the float base, saved once per text
-(`--kl-divergence-base`); each GGUF type is then scored against them. llama-perplexity
+The reference logits come from the F32 conversion of the float base, saved by the tool
+(`--kl-divergence-base`) into quantkit's cache once per (base, llama.cpp build, text, context,
+chunks); each GGUF type is then scored against them, so a second GGUF folder of the same base
+costs no base pass. llama-perplexity
 splits the text into non-overlapping chunks of `context` tokens and scores the second half
 of each chunk, so stride == context here.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
+from quantkit.cache_store import CacheStore
 from quantkit.runtimes.base import DomainScores, EvaluationSettings, Runtime, ScoredTarget
 from quantkit.toolchains.llamacpp import LlamaCpp, ToolchainError, check_tokenizer_fidelity, converted_base, require_toolchain
+
+LOGITS_STORE = "llamacpp-logits"
 
 
 def base_logits(tc: LlamaCpp, base_gguf: Path, text_file: Path, logits_file: Path, context: int, chunks: int) -> int:
@@ -54,15 +62,25 @@ class LlamaCppRuntime(Runtime):
         tokenizer = load_tokenizer(resolved)
         chunks = max(1, settings.max_tokens // (context - context // 2))
         scored = {t.name: ScoredTarget(t, self.name) for t in targets}
-        with tempfile.TemporaryDirectory(prefix="quantkit-validate-") as tmp_name:
+        store = CacheStore(LOGITS_STORE)
+        with tempfile.TemporaryDirectory(prefix="quantkit-validate-") as tmp_name, ExitStack() as held:
             tmp = Path(tmp_name)
             logits = {}
             for domain, text in texts.items():
                 check_tokenizer_fidelity(tc, f32, tokenizer, text=text[:20_000])
                 (tmp / f"{domain}.txt").write_text(text)
-                with reporter.task(f"reference logits on {domain} (llama-perplexity, F32)", tokens=chunks * context):
-                    used = base_logits(tc, f32, tmp / f"{domain}.txt", tmp / f"{domain}.logits", context, chunks)
-                logits[domain] = (tmp / f"{domain}.logits", used)
+                key = {"kind": "llamacpp-f32-logits", "format": 1, "base_fingerprint": b.fingerprint, "toolchain": tc.version,
+                       "text_sha256": hashlib.sha256(text.encode()).hexdigest(), "context": context, "chunks": chunks}
+
+                def build(folder, domain=domain):
+                    with reporter.task(f"reference logits on {domain} (llama-perplexity, F32)", tokens=chunks * context):
+                        used = base_logits(tc, f32, tmp / f"{domain}.txt", folder / "base.logits", context, chunks)
+                    (folder / "chunks.json").write_text(json.dumps({"chunks": used}) + "\n")
+
+                entry, built = held.enter_context(store.entry(key, build))
+                if not built:
+                    reporter.log(f"reference logits on {domain}: stored ({entry})")
+                logits[domain] = (entry / "base.logits", json.loads((entry / "chunks.json").read_text())["chunks"])
             for t in targets:
                 for domain, (logit_file, used) in logits.items():
                     with reporter.task(f"{t.scheme}: KLD and perplexity on {domain} (llama-perplexity)", tokens=chunks * context):

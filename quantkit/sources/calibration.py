@@ -114,6 +114,7 @@ def builtin_holdout_text(n_chars: int) -> str:
 
 
 def file_texts(path: Path, text_field: str) -> list[str]:
+    """The records of a file: JSON/parquet records as written; a .txt file's paragraphs, stripped."""
     suffix = path.suffix.lower()
     if suffix == ".txt":
         # paragraphs separated by blank lines are the records of a text file

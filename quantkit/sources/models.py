@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 from quantkit.errors import ModelSourceError
-from quantkit.files import cache_dir, sha256_file, staged_folder
+from quantkit.files import atomic_write_text, cache_dir, sha256_file, staged_folder
 from quantkit.progress import NullReporter, Reporter
 from quantkit.recipe import ModelSpec
 
@@ -88,15 +88,35 @@ def weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
     return files
 
 
+FINGERPRINT_CACHE_VERSION = 1
+
+
 def fingerprint_folder(folder: Path, allow_pickle: bool = False) -> tuple[str, int]:
     """sha256 over config.json, the tokenizer files and the weight files (name + content hash),
-    and the weights' total size. The tokenizer is part of the model: it decides every token."""
-    h = hashlib.sha256()
+    and the weights' total size. The tokenizer is part of the model: it decides every token.
+
+    The result is cached under the quantkit cache, keyed by the folder's path and each file's size,
+    mtime and inode: a 16 GB base is hashed once, not once per artifact; touching or replacing
+    any file hashes it again."""
+    folder = Path(folder).resolve()
     side = [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
     weights = weight_files(folder, allow_pickle)
-    for p in [folder / "config.json", *side, *weights]:
+    files = [folder / "config.json", *side, *weights]
+    stats = [[p.name, st.st_size, st.st_mtime_ns, st.st_ino] for p in files for st in [p.stat()]]
+    record = cache_dir() / "fingerprints" / f"{hashlib.sha256(str(folder).encode()).hexdigest()[:32]}.json"
+    try:
+        cached = json.loads(record.read_text())
+        if cached.get("version") == FINGERPRINT_CACHE_VERSION and cached.get("files") == stats:
+            return cached["fingerprint"], cached["weight_bytes"]
+    except (OSError, ValueError):
+        pass
+    h = hashlib.sha256()
+    for p in files:
         h.update(p.name.encode() + b"\0" + sha256_file(p).encode() + b"\n")
     total = sum(p.stat().st_size for p in weights)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record, json.dumps({"version": FINGERPRINT_CACHE_VERSION, "folder": str(folder), "files": stats,
+                                          "fingerprint": h.hexdigest(), "weight_bytes": total}) + "\n")
     return h.hexdigest(), total
 
 

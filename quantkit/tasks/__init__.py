@@ -73,3 +73,13 @@ def task_manager():
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=str(task_dir()))
+
+
+def tasks_digest() -> str:
+    """sha256 of the shipped tasks' definitions and data: a changed task gives new cached base scores."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(TASK_YAML.encode())
+    h.update(json.dumps(docstring_mc_items()).encode())
+    return h.hexdigest()

@@ -1,0 +1,157 @@
+"""A content-addressed, bounded store in quantkit's cache for results worth computing once.
+
+An entry is a folder named by the sha256 of its key (a JSON object naming every input that
+decides the result). It is built in a hidden staging folder and renamed into place complete,
+under an exclusive lock on the key, so two processes asking for the same entry compute it
+once and a reader never sees a half-written one. Each use touches the entry's `key.json`;
+`prune` removes the least recently used entries not in use until the store fits its bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from quantkit.errors import QuantkitError
+from quantkit.files import cache_dir, folder_size
+
+KEY_FILE = "key.json"
+DEFAULT_MAX_BYTES = 20 * 1024**3
+# stores under cache_dir() that `quantkit cache` lists and prunes
+STORES = ("references", "llamacpp-logits", "lm-eval-base")
+
+
+def max_bytes_setting() -> int:
+    """The bound of each store: $QUANTKIT_CACHE_MAX_GB (a number of GiB), else 20 GiB."""
+    raw = os.environ.get("QUANTKIT_CACHE_MAX_GB")
+    if raw is None:
+        return DEFAULT_MAX_BYTES
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise QuantkitError(f"QUANTKIT_CACHE_MAX_GB={raw!r}: expected a positive number of GiB")
+    return int(value * 1024**3)
+
+
+def key_digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass
+class CacheEntry:
+    path: Path
+    key: dict
+    bytes: int
+    last_used: float
+
+
+class CacheStore:
+    def __init__(self, name: str, root: Path | None = None, max_bytes: int | None = None) -> None:
+        self.name = name
+        self.root = (root or cache_dir()) / name
+        self.max_bytes = max_bytes if max_bytes is not None else max_bytes_setting()
+
+    def path_for(self, key: dict) -> Path:
+        return self.root / key_digest(key)
+
+    def get(self, key: dict) -> Path | None:
+        entry = self.path_for(key)
+        if (entry / KEY_FILE).is_file():
+            os.utime(entry / KEY_FILE)
+            return entry
+        return None
+
+    @contextlib.contextmanager
+    def _lock(self, digest: str, mode: int) -> Iterator[int]:
+        locks = self.root / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / f"{digest}.lock", "w") as handle:
+            fcntl.flock(handle, mode)
+            try:
+                yield handle.fileno()
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def entry(self, key: dict, build: Callable[[Path], None]) -> Iterator[tuple[Path, bool]]:
+        """The entry for `key`, built by `build(staging_folder)` if absent: yields (path, built_now).
+
+        Whoever holds the key's exclusive lock builds; a second process waits and then finds the
+        entry. While the block runs the entry is held with a shared lock, so `prune` in another
+        process passes it by. A failed build leaves nothing behind.
+        """
+        digest = key_digest(key)
+        dest = self.root / digest
+        with self._lock(digest, fcntl.LOCK_EX) as fd:
+            built = False
+            if self.get(key) is None:
+                staging = self.root / f".{digest}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                staging.mkdir(parents=True)
+                try:
+                    build(staging)
+                    (staging / KEY_FILE).write_text(json.dumps(key, indent=1, sort_keys=True) + "\n")
+                    if dest.exists():  # a folder without its key file: not a complete entry
+                        shutil.rmtree(dest)
+                    os.rename(staging, dest)
+                except BaseException:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    raise
+                built = True
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            if built:
+                self.prune(self.max_bytes, keep={dest})
+            yield dest, built
+
+    def _remove_unless_in_use(self, path: Path) -> bool:
+        try:
+            with self._lock(path.name, fcntl.LOCK_EX | fcntl.LOCK_NB):
+                shutil.rmtree(path, ignore_errors=True)
+            return True
+        except BlockingIOError:  # another process is reading or building it
+            return False
+
+    def entries(self) -> list[CacheEntry]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for p in self.root.iterdir():
+            key_file = p / KEY_FILE
+            if p.name.startswith(".") or not key_file.is_file():
+                continue
+            try:
+                key = json.loads(key_file.read_text())
+            except (OSError, ValueError):
+                key = {}
+            out.append(CacheEntry(p, key, folder_size(p), key_file.stat().st_mtime))
+        return sorted(out, key=lambda e: e.last_used, reverse=True)
+
+    def prune(self, max_bytes: int, keep: set[Path] | frozenset = frozenset()) -> list[CacheEntry]:
+        """Remove least recently used entries until the store holds at most `max_bytes` (entries in
+        `keep` stay). Staging folders of dead processes older than a day go too."""
+        removed = []
+        total = 0
+        for entry in self.entries():  # most recent first
+            total += entry.bytes
+            if total > max_bytes and entry.path not in keep and self._remove_unless_in_use(entry.path):
+                removed.append(entry)
+                total -= entry.bytes
+        if self.root.is_dir():
+            for p in self.root.glob(".*.partial-*"):
+                if time.time() - p.stat().st_mtime > 86400:
+                    shutil.rmtree(p, ignore_errors=True)
+        return removed
+
+
+def all_stores(root: Path | None = None) -> list[CacheStore]:
+    return [CacheStore(name, root, max_bytes=DEFAULT_MAX_BYTES) for name in STORES]

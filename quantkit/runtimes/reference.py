@@ -1,0 +1,91 @@
+"""The base model's next-token distributions over the evaluation windows, computed once and stored.
+
+Like llama.cpp's `--kl-divergence-base` file: every scored position keeps the base's full-vocabulary
+log-probabilities, 16 bits per entry (float16 here), so each artifact is then scored with one model
+in memory. Beside them: the base's exact float32 NLL of the actual next token (base perplexity is
+not rounded) and its argmax (top-1 agreement is exact). Measured on SmolLM2-135M (docs/decisions.md):
+float16 rows give mean KLD within 0.05% of the float32 lockstep value; bfloat16 rows are off by up
+to 0.3%, and top-k (k <= 256) plus the remaining mass undercounts KLD by 9-35%.
+
+Files of an entry: `logprobs.f16` ([positions, vocab] little-endian float16), `nll.f32`,
+`argmax.i32`, `reference.json` (shape, windows). Written one window at a time: memory holds one
+window of logits, never the whole matrix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+REFERENCE_FORMAT = 1
+STORE = "references"
+
+
+def tokens_digest(ids: list[int]) -> str:
+    return hashlib.sha256(np.asarray(ids, dtype="<i4").tobytes()).hexdigest()
+
+
+def reference_key(base_fingerprint: str, ids: list[int], context: int, stride: int, dtype: str, device_class: str) -> dict:
+    """Everything that decides the stored numbers; a change in any gives a different entry."""
+    return {"kind": "transformers-base-reference", "format": REFERENCE_FORMAT, "base_fingerprint": base_fingerprint,
+            "tokens_sha256": tokens_digest(ids), "n_tokens": len(ids), "context": context, "stride": stride,
+            "dtype": dtype, "device_class": device_class, "storage": "float16 log-probabilities, full vocabulary"}
+
+
+def scored_rows(spans: list[tuple[int, int, int]]) -> list[int]:
+    """Row offset of each window's first scored position in the stored matrix (plus the total)."""
+    offsets = [0]
+    for _, end, first in spans:
+        offsets.append(offsets[-1] + end - first)
+    return offsets
+
+
+def build_reference(model, ids: list[int], spans: list[tuple[int, int, int]], folder: Path,
+                    on_window: Callable[[int], None] = lambda n: None) -> None:
+    """Score `ids` with the base `model` (a TransformersModel) window by window and write the entry files."""
+    vocab = None
+    with open(folder / "logprobs.f16", "wb") as lp_file, open(folder / "nll.f32", "wb") as nll_file, \
+            open(folder / "argmax.i32", "wb") as top_file:
+        for begin, end, first in spans:
+            window = ids[begin:end]
+            lp = model.logprobs(window, keep=end - first + 1)[:-1]  # rows predict tokens first..end-1
+            targets = torch.tensor(window[first - begin:], device=lp.device)
+            vocab = lp.shape[1]
+            lp_file.write(lp.to(torch.float16).cpu().numpy().astype("<f2", copy=False).tobytes())
+            nll_file.write((-lp.gather(1, targets[:, None])[:, 0]).cpu().numpy().astype("<f4").tobytes())
+            top_file.write(lp.argmax(-1).cpu().numpy().astype("<i4").tobytes())
+            on_window(end - first)
+    meta = {"format": REFERENCE_FORMAT, "positions": scored_rows(spans)[-1], "vocab": vocab,
+            "windows": [list(s) for s in spans]}
+    (folder / "reference.json").write_text(json.dumps(meta) + "\n")
+
+
+@dataclass
+class BaseReference:
+    """A stored reference, read one window at a time (memory-mapped)."""
+
+    folder: Path
+
+    def __post_init__(self) -> None:
+        meta = json.loads((self.folder / "reference.json").read_text())
+        self.vocab: int = meta["vocab"]
+        self.windows = [tuple(w) for w in meta["windows"]]
+        self.offsets = scored_rows(self.windows)
+        n = meta["positions"]
+        self.logprobs = np.memmap(self.folder / "logprobs.f16", dtype="<f2", mode="r", shape=(n, self.vocab))
+        self.nll = np.fromfile(self.folder / "nll.f32", dtype="<f4")
+        self.argmax = np.fromfile(self.folder / "argmax.i32", dtype="<i4")
+        if self.nll.shape[0] != n or self.argmax.shape[0] != n:
+            raise ValueError(f"{self.folder}: reference files disagree on the number of positions")
+
+    def window(self, i: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log-probs as float32, NLL, argmax) of window i's scored positions."""
+        lo, hi = self.offsets[i], self.offsets[i + 1]
+        lp = torch.from_numpy(np.array(self.logprobs[lo:hi])).to(device).float()
+        return lp, torch.from_numpy(self.nll[lo:hi].copy()), torch.from_numpy(self.argmax[lo:hi].astype(np.int64))
