@@ -23,7 +23,8 @@ class Task(Protocol):
 
 
 class Reporter(Protocol):
-    # tokens: how many tokens the step processes, for the tokens/s its end line reports
+    # tokens: how many tokens the step processes, for the tokens/s its end line reports; a step whose
+    # `total` is also given advances in tokens, and its bar or heartbeat shows tokens/s and an ETA
     def task(self, description: str, total: float | None = None, transient: bool = False,
              tokens: int | None = None) -> contextlib.AbstractContextManager[Task]: ...
     def log(self, message: str) -> None: ...
@@ -75,6 +76,7 @@ class RichReporter:
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=self.console,
@@ -93,12 +95,16 @@ class RichReporter:
     def task(self, description: str, total: float | None = None, transient: bool = False,
              tokens: int | None = None) -> Iterator[Task]:
         self.steps.append(description)
-        task_id = self.progress.add_task(description, total=total)
+        task_id = self.progress.add_task(description, total=total, rate="")
         progress = self.progress
+        counts_tokens = tokens is not None and total is not None  # the bar counts tokens: show tokens/s
 
         class _T:
             def advance(self, n: float = 1) -> None:
                 progress.advance(task_id, n)
+                if counts_tokens:
+                    speed = progress.tasks[[t.id for t in progress.tasks].index(task_id)].speed
+                    progress.update(task_id, rate=f"{speed:,.0f} tokens/s" if speed else "")
 
             def update(self, *, completed=None, total=None, description=None) -> None:
                 kwargs = {
@@ -133,6 +139,7 @@ class _Step:
     total: float | None = None
     completed: float = 0.0
     transient: bool = False
+    counts_tokens: bool = False  # completed/total are tokens: heartbeats show tokens/s and an ETA
 
 
 def plain_text(message: str) -> str:
@@ -198,8 +205,13 @@ class PlainReporter:
             step = shown[-1] if shown else None
         if step is None:
             return
+        elapsed = self.clock() - step.started
         done = f", {step.completed:g}/{step.total:g}" if step.total else ""
-        self._line(f"… {step.description} ({_duration(self.clock() - step.started)} so far{done})", step.depth)
+        if step.counts_tokens and step.total and step.completed > 0 and elapsed > 0:
+            rate = step.completed / elapsed
+            done = (f", {step.completed:,.0f}/{step.total:,.0f} tokens, {rate:,.0f} tokens/s, "
+                    f"ETA {_duration((step.total - step.completed) / rate)}")
+        self._line(f"… {step.description} ({_duration(elapsed)} so far{done})", step.depth)
 
     @contextlib.contextmanager
     def task(
@@ -209,7 +221,7 @@ class PlainReporter:
         description = plain_text(description).strip()
         with self._lock:
             depth = len([s for s in self._active if not s.transient])
-            step = _Step(description, depth, self.clock(), total, 0.0, transient)
+            step = _Step(description, depth, self.clock(), total, 0.0, transient, tokens is not None and total is not None)
             self._active.append(step)
         if not transient:
             self._line(f"start {description}", depth)

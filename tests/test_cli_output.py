@@ -148,3 +148,31 @@ def test_readme_sample_output_is_todays_output():
     assert f"{len(cal.input_ids)} × {recipe.calibration.seq_len} tokens from {recipe.calibration.source}" in readme
     for output in recipe.outputs:
         assert output.name in readme  # the results table lists every artifact by its full name
+
+
+def test_scoring_steps_show_tokens_per_second_and_an_eta():
+    buf, clock = io.StringIO(), FakeClock()
+    rep = PlainReporter(buf, heartbeat=0, clock=clock)
+    with rep.task("gptq: perplexity and KLD on prose (4096 tokens)", total=4096, tokens=4096) as bar:
+        clock.t = 10.0
+        bar.advance(1024)
+        rep.beat()
+        clock.t = 40.0
+        bar.advance(3072)
+    lines = [line.split(" ", 1)[1] for line in buf.getvalue().splitlines()]
+    assert lines[1] == ("… gptq: perplexity and KLD on prose (4096 tokens) (10.0 s so far, 1,024/4,096 tokens, "
+                        "102 tokens/s, ETA 30.0 s)")
+    assert lines[2] == "done  gptq: perplexity and KLD on prose (4096 tokens) (40.0 s, 102 tokens/s)"
+
+
+def test_rich_scoring_bar_shows_tokens_per_second():
+    from rich.console import Console
+
+    from quantkit.progress import RichReporter
+
+    out = io.StringIO()
+    with RichReporter(Console(file=out, force_terminal=True, width=160)) as rep:
+        with rep.task("scoring", total=300, tokens=300) as bar:
+            for _ in range(3):
+                bar.advance(100)
+    assert re.search(r"[\d,]+ tokens/s", out.getvalue())

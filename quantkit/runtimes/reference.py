@@ -1,15 +1,18 @@
 """The base model's next-token distributions over the evaluation windows, computed once and stored.
 
-Like llama.cpp's `--kl-divergence-base` file: every scored position keeps the base's full-vocabulary
-log-probabilities, 16 bits per entry (float16 here), so each artifact is then scored with one model
-in memory. Beside them: the base's exact float32 NLL of the actual next token (base perplexity is
-not rounded) and its argmax (top-1 agreement is exact). Measured on SmolLM2-135M (docs/decisions.md):
-float16 rows give mean KLD within 0.05% of the float32 lockstep value; bfloat16 rows are off by up
-to 0.3%, and top-k (k <= 256) plus the remaining mass undercounts KLD by 9-35%.
+As llama.cpp's `--kl-divergence-base` file does, every scored position keeps the base's full-vocabulary
+log-probabilities in 16 bits per entry: a uint16 per entry on a per-row linear scale from the row's
+maximum down to at most LOGPROB_RANGE nats below it (a step of 0.0006 nats; probabilities under
+e^-40 are clipped to that floor). Rows are renormalised when read, so each stored distribution
+sums to one. Each artifact is then scored with one model in memory. Beside them: the base's exact
+float32 NLL of the actual next token (base perplexity is not rounded) and its argmax (top-1
+agreement is exact). Measured on SmolLM2-135M (docs/decisions.md): float16 rows give mean KLD
+within 0.05% of the float32 lockstep value but drift on near-lossless artifacts; bfloat16 rows are
+off by up to 0.3%; top-k (k <= 256) plus the remaining mass undercounts KLD by 9-35%.
 
-Files of an entry: `logprobs.f16` ([positions, vocab] little-endian float16), `nll.f32`,
-`argmax.i32`, `reference.json` (shape, windows). Written one window at a time: memory holds one
-window of logits, never the whole matrix.
+Files of an entry: `logprobs.u16` ([positions, vocab] little-endian uint16), `scale.f32`
+([positions, 2]: floor and step), `nll.f32`, `argmax.i32`, `reference.json` (shape, windows).
+Written one window at a time: memory holds one window of logits, never the whole matrix.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-REFERENCE_FORMAT = 1
+REFERENCE_FORMAT = 2
 STORE = "references"
+LOGPROB_RANGE = 40.0
 
 
 def tokens_digest(ids: list[int]) -> str:
@@ -35,7 +39,7 @@ def reference_key(base_fingerprint: str, ids: list[int], context: int, stride: i
     """Everything that decides the stored numbers; a change in any gives a different entry."""
     return {"kind": "transformers-base-reference", "format": REFERENCE_FORMAT, "base_fingerprint": base_fingerprint,
             "tokens_sha256": tokens_digest(ids), "n_tokens": len(ids), "context": context, "stride": stride,
-            "dtype": dtype, "device_class": device_class, "storage": "float16 log-probabilities, full vocabulary"}
+            "dtype": dtype, "device_class": device_class, "storage": f"uint16 log-probabilities per row over {LOGPROB_RANGE} nats, full vocabulary"}
 
 
 def scored_rows(spans: list[tuple[int, int, int]]) -> list[int]:
@@ -50,20 +54,36 @@ def build_reference(model, ids: list[int], spans: list[tuple[int, int, int]], fo
                     on_window: Callable[[int], None] = lambda n: None) -> None:
     """Score `ids` with the base `model` (a TransformersModel) window by window and write the entry files."""
     vocab = None
-    with open(folder / "logprobs.f16", "wb") as lp_file, open(folder / "nll.f32", "wb") as nll_file, \
-            open(folder / "argmax.i32", "wb") as top_file:
+    with open(folder / "logprobs.u16", "wb") as lp_file, open(folder / "scale.f32", "wb") as scale_file, \
+            open(folder / "nll.f32", "wb") as nll_file, open(folder / "argmax.i32", "wb") as top_file:
         for begin, end, first in spans:
             window = ids[begin:end]
             lp = model.logprobs(window, keep=end - first + 1)[:-1]  # rows predict tokens first..end-1
             targets = torch.tensor(window[first - begin:], device=lp.device)
             vocab = lp.shape[1]
-            lp_file.write(lp.to(torch.float16).cpu().numpy().astype("<f2", copy=False).tobytes())
+            codes, scale = quantize_rows(lp)
+            lp_file.write(codes.cpu().numpy().astype("<u2").tobytes())
+            scale_file.write(scale.cpu().numpy().astype("<f4").tobytes())
             nll_file.write((-lp.gather(1, targets[:, None])[:, 0]).cpu().numpy().astype("<f4").tobytes())
             top_file.write(lp.argmax(-1).cpu().numpy().astype("<i4").tobytes())
             on_window(end - first)
     meta = {"format": REFERENCE_FORMAT, "positions": scored_rows(spans)[-1], "vocab": vocab,
             "windows": [list(s) for s in spans]}
     (folder / "reference.json").write_text(json.dumps(meta) + "\n")
+
+
+def quantize_rows(lp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint16 codes of log-probabilities [rows, vocab] and each row's (floor, step)."""
+    top = lp.max(-1, keepdim=True).values
+    floor = torch.maximum(lp.min(-1, keepdim=True).values, top - LOGPROB_RANGE)
+    step = ((top - floor) / 65535).clamp_min(1e-12)
+    codes = ((lp - floor) / step).round().clamp(0, 65535).to(torch.int32)
+    return codes, torch.cat([floor, step], -1)
+
+
+def dequantize_rows(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    lp = scale[:, :1] + codes.float() * scale[:, 1:]
+    return lp - torch.logsumexp(lp, -1, keepdim=True)  # each row a distribution again
 
 
 @dataclass
@@ -78,14 +98,16 @@ class BaseReference:
         self.windows = [tuple(w) for w in meta["windows"]]
         self.offsets = scored_rows(self.windows)
         n = meta["positions"]
-        self.logprobs = np.memmap(self.folder / "logprobs.f16", dtype="<f2", mode="r", shape=(n, self.vocab))
+        self.codes = np.memmap(self.folder / "logprobs.u16", dtype="<u2", mode="r", shape=(n, self.vocab))
+        self.scale = np.fromfile(self.folder / "scale.f32", dtype="<f4").reshape(-1, 2)
         self.nll = np.fromfile(self.folder / "nll.f32", dtype="<f4")
         self.argmax = np.fromfile(self.folder / "argmax.i32", dtype="<i4")
-        if self.nll.shape[0] != n or self.argmax.shape[0] != n:
+        if self.nll.shape[0] != n or self.argmax.shape[0] != n or self.scale.shape[0] != n:
             raise ValueError(f"{self.folder}: reference files disagree on the number of positions")
 
     def window(self, i: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log-probs as float32, NLL, argmax) of window i's scored positions."""
         lo, hi = self.offsets[i], self.offsets[i + 1]
-        lp = torch.from_numpy(np.array(self.logprobs[lo:hi])).to(device).float()
+        codes = torch.from_numpy(self.codes[lo:hi].astype(np.int32)).to(device)
+        lp = dequantize_rows(codes, torch.from_numpy(self.scale[lo:hi].copy()).to(device))
         return lp, torch.from_numpy(self.nll[lo:hi].copy()), torch.from_numpy(self.argmax[lo:hi].astype(np.int64))
