@@ -23,7 +23,8 @@ from quantkit.validate import domain_text, validate
 @pytest.fixture(scope="module")
 def fp8(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference") / "out"
-    recipe = quantkit.parse_recipe(tiny_recipe_text(tiny_model, out, "  - {method: fp8}\n  - {method: rtn, bits: 4, group_size: 32}\n"))
+    outputs = "  - {method: fp8}\n  - {method: rtn, bits: 4, group_size: 32}\n"
+    recipe = quantkit.parse_recipe(tiny_recipe_text(tiny_model, out, outputs))
     return {a.name: a.path for a in quantkit.quantize(recipe)}
 
 

@@ -141,10 +141,16 @@ def test_a_gguf_file_is_a_model_source(artifacts):
 
 
 def test_validate_gguf_q8_passes_default_gates(artifacts):
+    from quantkit.progress import NullReporter
     from quantkit.validate import validate
 
     out, _, _ = artifacts
     report = validate(out / GGUF, max_tokens=1024, context=256)
+    # a second GGUF validation of the same base and text: the F32 reference logits come from the cache
+    again = NullReporter()
+    assert validate(out / GGUF, max_tokens=1024, context=256, reporter=again).targets[0].scores == report.targets[0].scores
+    assert not [s for s in again.steps if s.startswith("reference logits")]
+    assert any(m.startswith("reference logits on prose: stored") for m in again.messages)
     by_type = {t.scheme: t for t in report.targets}
     assert set(by_type) == set(GGUF_TYPES)
     q8 = by_type["Q8_0"]
@@ -187,6 +193,27 @@ def test_validate_fails_a_broken_artifact_and_reports_fp8(artifacts, tmp_path):
     task = lm["per_domain"]["quantkit_docstring_mc"]
     print(f"docstring MC: base acc {task['base_acc']:.3f}, fp8 acc {task['acc']:.3f}, recovery {task['recovery']}")
     assert lm["status"] == "measured" and task["base_acc"] > 0.25  # better than chance on 4 choices
+
+
+def test_stored_reference_kld_agrees_with_the_exact_lockstep_kld_within_1_percent(artifacts):
+    """validate's KLD (artifact against the stored 16-bit base reference, one model in memory) against
+    the exact float32 full-vocabulary KLD with both models in memory, same tokens and windows."""
+    from quantkit.runtimes.transformers import TransformersModel, score_lockstep
+    from quantkit.validate import evaluation_texts, validate
+
+    out, _, _ = artifacts
+    text = evaluation_texts(None, 1024)["code"]
+    base = None
+    for name in EXPECTED:
+        stored = validate(out / name, max_tokens=1024, domains={"code": text}, write=False).targets[0].scores[0]
+        base = base or TransformersModel(Artifact.load(out / name).manifest.base_model.path)
+        ids = base.tokenize(text)[: 1024 + 256]
+        exact = score_lockstep(base, TransformersModel(out / name), ids, "code", context=512, stride=256)
+        print(f"{name}: KLD stored {stored.kld_mean:.6f} exact {exact.kld_mean:.6f} "
+              f"({stored.kld_mean / exact.kld_mean - 1:+.3%}); ppl {stored.ppl:.4f} / {exact.ppl:.4f}")
+        assert stored.n_tokens == exact.n_tokens == 1024
+        assert abs(stored.kld_mean / exact.kld_mean - 1) < 0.01
+        assert stored.ppl == pytest.approx(exact.ppl, rel=1e-4) and stored.base_ppl == pytest.approx(exact.base_ppl, rel=1e-5)
 
 
 def test_quantkit_perplexity_agrees_with_llamacpp_within_1_percent(artifacts, llamacpp, tmp_path):

@@ -39,7 +39,7 @@ def reference_key(base_fingerprint: str, ids: list[int], context: int, stride: i
     """Everything that decides the stored numbers; a change in any gives a different entry."""
     return {"kind": "transformers-base-reference", "format": REFERENCE_FORMAT, "base_fingerprint": base_fingerprint,
             "tokens_sha256": tokens_digest(ids), "n_tokens": len(ids), "context": context, "stride": stride,
-            "dtype": dtype, "device_class": device_class, "storage": f"uint16 log-probabilities per row over {LOGPROB_RANGE} nats, full vocabulary"}
+            "dtype": dtype, "device_class": device_class, "storage": f"uint16 log-probs per row over {LOGPROB_RANGE} nats"}
 
 
 def scored_rows(spans: list[tuple[int, int, int]]) -> list[int]:
