@@ -4,7 +4,8 @@ An entry is a folder named by the sha256 of its key (a JSON object naming every 
 decides the result). It is built in a hidden staging folder and renamed into place complete,
 under an exclusive lock on the key, so two processes asking for the same entry compute it
 once and a reader never sees a half-written one. Each use touches the entry's `key.json`;
-`prune` removes the least recently used entries not in use until the store fits its bound.
+`prune` removes the least recently used entries not in use until the store fits its bound,
+and staging folders of killed builds.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ import hashlib
 import json
 import os
 import shutil
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from quantkit.errors import QuantkitError
-from quantkit.files import cache_dir, folder_size
+from quantkit.files import cache_dir, folder_size, pid_alive
 
 KEY_FILE = "key.json"
 DEFAULT_MAX_BYTES = 20 * 1024**3
@@ -96,6 +96,7 @@ class CacheStore:
         with self._lock(digest, fcntl.LOCK_EX) as fd:
             built = False
             if self.get(key) is None:
+                self.remove_stale_staging()
                 staging = self.root / f".{digest}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
                 staging.mkdir(parents=True)
                 try:
@@ -138,7 +139,7 @@ class CacheStore:
 
     def prune(self, max_bytes: int, keep: set[Path] | frozenset = frozenset()) -> list[CacheEntry]:
         """Remove least recently used entries until the store holds at most `max_bytes` (entries in
-        `keep` stay). Staging folders of dead processes older than a day go too."""
+        `keep` stay), and staging folders of builds whose process is gone."""
         removed = []
         total = 0
         for entry in self.entries():  # most recent first
@@ -146,11 +147,20 @@ class CacheStore:
             if total > max_bytes and entry.path not in keep and self._remove_unless_in_use(entry.path):
                 removed.append(entry)
                 total -= entry.bytes
-        if self.root.is_dir():
-            for p in self.root.glob(".*.partial-*"):
-                if time.time() - p.stat().st_mtime > 86400:
-                    shutil.rmtree(p, ignore_errors=True)
+        self.remove_stale_staging()
         return removed
+
+    def remove_stale_staging(self) -> None:
+        """Staging folders of builds whose process is gone (killed: SIGKILL, power loss)."""
+        if not self.root.is_dir():
+            return
+        for p in self.root.glob(".*.partial-*"):
+            try:
+                pid = int(p.name.rsplit(".partial-", 1)[1].split("-")[0])
+            except (IndexError, ValueError):
+                continue
+            if not pid_alive(pid):
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def all_stores(root: Path | None = None) -> list[CacheStore]:

@@ -51,7 +51,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -73,7 +73,7 @@ def remove_stale_partials(dest: Path) -> list[Path]:
                 pid = int(p.name[len(prefix):].split("-")[0])
             except ValueError:
                 continue
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
     return removed

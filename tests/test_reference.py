@@ -216,6 +216,12 @@ def test_cache_store_is_bounded_lru_and_skips_entries_in_use(tmp_path):
         with store.entry({"i": 3}, lambda folder: (_ for _ in ()).throw(RuntimeError("build failed"))):
             pass
     assert store.get({"i": 3}) is None and [p.name for p in (tmp_path / "demo").iterdir()] == [".locks"]
+    # a build killed by SIGKILL leaves its staging folder; the next build of any entry removes it
+    killed = tmp_path / "demo" / ".0123abc.partial-4194303-deadbeef"
+    killed.mkdir()
+    with store.entry({"i": 4}, blob):
+        pass
+    assert not killed.exists()
 
 
 def test_cache_cli_lists_and_prunes(fp8, cache):
