@@ -4,7 +4,7 @@ validates the whole folder (serve check off, CPU).
 
 before: the code at --before (default 3df14a2, extracted with `git archive` under /tmp and imported
 through PYTHONPATH with this venv): base and artifact loaded together for every artifact.
-after: the working tree: the base scored once into a full-vocabulary float16 reference in the cache,
+after: the working tree: the base scored once into a full-vocabulary 16-bit reference in the cache,
 then one model in memory per artifact. "cold" starts with no stored references (QUANTKIT_CACHE is a
 temp folder linking every entry of the real cache except `references/`: the float base, fingerprints
 and llama.cpp are found as usual); "warm" runs again on the references the cold run stored.

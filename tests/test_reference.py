@@ -233,3 +233,14 @@ def test_cache_cli_lists_and_prunes(fp8, cache):
     assert r.returncode == 0 and "removed 2 entries" in r.stdout
     assert json.loads(run_cli("cache", "list", "--json", env=env).stdout) == []
     assert run_cli("cache", "prune", "--max-size", "-1", env=env).returncode == 2
+
+
+def test_parameter_bytes_are_counted_from_the_config_alone(fp8, tiny_model):
+    """What decides device_map="auto" on a GPU: the decompressed size at the evaluation dtype."""
+    from quantkit.runtimes.transformers import parameter_bytes
+
+    model = TransformersModel(tiny_model)
+    params = sum(p.numel() for p in model.model.parameters())
+    assert parameter_bytes(tiny_model, torch.float32) == 4 * params
+    # an FP8 artifact is a quarter of that on disk, but its weights are decompressed to the dtype on load
+    assert parameter_bytes(fp8["tiny-fp8-fp8-dynamic"], torch.bfloat16) == 2 * params

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -210,14 +211,28 @@ def test_user_domains(tiny_artifacts, tmp_path):
     assert r.returncode in (0, 1) and "legal" in r.stdout
 
 
-def test_shipped_lm_eval_task_runs_offline(tiny_artifacts):
+def test_shipped_lm_eval_task_runs_offline(tiny_artifacts, tmp_path, monkeypatch):
+    from quantkit.checks import lm_eval_tasks
     from quantkit.tasks import docstring_mc_items
 
     items = docstring_mc_items()
     assert len(items) >= 50 and all(len(i["choices"]) == 4 and 0 <= i["answer"] < 4 for i in items)
     assert items == docstring_mc_items()  # deterministic
+    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cache"))
+    scored = []
+    real = lm_eval_tasks.run_tasks
+    monkeypatch.setattr(lm_eval_tasks, "run_tasks", lambda path, *a: scored.append((path, a[-2:])) or real(path, *a))
     report = validate(tiny_artifacts["tiny-int8-w8a8"], max_tokens=64, context=64,
                       tasks=["quantkit_docstring_mc"], task_limit=20, write=False)
+    again = validate(tiny_artifacts["tiny-fp8-fp8-dynamic"], max_tokens=64, context=64,
+                     tasks=["quantkit_docstring_mc"], task_limit=20, write=False)
+    # the base's task scores were computed once (cached for the second artifact of the same base); same device and dtype
+    base = Path(quantkit.Artifact.load(tiny_artifacts["tiny-int8-w8a8"]).manifest.base_model.path)
+    assert [Path(p) for p, _ in scored] == [base, tiny_artifacts["tiny-int8-w8a8"], tiny_artifacts["tiny-fp8-fp8-dynamic"]]
+    assert all(options == ("cpu", "float32") for _, options in scored)
+    base_acc = [next(c for c in r.targets[0].checks if c.check == "lm_eval").per_domain["quantkit_docstring_mc"]["base_acc"]
+                for r in (report, again)]
+    assert base_acc[0] == base_acc[1]
     lm = next(c for c in report.targets[0].checks if c.check == "lm_eval")
     assert lm.status == "measured"
     per = lm.per_domain["quantkit_docstring_mc"]

@@ -26,9 +26,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from quantkit.memory import release_free_heap
+
 REFERENCE_FORMAT = 2
 STORE = "references"
 LOGPROB_RANGE = 40.0
+ROWS_PER_CHUNK = 32  # rows converted or compared at once: temporaries of 32 x vocabulary floats
 
 
 def tokens_digest(ids: list[int]) -> str:
@@ -61,11 +64,14 @@ def build_reference(model, ids: list[int], spans: list[tuple[int, int, int]], fo
             lp = model.logprobs(window, keep=end - first + 1)[:-1]  # rows predict tokens first..end-1
             targets = torch.tensor(window[first - begin:], device=lp.device)
             vocab = lp.shape[1]
-            codes, scale = quantize_rows(lp)
-            lp_file.write(codes.cpu().numpy().astype("<u2").tobytes())
-            scale_file.write(scale.cpu().numpy().astype("<f4").tobytes())
+            for r0 in range(0, lp.shape[0], ROWS_PER_CHUNK):  # a few rows at a time: small temporaries
+                codes, scale = quantize_rows(lp[r0:r0 + ROWS_PER_CHUNK])
+                lp_file.write(codes.cpu().numpy().astype("<u2").tobytes())
+                scale_file.write(scale.cpu().numpy().astype("<f4").tobytes())
             nll_file.write((-lp.gather(1, targets[:, None])[:, 0]).cpu().numpy().astype("<f4").tobytes())
             top_file.write(lp.argmax(-1).cpu().numpy().astype("<i4").tobytes())
+            del lp
+            release_free_heap()
             on_window(end - first)
     meta = {"format": REFERENCE_FORMAT, "positions": scored_rows(spans)[-1], "vocab": vocab,
             "windows": [list(s) for s in spans]}
@@ -88,7 +94,8 @@ def dequantize_rows(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class BaseReference:
-    """A stored reference, read one window at a time (memory-mapped)."""
+    """A stored reference, read a few rows at a time with plain file reads: only the rows being
+    compared are in memory (a memory map would keep every row read so far resident)."""
 
     folder: Path
 
@@ -98,16 +105,18 @@ class BaseReference:
         self.windows = [tuple(w) for w in meta["windows"]]
         self.offsets = scored_rows(self.windows)
         n = meta["positions"]
-        self.codes = np.memmap(self.folder / "logprobs.u16", dtype="<u2", mode="r", shape=(n, self.vocab))
+        if (self.folder / "logprobs.u16").stat().st_size != n * self.vocab * 2:
+            raise ValueError(f"{self.folder}: logprobs.u16 is not {n} x {self.vocab} entries")
         self.scale = np.fromfile(self.folder / "scale.f32", dtype="<f4").reshape(-1, 2)
         self.nll = np.fromfile(self.folder / "nll.f32", dtype="<f4")
         self.argmax = np.fromfile(self.folder / "argmax.i32", dtype="<i4")
         if self.nll.shape[0] != n or self.argmax.shape[0] != n or self.scale.shape[0] != n:
             raise ValueError(f"{self.folder}: reference files disagree on the number of positions")
 
-    def window(self, i: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(log-probs as float32, NLL, argmax) of window i's scored positions."""
-        lo, hi = self.offsets[i], self.offsets[i + 1]
-        codes = torch.from_numpy(self.codes[lo:hi].astype(np.int32)).to(device)
+    def rows(self, i: int, r0: int, r1: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+        """(log-probs as float32, NLL, argmax) of scored positions r0..r1-1 of window i."""
+        lo, hi = self.offsets[i] + r0, self.offsets[i] + r1
+        codes = np.fromfile(self.folder / "logprobs.u16", dtype="<u2", count=(hi - lo) * self.vocab, offset=lo * self.vocab * 2)
+        codes = torch.from_numpy(codes.astype(np.int32).reshape(hi - lo, self.vocab)).to(device)
         lp = dequantize_rows(codes, torch.from_numpy(self.scale[lo:hi].copy()).to(device))
         return lp, torch.from_numpy(self.nll[lo:hi].copy()), torch.from_numpy(self.argmax[lo:hi].astype(np.int64))
