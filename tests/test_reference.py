@@ -244,3 +244,21 @@ def test_parameter_bytes_are_counted_from_the_config_alone(fp8, tiny_model):
     assert parameter_bytes(tiny_model, torch.float32) == 4 * params
     # an FP8 artifact is a quarter of that on disk, but its weights are decompressed to the dtype on load
     assert parameter_bytes(fp8["tiny-fp8-fp8-dynamic"], torch.bfloat16) == 2 * params
+
+
+def test_stored_rows_round_trip_and_the_fused_kld_matches_the_spelled_out_one():
+    from quantkit.runtimes.reference import dequantize_rows, kl_from_codes, quantize_rows
+
+    torch.manual_seed(0)
+    base = torch.log_softmax(torch.randn(40, 3000) * 4, -1)
+    artifact = torch.log_softmax(torch.log_softmax(torch.randn(40, 3000) * 4, -1) + 0.3 * torch.randn(40, 3000), -1)
+    codes, scale = quantize_rows(base)
+    assert codes.min() >= 0 and codes.max() == 65535
+    stored = dequantize_rows(codes, scale)
+    kept = base > base.max(-1, keepdim=True).values - 40  # above the clipping floor
+    assert (stored - base)[kept].abs().max() < 1e-3 and torch.allclose(stored.exp().sum(-1), torch.ones(40))
+    exact = (base.exp() * (base - artifact)).sum(-1)
+    spelled = (stored.exp() * (stored - artifact)).sum(-1)
+    fused = kl_from_codes(codes, scale, artifact)
+    assert torch.allclose(fused, spelled, rtol=1e-4, atol=1e-6)
+    assert abs(float(fused.mean() / exact.mean()) - 1) < 1e-3

@@ -66,8 +66,8 @@ def build_reference(model, ids: list[int], spans: list[tuple[int, int, int]], fo
             vocab = lp.shape[1]
             for r0 in range(0, lp.shape[0], ROWS_PER_CHUNK):  # a few rows at a time: small temporaries
                 codes, scale = quantize_rows(lp[r0:r0 + ROWS_PER_CHUNK])
-                lp_file.write(codes.cpu().numpy().astype("<u2").tobytes())
-                scale_file.write(scale.cpu().numpy().astype("<f4").tobytes())
+                lp_file.write(codes.cpu().numpy().astype("<u2"))
+                scale_file.write(scale.cpu().numpy().astype("<f4"))
             nll_file.write((-lp.gather(1, targets[:, None])[:, 0]).cpu().numpy().astype("<f4").tobytes())
             top_file.write(lp.argmax(-1).cpu().numpy().astype("<i4").tobytes())
             del lp
@@ -83,13 +83,27 @@ def quantize_rows(lp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     top = lp.max(-1, keepdim=True).values
     floor = torch.maximum(lp.min(-1, keepdim=True).values, top - LOGPROB_RANGE)
     step = ((top - floor) / 65535).clamp_min(1e-12)
-    codes = ((lp - floor) / step).round().clamp(0, 65535).to(torch.int32)
+    codes = (lp - floor).div_(step).round_().clamp_(0, 65535).to(torch.int32)
     return codes, torch.cat([floor, step], -1)
 
 
 def dequantize_rows(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The stored log-probabilities, renormalised (what `kl_from_codes` computes with, spelled out)."""
     lp = scale[:, :1] + codes.float() * scale[:, 1:]
     return lp - torch.logsumexp(lp, -1, keepdim=True)  # each row a distribution again
+
+
+def kl_from_codes(codes: torch.Tensor, scale: torch.Tensor, lp_artifact: torch.Tensor) -> torch.Tensor:
+    """KL(base || artifact) per row from stored codes: `dequantize_rows` and the KL sum fused, one exp
+    and two temporaries per row block (the stored row's maximum is its top code, 65535)."""
+    floor, step = scale[:, :1], scale[:, 1:]
+    raw = codes.float().mul_(step).add_(floor)
+    top = floor + 65535 * step
+    p = (raw - top).exp_()
+    total = p.sum(-1, keepdim=True)
+    p.div_(total)
+    log_norm = top + total.log()  # raw - log_norm is the renormalised log-prob
+    return raw.sub_(lp_artifact).mul_(p).sum(-1) - log_norm[:, 0]
 
 
 @dataclass
@@ -113,10 +127,9 @@ class BaseReference:
         if self.nll.shape[0] != n or self.argmax.shape[0] != n or self.scale.shape[0] != n:
             raise ValueError(f"{self.folder}: reference files disagree on the number of positions")
 
-    def rows(self, i: int, r0: int, r1: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
-        """(log-probs as float32, NLL, argmax) of scored positions r0..r1-1 of window i."""
+    def codes(self, i: int, r0: int, r1: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint16 codes as int32, per-row floor and step) of scored positions r0..r1-1 of window i."""
         lo, hi = self.offsets[i] + r0, self.offsets[i] + r1
         codes = np.fromfile(self.folder / "logprobs.u16", dtype="<u2", count=(hi - lo) * self.vocab, offset=lo * self.vocab * 2)
-        codes = torch.from_numpy(codes.astype(np.int32).reshape(hi - lo, self.vocab)).to(device)
-        lp = dequantize_rows(codes, torch.from_numpy(self.scale[lo:hi].copy()).to(device))
-        return lp, torch.from_numpy(self.nll[lo:hi].copy()), torch.from_numpy(self.argmax[lo:hi].astype(np.int64))
+        return (torch.from_numpy(codes.astype(np.int32).reshape(hi - lo, self.vocab)).to(device),
+                torch.from_numpy(self.scale[lo:hi].copy()).to(device))
