@@ -45,6 +45,7 @@ class EvaluatedTarget:
     scores: list[DomainScores]
     path: Path | None = None  # the folder or GGUF file evaluated
     runtime_unavailable: str | None = None  # set when the runtime could not run: its checks are skipped
+    device: str | None = None  # where the runtime ran (--device applies to transformers; llama.cpp runs on the CPU)
     checks: list = field(default_factory=list)
     gates: list[GateResult] = field(default_factory=list)
 
@@ -55,7 +56,7 @@ class EvaluatedTarget:
     def to_dict(self) -> dict:
         return {
             "artifact": self.artifact, "target": self.target, "method": self.method, "scheme": self.scheme,
-            "size_bytes": self.size_bytes, "runtime": self.runtime, "passed": self.passed,
+            "size_bytes": self.size_bytes, "runtime": self.runtime, "device": self.device, "passed": self.passed,
             "runtime_unavailable": self.runtime_unavailable,
             "domains": [s.to_dict() for s in self.scores],
             "checks": [c.to_dict() for c in self.checks],
@@ -197,7 +198,7 @@ def _check_targets(art, scored, base_folder, checks, recipe_gates, gate_override
     for st in scored:
         t = st.target
         evaluated = EvaluatedTarget(art.name, t.name, t.method, t.scheme, t.bytes, st.runtime, st.scores, path=t.path,
-                                    runtime_unavailable=st.unavailable)
+                                    runtime_unavailable=st.unavailable, device=st.device)
         ctx = CheckContext(t, st.scores, base_folder, art.manifest.base_model.fingerprint, st.unavailable,
                            log_dir=art.path / SERVE_LOGS)
         gates: dict[str, float] = {}

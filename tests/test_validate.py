@@ -143,7 +143,7 @@ def test_validate_writes_reports(tiny_artifacts):
     assert (data["settings"]["device"], data["settings"]["dtype"]) == ("cpu", "float32")  # auto without a GPU
     assert data["resources"]["peak_rss_bytes"] > 100e6 and data["libraries"]["transformers"]
     [target] = data["targets"]
-    assert [d["domain"] for d in target["domains"]] == ["prose", "code"]
+    assert target["device"] == "cpu" and [d["domain"] for d in target["domains"]] == ["prose", "code"]
     assert all(d["n_tokens"] == 256 for d in target["domains"])  # --max-tokens scored tokens
     scored = target["domains"][0]["scored_tokens"]
     assert scored["windows"][0] == [0, 128, 64] and scored["scored"] == 256 and "from offset 64 on" in scored["rule"]

@@ -58,6 +58,7 @@ class ScoredTarget:
     runtime: str
     scores: list[DomainScores] = field(default_factory=list)
     unavailable: str | None = None
+    device: str | None = None  # where the runtime ran it (llama.cpp: always the CPU)
 
 
 class Runtime(ABC):

@@ -61,7 +61,7 @@ class LlamaCppRuntime(Runtime):
             f32 = converted_base(tc, resolved, "F32", reporter)
         tokenizer = load_tokenizer(resolved)
         chunks = max(1, settings.max_tokens // (context - context // 2))
-        scored = {t.name: ScoredTarget(t, self.name) for t in targets}
+        scored = {t.name: ScoredTarget(t, self.name, device="cpu") for t in targets}  # llama.cpp's CPU build
         store = CacheStore(LOGITS_STORE)
         with tempfile.TemporaryDirectory(prefix="quantkit-validate-") as tmp_name, ExitStack() as held:
             tmp = Path(tmp_name)

@@ -287,4 +287,4 @@ class TransformersRuntime(Runtime):
                                                               bar.advance))
             finally:
                 quant.close()
-        return [ScoredTarget(target, self.name, scores)]
+        return [ScoredTarget(target, self.name, scores, device=settings.device)]
