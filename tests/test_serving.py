@@ -263,3 +263,16 @@ def test_server_command():
     assert json.loads(cmd[cmd.index("--speculative-config") + 1])["method"] == "ngram"
     gpu = vllm_server_command(Path("p"), Path("/m"), served_name="s", max_model_len=1024, cpu=False)
     assert "--enforce-eager" not in gpu and "--dtype" not in gpu and "--speculative-config" not in gpu
+
+
+def test_the_greedy_reference_follows_validates_device_and_dtype(tiny_model):
+    """validate hands --device/--dtype to the serve check: its transformers greedy reference is not
+    pinned to float32 on the CPU (a 70B model would not fit)."""
+    from quantkit.checks import build_checks
+    from quantkit.serving.smoke import transformers_greedy_ids
+
+    serve = next(c for c in build_checks(device="cpu", dtype="bfloat16") if c.name == "serve")
+    assert (serve.device, serve.dtype) == ("cpu", "bfloat16")
+    ids32 = transformers_greedy_ids(tiny_model, "def add(a, b):", 8)
+    ids16 = transformers_greedy_ids(tiny_model, "def add(a, b):", 8, "cpu", "bfloat16")
+    assert len(ids32) == len(ids16) == 8 and all(isinstance(i, int) for i in ids16)

@@ -63,8 +63,9 @@ class ServeSettings:
 class ServeCheck(Check):
     name = "serve"
 
-    def __init__(self, serve: ServeSettings | None = None) -> None:
+    def __init__(self, serve: ServeSettings | None = None, device: str = "cpu", dtype: str = "float32") -> None:
         self.settings = serve  # None: serving not requested
+        self.device, self.dtype = device, dtype  # where transformers computes the greedy reference (validate's --device)
 
     def run(self, ctx: CheckContext) -> CheckResult:
         from quantkit.serving.smoke import greedy_reference, serve_test, unsupported_result
@@ -84,13 +85,17 @@ class ServeCheck(Check):
                                details=unsupported.to_dict())
         log_dir = (ctx.log_dir or Path(target.path).parent) / (target.name.replace("/", "_") or "target")
         result = serve_test(target.path, s.env, expected_quantization=expected, options=s.options, log_dir=log_dir,
-                            greedy_reference=greedy_reference(target.path, expected, s.options.greedy_tokens))
+                            greedy_reference=greedy_reference(target.path, expected, s.options.greedy_tokens,
+                                                              self.device, self.dtype))
+        details = result.to_dict()
+        if details.get("greedy", {}).get("reference"):
+            details["greedy"]["reference"] = f"transformers ({self.device}, {self.dtype})"
         return CheckResult(
             self.name, "measured" if result.status == "measured" else "failed", metrics=result.metrics(),
             sample={"smoke_requests": result.smoke.get("requests"),
                     "workload_requests": {c: p["requests"] for c, p in result.performance.items()},
                     "max_tokens": s.options.max_tokens},
-            reason=result.reason, details=result.to_dict(),
+            reason=result.reason, details=details,
         )
 
     def default_gates(self, target, result) -> dict[str, float]:

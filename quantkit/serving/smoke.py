@@ -143,27 +143,31 @@ def kernel_lines(log: str) -> list[str]:
     return seen[:20]
 
 
-def transformers_greedy_ids(model_path: Path, prompt: str, n: int) -> list[int]:
-    """Greedy continuation with the transformers runtime (fp32, CPU): the reference for vLLM."""
+def transformers_greedy_ids(model_path: Path, prompt: str, n: int, device: str = "cpu", dtype: str = "float32") -> list[int]:
+    """Greedy continuation with the transformers runtime: the reference for vLLM. validate passes its
+    --device and --dtype (a 70B model is not run in float32 on the CPU); serve-test uses the CPU."""
     import torch
 
     from quantkit.runtimes.transformers import TransformersModel
 
-    rt = TransformersModel(model_path)
+    rt = TransformersModel(model_path, dtype, device)
     ids = rt.tokenize(prompt)
-    with torch.inference_mode():
-        out = rt.model.generate(
-            torch.tensor([ids]), max_new_tokens=n, do_sample=False, num_beams=1, pad_token_id=rt.tokenizer.eos_token_id
-        )
-    return out[0, len(ids) :].tolist()
+    try:
+        with torch.inference_mode():
+            out = rt.model.generate(torch.tensor([ids], device=rt.device), max_new_tokens=n, do_sample=False,
+                                    num_beams=1, pad_token_id=rt.tokenizer.eos_token_id)
+        return out[0, len(ids) :].tolist()
+    finally:
+        rt.close()
 
 
-def greedy_reference(model_path: Path, expected_quantization: str | None, n: int) -> list[int] | None:
+def greedy_reference(model_path: Path, expected_quantization: str | None, n: int, device: str = "cpu",
+                     dtype: str = "float32") -> list[int] | None:
     """The transformers runtime's greedy ids for GREEDY_PROMPT; None for GGUF (transformers would
     dequantize it, which is not what llama.cpp or vLLM run)."""
     if expected_quantization == "gguf":
         return None
-    return transformers_greedy_ids(model_path, GREEDY_PROMPT, n)
+    return transformers_greedy_ids(model_path, GREEDY_PROMPT, n, device, dtype)
 
 
 def _is_quantized(model: Path | None) -> bool:
