@@ -87,15 +87,18 @@ class CacheStore:
     def entry(self, key: dict, build: Callable[[Path], None]) -> Iterator[tuple[Path, bool]]:
         """The entry for `key`, built by `build(staging_folder)` if absent: yields (path, built_now).
 
-        Whoever holds the key's exclusive lock builds; a second process waits and then finds the
-        entry. While the block runs the entry is held with a shared lock, so `prune` in another
-        process passes it by. A failed build leaves nothing behind.
+        A stored entry is held with a shared lock while the block runs: any number of processes read
+        it at once, and `prune` in another process passes it by. An absent entry is built under the
+        exclusive lock (flock drops the shared one first, so two builders cannot deadlock); a second
+        process waits, then finds it. A failed build leaves nothing behind.
         """
         digest = key_digest(key)
         dest = self.root / digest
-        with self._lock(digest, fcntl.LOCK_EX) as fd:
+        with self._lock(digest, fcntl.LOCK_SH) as fd:
             built = False
             if self.get(key) is None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if self.get(key) is None:  # checked again under the exclusive lock: another process may have built it
                 self.remove_stale_staging()
                 staging = self.root / f".{digest}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
                 staging.mkdir(parents=True)

@@ -216,6 +216,14 @@ def test_cache_store_is_bounded_lru_and_skips_entries_in_use(tmp_path):
         with store.entry({"i": 3}, lambda folder: (_ for _ in ()).throw(RuntimeError("build failed"))):
             pass
     assert store.get({"i": 3}) is None and [p.name for p in (tmp_path / "demo").iterdir()] == [".locks"]
+    # readers of a stored entry do not wait for each other (a second validate of the same base runs at once)
+    import threading
+
+    with store.entry({"i": 0}, blob):
+        other = threading.Thread(target=lambda: store.entry({"i": 0}, blob).__enter__())
+        other.start()
+        other.join(timeout=10)
+        assert not other.is_alive()
     # a build killed by SIGKILL leaves its staging folder; the next build of any entry removes it
     killed = tmp_path / "demo" / ".0123abc.partial-4194303-deadbeef"
     killed.mkdir()
