@@ -237,6 +237,8 @@ def test_cache_cli_lists_and_prunes(fp8, cache):
     env = {"QUANTKIT_CACHE": str(cache)}
     listed = json.loads(run_cli("cache", "list", "--json", env=env).stdout)
     assert {e["store"] for e in listed} == {"references"} and len(listed) == 2
+    r = run_cli("cache", "prune", "--max-size", "1000", "--json", env=env)  # within the bound: nothing goes
+    assert r.returncode == 0 and json.loads(r.stdout) == {"removed": [], "bytes": 0}
     r = run_cli("cache", "prune", "--all", env=env)
     assert r.returncode == 0 and "removed 2 entries" in r.stdout
     assert json.loads(run_cli("cache", "list", "--json", env=env).stdout) == []

@@ -42,6 +42,7 @@ def list_command(as_json: JsonOpt = False) -> None:
 def prune_command(
     max_size: Annotated[Optional[float], typer.Option("--max-size", help="GiB each store may keep (least recently used go first). Default: $QUANTKIT_CACHE_MAX_GB or 20.", show_default=False)] = None,
     all_entries: Annotated[bool, typer.Option("--all", help="Remove every entry not in use.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Remove least recently used entries until each store fits its bound. Entries another process is reading stay."""
     from quantkit.cache_store import all_stores, max_bytes_setting
@@ -50,8 +51,12 @@ def prune_command(
     if max_size is not None and max_size < 0:
         raise QuantkitError(f"--max-size {max_size}: expected a number of GiB >= 0")
     bound = 0 if all_entries else int(max_size * 1024**3) if max_size is not None else max_bytes_setting()
-    removed = [e for store in all_stores() for e in store.prune(bound)]
-    console.print(f"removed {len(removed)} entries, {human_bytes(sum(e.bytes for e in removed))}", highlight=False)
+    removed = [(store.name, e) for store in all_stores() for e in store.prune(bound)]
+    if as_json:
+        console.print_json(json.dumps({"removed": [{"store": s, "path": str(e.path), "bytes": e.bytes} for s, e in removed],
+                                       "bytes": sum(e.bytes for _, e in removed)}))
+        return
+    console.print(f"removed {len(removed)} entries, {human_bytes(sum(e.bytes for _, e in removed))}", highlight=False)
 
 
 def register(app_: typer.Typer) -> None:
