@@ -27,7 +27,9 @@ from quantkit.files import cache_dir, folder_size, pid_alive
 KEY_FILE = "key.json"
 DEFAULT_MAX_BYTES = 20 * 1024**3
 # stores under cache_dir() that `quantkit cache` lists and prunes
-STORES = ("references", "llamacpp-logits", "lm-eval-base")
+# the stores validation keeps, named once: `quantkit cache` lists and prunes exactly these
+REFERENCES, LLAMACPP_LOGITS, LM_EVAL_BASE = "references", "llamacpp-logits", "lm-eval-base"
+STORES = (REFERENCES, LLAMACPP_LOGITS, LM_EVAL_BASE)
 
 
 def max_bytes_setting() -> int:

@@ -8,6 +8,7 @@ own ru_maxrss, so it is not used.)
 
 from __future__ import annotations
 
+import functools
 import threading
 
 
@@ -48,17 +49,25 @@ class PeakRSS:
 
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's malloc_trim, looked up once (find_library runs ldconfig); None where libc is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):  # macOS, musl: nothing to trim
+        return None
+
+
 def release_free_heap() -> None:
     """Give the C heap's free pages back to the OS (glibc `malloc_trim`; a no-op elsewhere).
 
     glibc keeps freed memory in its per-thread arenas; scoring allocates and frees windows of
     logits, and without trimming the process grew to 3.1 GB resident validating 4,096 tokens of
-    SmolLM2, against 1.4 GB trimmed after each window, at the same speed (docs/decisions.md).
-    A fixed 1 MiB mmap threshold gave the same memory but halved scoring speed (page faults)."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl): nothing to trim
-        pass
+    SmolLM2. Trimmed after each window it stays near one model at the same speed; a fixed 1 MiB
+    mmap threshold also held memory down but halved scoring speed (docs/decisions.md)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -161,7 +161,7 @@ def validate(
     dtype = resolve_dtype(dtype, device)
     if context < 2:
         raise QuantkitError(f"--context {context}: must be at least 2 tokens")
-    stride = stride or max(1, context // 2)
+    stride = stride or context // 2
     if not 1 <= stride <= context:
         raise QuantkitError(f"--stride {stride}: must be between 1 and the context length {context}")
     started = time.perf_counter()

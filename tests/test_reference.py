@@ -13,9 +13,9 @@ import torch
 from conftest import REPO, run_cli, tiny_recipe_text
 
 import quantkit
+from quantkit.cache_store import REFERENCES as STORE
 from quantkit.cache_store import CacheStore
 from quantkit.progress import NullReporter
-from quantkit.runtimes.reference import STORE
 from quantkit.runtimes.transformers import TransformersModel, score_lockstep
 from quantkit.validate import domain_text, validate
 
@@ -47,10 +47,11 @@ def scores(report):
 def test_cached_and_uncached_references_give_identical_scores(fp8, tiny_model, cache):
     art = fp8["tiny-fp8-fp8-dynamic"]
     first_rep, second_rep = NullReporter(), NullReporter()
-    first = validate(art, context=64, max_tokens=200, reporter=first_rep, write=False)
+    # on the CPU, whatever this machine has: compared below with the float32 CPU lockstep pass
+    first = validate(art, context=64, max_tokens=200, device="cpu", reporter=first_rep, write=False)
     assert any(s.startswith("base reference on prose") for s in first_rep.steps)
     assert len(reference_entries(cache)) == 2  # prose and code
-    second = validate(art, context=64, max_tokens=200, reporter=second_rep, write=False)
+    second = validate(art, context=64, max_tokens=200, device="cpu", reporter=second_rep, write=False)
     assert not any("loading the base" in s or s.startswith("base reference") for s in second_rep.steps)
     assert any(m.startswith("base reference on prose: stored") for m in second_rep.messages)
     assert scores(first) == scores(second) and len(reference_entries(cache)) == 2

@@ -140,10 +140,11 @@ def test_validate_writes_reports(tiny_artifacts):
     report = validate(tiny_artifacts["tiny-fp8-fp8-dynamic"], max_tokens=256, context=128)
     data = json.loads((tiny_artifacts["tiny-fp8-fp8-dynamic"] / "validation.json").read_text())
     assert data["passed"] == report.passed and data["settings"]["context"] == 128 and data["settings"]["stride"] == 64
-    assert (data["settings"]["device"], data["settings"]["dtype"]) == ("cpu", "float32")  # auto without a GPU
+    auto = ("cuda:0", "bfloat16") if torch.cuda.is_available() else ("cpu", "float32")
+    assert (data["settings"]["device"], data["settings"]["dtype"]) == auto
     assert data["resources"]["peak_rss_bytes"] > 100e6 and data["libraries"]["transformers"]
     [target] = data["targets"]
-    assert target["device"] == "cpu" and [d["domain"] for d in target["domains"]] == ["prose", "code"]
+    assert target["device"] == auto[0] and [d["domain"] for d in target["domains"]] == ["prose", "code"]
     assert all(d["n_tokens"] == 256 for d in target["domains"])  # --max-tokens scored tokens
     scored = target["domains"][0]["scored_tokens"]
     assert scored["windows"][0] == [0, 128, 64] and scored["scored"] == 256 and "from offset 64 on" in scored["rule"]
@@ -229,7 +230,7 @@ def test_shipped_lm_eval_task_runs_offline(tiny_artifacts, tmp_path, monkeypatch
     # the base's task scores were computed once (cached for the second artifact of the same base); same device and dtype
     base = Path(quantkit.Artifact.load(tiny_artifacts["tiny-int8-w8a8"]).manifest.base_model.path)
     assert [Path(p) for p, _ in scored] == [base, tiny_artifacts["tiny-int8-w8a8"], tiny_artifacts["tiny-fp8-fp8-dynamic"]]
-    assert all(options == ("cpu", "float32") for _, options in scored)
+    assert all(options == (report.settings["device"], report.settings["dtype"]) for _, options in scored)
     base_acc = [next(c for c in r.targets[0].checks if c.check == "lm_eval").per_domain["quantkit_docstring_mc"]["base_acc"]
                 for r in (report, again)]
     assert base_acc[0] == base_acc[1]

@@ -17,7 +17,6 @@ from quantkit.checks.base import Check, CheckContext, CheckResult
 
 # llm-compressor's own CI gates task recovery at 0.95
 RECOVERY_MIN_DEFAULT = 0.95
-BASE_STORE = "lm-eval-base"
 
 
 class LMEvalCheck(Check):
@@ -61,7 +60,7 @@ class LMEvalCheck(Check):
         version, shipped task files) and kept in quantkit's cache."""
         from importlib import metadata
 
-        from quantkit.cache_store import CacheStore
+        from quantkit.cache_store import LM_EVAL_BASE, CacheStore
         from quantkit.device import device_class
         from quantkit.tasks import task_manager, tasks_digest
 
@@ -74,7 +73,7 @@ class LMEvalCheck(Check):
             results = run_tasks(ctx.base_path, self.tasks, self.task_limit, task_manager(), self.device, self.dtype)
             (folder / "scores.json").write_text(json.dumps(results, indent=1) + "\n")
 
-        with CacheStore(BASE_STORE).entry(key, build) as (entry, _):
+        with CacheStore(LM_EVAL_BASE).entry(key, build) as (entry, _):
             return json.loads((entry / "scores.json").read_text())
 
     def default_gates(self, target, result) -> dict[str, float]:

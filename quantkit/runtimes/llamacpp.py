@@ -16,11 +16,9 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from quantkit.cache_store import CacheStore
+from quantkit.cache_store import LLAMACPP_LOGITS, CacheStore
 from quantkit.runtimes.base import DomainScores, EvaluationSettings, Runtime, ScoredTarget
 from quantkit.toolchains.llamacpp import LlamaCpp, ToolchainError, check_tokenizer_fidelity, converted_base, require_toolchain
-
-LOGITS_STORE = "llamacpp-logits"
 
 
 def base_logits(tc: LlamaCpp, base_gguf: Path, text_file: Path, logits_file: Path, context: int, chunks: int) -> int:
@@ -62,7 +60,7 @@ class LlamaCppRuntime(Runtime):
         tokenizer = load_tokenizer(resolved)
         chunks = max(1, settings.max_tokens // (context - context // 2))
         scored = {t.name: ScoredTarget(t, self.name, device="cpu") for t in targets}  # llama.cpp's CPU build
-        store = CacheStore(LOGITS_STORE)
+        store = CacheStore(LLAMACPP_LOGITS)
         with tempfile.TemporaryDirectory(prefix="quantkit-validate-") as tmp_name, ExitStack() as held:
             tmp = Path(tmp_name)
             logits = {}

@@ -29,7 +29,6 @@ import torch
 from quantkit.memory import release_free_heap
 
 REFERENCE_FORMAT = 2
-STORE = "references"
 LOGPROB_RANGE = 40.0
 ROWS_PER_CHUNK = 32  # rows converted or compared at once: temporaries of 32 x vocabulary floats
 
@@ -127,9 +126,11 @@ class BaseReference:
         if self.nll.shape[0] != n or self.argmax.shape[0] != n or self.scale.shape[0] != n:
             raise ValueError(f"{self.folder}: reference files disagree on the number of positions")
 
-    def codes(self, i: int, r0: int, r1: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """(uint16 codes as int32, per-row floor and step) of scored positions r0..r1-1 of window i."""
+    def block(self, i: int, r0: int, r1: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+        """Scored positions r0..r1-1 of window i: (uint16 codes as int32, per-row floor and step, the
+        base's NLL of the next token, the base's argmax)."""
         lo, hi = self.offsets[i] + r0, self.offsets[i] + r1
         codes = np.fromfile(self.folder / "logprobs.u16", dtype="<u2", count=(hi - lo) * self.vocab, offset=lo * self.vocab * 2)
         return (torch.from_numpy(codes.astype(np.int32).reshape(hi - lo, self.vocab)).to(device),
-                torch.from_numpy(self.scale[lo:hi].copy()).to(device))
+                torch.from_numpy(self.scale[lo:hi].copy()).to(device),
+                torch.from_numpy(self.nll[lo:hi].copy()), torch.from_numpy(self.argmax[lo:hi].astype(np.int64)))

@@ -103,6 +103,7 @@ def fingerprint_folder(folder: Path, allow_pickle: bool = False) -> tuple[str, i
     weights = weight_files(folder, allow_pickle)
     files = [folder / "config.json", *side, *weights]
     stats = [[p.name, st.st_size, st.st_mtime_ns, st.st_ino] for p in files for st in [p.stat()]]
+    total = sum(size for _, size, _, _ in stats[len(files) - len(weights):])  # the weight files' sizes
     record = cache_dir() / "fingerprints" / f"{hashlib.sha256(str(folder).encode()).hexdigest()[:32]}.json"
     try:
         cached = json.loads(record.read_text())
@@ -113,7 +114,6 @@ def fingerprint_folder(folder: Path, allow_pickle: bool = False) -> tuple[str, i
     h = hashlib.sha256()
     for p in files:
         h.update(p.name.encode() + b"\0" + sha256_file(p).encode() + b"\n")
-    total = sum(p.stat().st_size for p in weights)
     record.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(record, json.dumps({"version": FINGERPRINT_CACHE_VERSION, "folder": str(folder), "files": stats,
                                           "fingerprint": h.hexdigest(), "weight_bytes": total}) + "\n")
