@@ -18,7 +18,7 @@ from quantkit.artifact import MANIFEST_NAME, SERVE_LOGS, TRACKED_LIBRARIES, Arti
 from quantkit.checks import CheckContext, build_checks
 from quantkit.device import resolve_device, resolve_dtype
 from quantkit.errors import ArtifactError, QuantkitError
-from quantkit.files import atomic_write_text
+from quantkit.files import atomic_write_text, sha256_file
 from quantkit.gates import GateResult, evaluate_gates
 from quantkit.memory import PeakRSS
 from quantkit.progress import NullReporter, Reporter
@@ -78,7 +78,8 @@ class ValidationReport:
 
     def to_dict(self) -> dict:
         return {"report_version": REPORT_VERSION, "created": utc_now(), "artifact": str(self.path),
-                "passed": self.passed, "settings": self.settings, "resources": self.resources,
+                "manifest_sha256": sha256_file(self.path / MANIFEST_NAME), "passed": self.passed,
+                "settings": self.settings, "resources": self.resources,
                 "libraries": self.libraries, "targets": [t.to_dict() for t in self.targets]}
 
 
@@ -237,15 +238,21 @@ def validate_run(path: str | Path, *, recipe: str | Path | None = None, reporter
 
 
 def _base_folder(art: Artifact) -> Path:
-    from quantkit.sources.models import fingerprint_folder
+    """The base model's folder: where quantize found it, else (an artifact pulled from a hub or registry,
+    whose manifest drops local paths) found again from its source when that is a built-in model or a hub
+    id in the local cache. Either way its fingerprint must be the one recorded."""
+    from quantkit.recipe import ModelSpec
+    from quantkit.sources.models import fingerprint_folder, resolve_model
 
     base = art.manifest.base_model
-    folder = Path(base.path)
-    if not (folder / "config.json").is_file():
-        raise ArtifactError(
-            f"the base model of {art.path} is not at {folder} any more; re-run `quantkit quantize` "
-            f"(model source '{base.source}') to restore it"
-        )
+    folder = Path(base.path) if base.path else None
+    if folder is None or not (folder / "config.json").is_file():
+        if base.kind not in ("builtin", "hub"):
+            where = f"is not at {folder} any more" if folder else f"was a {base.kind} source on another machine"
+            raise ArtifactError(f"the base model of {art.path} {where}; re-run `quantkit quantize` "
+                                f"(model source '{base.source}') to restore it")
+        dtype = str((art.manifest.recipe.get("model") or {}).get("dtype", "float32"))
+        folder = resolve_model(ModelSpec(source=base.source, revision=base.revision, dtype=dtype)).path
     if fingerprint_folder(folder)[0] != base.fingerprint:
         raise ArtifactError(f"the base model at {folder} has changed since {art.path} was made (fingerprint differs)")
     return folder

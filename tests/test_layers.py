@@ -13,8 +13,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("quantkit.recipe", "quantkit.artifact"),
     ("quantkit.recipe_loader", "quantkit.sources", "quantkit.toolchains"),
     ("quantkit.engines", "quantkit.runtimes", "quantkit.tasks", "quantkit.serving"),
-    ("quantkit.checks",),
-    ("quantkit.quantize", "quantkit.validate", "quantkit.serve_test", "quantkit.testing"),
+    ("quantkit.checks", "quantkit.publish"),
+    ("quantkit.quantize", "quantkit.validate", "quantkit.serve_test", "quantkit.testing", "quantkit.push"),
     ("quantkit.report_html",),
     ("quantkit.cli",),
     ("quantkit",),  # the package facade

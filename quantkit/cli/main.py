@@ -9,6 +9,7 @@ import typer
 
 from quantkit.cli import cache as cache_cli
 from quantkit.cli import env as env_cli
+from quantkit.cli import push as push_cli
 from quantkit.cli import quantize as quantize_cli
 from quantkit.cli import recipes as recipes_cli
 from quantkit.cli import serve_test as serve_test_cli
@@ -34,6 +35,7 @@ def main_options(verbose: VerboseOpt = False) -> None:
 quantize_cli.register(app)
 validate_cli.register(app)
 serve_test_cli.register(app)
+push_cli.register(app)
 app.add_typer(recipes_cli.app, name="recipes")
 app.add_typer(env_cli.app, name="env")
 cache_cli.register(app)

