@@ -69,7 +69,7 @@ def prepare(artifact: str | Path | Artifact, destination: Destination, settings:
         notes.append(("FAILED VALIDATION: " if failed_gates else "NOT VALIDATED: ") + scrub_text(problem, local_prefixes(art)))
         if not failed_gates:
             report = None  # a stale report describes other files: not pushed, not quoted
-    license_ = settings.license or base_license(art)
+    license_ = (settings.license or base_license(art) or "").lower()  # the hub's license ids are lowercase SPDX
     if not license_:
         raise QuantkitError(f"--license: the license of {art.name}'s base model ({art.manifest.base_model.source}) "
                             f"is unknown; give the SPDX id it is under, e.g. --license apache-2.0")

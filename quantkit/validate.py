@@ -170,6 +170,7 @@ def validate(
         if device != "cpu":
             import torch
 
+            torch.cuda.init()  # the peak-memory counters raise "Invalid device argument" before CUDA is initialised
             torch.cuda.reset_peak_memory_stats(device)
         art = Artifact.load(path)  # checksums first: never evaluate a modified artifact
         texts = evaluation_texts(domains, max_tokens)

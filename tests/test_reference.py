@@ -169,6 +169,11 @@ def test_validate_on_the_gpu_in_bfloat16_matches_the_cpu(fp8, cache):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU (torch.cuda.is_available() is False here)")
     art = fp8["tiny-fp8-fp8-dynamic"]
+    # a fresh process, where nothing has initialised CUDA yet (the peak-memory counters failed there once)
+    r = run_cli("validate", str(art), "--device", "cuda", "--context", "64", "--max-tokens", "200", "--no-serve", "--json")
+    assert r.returncode in (0, 1) and "Traceback" not in r.stderr, r.stderr[-2000:]
+    [report] = json.loads(r.stdout)
+    assert report["settings"]["device"].startswith("cuda") and report["resources"]["peak_gpu_bytes"] > 0
     gpu = validate(art, context=64, max_tokens=200, device="cuda", write=False)
     cpu = validate(art, context=64, max_tokens=200, device="cpu", write=False)
     assert gpu.settings["dtype"] == "bfloat16" and gpu.resources["peak_gpu_bytes"] > 0
