@@ -129,7 +129,8 @@ def provenance_lines(pred: dict) -> list[str]:
                    (f" ({dep['uri']})" if dep.get("uri") else ""))
     output = build.get("externalParameters", {}).get("output", {})
     if output:
-        out.append(f"output {output.get('name')}: {output.get('method')} {output.get('scheme', '')} ".rstrip())
+        scheme = output.get("scheme") or ",".join(output.get("types") or [])
+        out.append(f"output {output.get('name')}: {output.get('method')} {scheme}".rstrip())
     versions = pred.get("runDetails", {}).get("builder", {}).get("version", {})
     if versions:
         out.append("tools: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
