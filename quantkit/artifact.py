@@ -22,8 +22,10 @@ from quantkit.files import sha256_file
 
 MANIFEST_NAME = "quantkit.json"
 MANIFEST_VERSION = 1
-# Files other tools add to an artifact after it was written (reports, cards); not checksummed.
-ADDED_LATER = ("validation.json", "validation.md", "validation.html", "README.md")
+# Files other tools add to an artifact after it was written (reports, the card and attestation a push
+# brings back, a hub's .gitattributes); not checksummed, and the only files the manifest may omit.
+ATTESTATION_NAME = "quantkit-provenance.intoto.json"
+ADDED_LATER = ("validation.json", "validation.md", "validation.html", "README.md", ATTESTATION_NAME, ".gitattributes")
 SERVE_LOGS = "serve-logs"  # vLLM server logs of the serving check, written after the manifest
 
 TRACKED_LIBRARIES = (
@@ -184,8 +186,16 @@ class Artifact:
         return art
 
     def verify(self) -> None:
-        """Raise ArtifactError naming every file that is missing or differs from the manifest."""
-        problems = []
+        """Raise ArtifactError naming every file that is missing or differs from the manifest, every file
+        the manifest does not list (an artifact is closed: a planted `modeling_x.py` or `*.bin` is
+        refused), and a manifest that contradicts itself."""
+        problems = self.manifest_problems()
+        listed = set(self.manifest.files)
+        for p in sorted(self.path.rglob("*")):
+            rel = p.relative_to(self.path).as_posix()
+            if (p.is_file() or p.is_symlink()) and rel not in listed and rel != MANIFEST_NAME and rel not in ADDED_LATER \
+                    and not rel.startswith(SERVE_LOGS + "/"):
+                problems.append(f"not in {MANIFEST_NAME}: {rel}")
         for rel, info in self.manifest.files.items():
             f = self.path / rel
             if not f.is_file():
@@ -193,7 +203,33 @@ class Artifact:
             elif f.stat().st_size != info.bytes or sha256_file(f) != info.sha256:
                 problems.append(f"modified: {rel} (checksum differs from {MANIFEST_NAME})")
         if problems:
-            raise ArtifactError(f"artifact {self.path} does not match its manifest:\n  " + "\n  ".join(problems))
+            shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+            raise ArtifactError(f"artifact {self.path} does not match its manifest:\n  " + "\n  ".join(shown))
+
+    def manifest_problems(self) -> list[str]:
+        """Fields of the manifest that disagree with each other (an edit by hand, or a corrupted file)."""
+        m, out = self.manifest, []
+        if m.output.get("name") not in (None, m.name):
+            out.append(f"name {m.name!r} differs from output.name {m.output.get('name')!r}")
+        if (m.format == "gguf") != (m.output.get("method") == "gguf"):
+            out.append(f"format {m.format!r} does not fit output.method {m.output.get('method')!r}")
+        if m.format != "gguf" and m.output.get("scheme") not in (None, m.scheme):
+            out.append(f"scheme {m.scheme!r} differs from output.scheme {m.output.get('scheme')!r}")
+        if m.size_bytes != sum(f.bytes for f in m.files.values()):
+            out.append(f"size_bytes {m.size_bytes} is not the sum of the files' sizes")
+        for rel in m.files:
+            if rel.startswith("/") or ".." in Path(rel).parts:
+                out.append(f"files names a path outside the artifact: {rel!r}")
+        return out
+
+
+def is_artifact(path: Path) -> bool:
+    """A folder quantkit wrote: its quantkit.json parses as a manifest (what `--force` may replace)."""
+    try:
+        Manifest.model_validate_json((Path(path) / MANIFEST_NAME).read_bytes())
+    except (OSError, ValidationError, ValueError):
+        return False
+    return Path(path).is_dir() and not Path(path).is_symlink()
 
 
 def write_manifest(folder: Path, fields: dict) -> Manifest:

@@ -12,7 +12,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from quantkit.errors import ArtifactError
 
@@ -79,27 +79,34 @@ def remove_stale_partials(dest: Path) -> list[Path]:
     return removed
 
 
-def check_destination(dest: Path, force: bool) -> None:
-    if dest.exists() and not force:
+def check_destination(dest: Path, force: bool, replaceable: Callable[[Path], bool] | None = None) -> None:
+    """Refuse an existing `dest` unless `force`; with `replaceable`, even `force` replaces only what
+    it accepts (quantize: a quantkit artifact), never a folder of the user's."""
+    if not (dest.exists() or dest.is_symlink()):
+        return
+    if not force:
         raise ArtifactError(f"{dest} already exists; pass --force (force=True) to replace it")
+    if replaceable is not None and not replaceable(dest):
+        raise ArtifactError(f"{dest} exists and is not a quantkit artifact (no valid quantkit.json); --force replaces only "
+                            "artifacts, so it was left as it is: move it away or give the output another name")
 
 
 @contextlib.contextmanager
-def staged_folder(dest: Path, force: bool = False) -> Iterator[Path]:
+def staged_folder(dest: Path, force: bool = False, replaceable: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a hidden staging folder beside `dest`; move it into place only if the block succeeds.
 
     Any exception, Ctrl-C or SystemExit (SIGTERM in the CLI) removes the staging folder, so
     `dest` either holds a complete folder or is untouched.
     """
     dest = Path(dest)
-    check_destination(dest, force)
+    check_destination(dest, force, replaceable)
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(dest)
     staging = dest.parent / f".{dest.name}{PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
         yield staging
-        check_destination(dest, force)
+        check_destination(dest, force, replaceable)
         if dest.exists():
             trash = dest.parent / f".{dest.name}.replaced-{uuid.uuid4().hex[:8]}"
             os.rename(dest, trash)

@@ -13,13 +13,12 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quantkit.artifact import MANIFEST_NAME, Artifact
+from quantkit.artifact import ATTESTATION_NAME, MANIFEST_NAME, Artifact
 from quantkit.errors import ArtifactError, QuantkitError
 from quantkit.files import sha256_file, staged_folder
 from quantkit.progress import NullReporter, Reporter
 from quantkit.publish import provenance
 from quantkit.publish.bundle import (
-    ATTESTATION_NAME,
     CARD_NAME,
     CONFIG,
     DOC,

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantkit.artifact import Artifact, library_versions, utc_now, write_manifest
+from quantkit.artifact import Artifact, is_artifact, library_versions, utc_now, write_manifest
 from quantkit.device import accelerator_available
 from quantkit.engines import EngineJob, engine_for
 from quantkit.errors import QuantkitError
@@ -68,7 +68,7 @@ def quantize(
     reporter = reporter or NullReporter()
     jobs = plan(recipe, output_dir, only)
     for _, dest in jobs:
-        check_destination(dest, force)
+        check_destination(dest, force, is_artifact)
 
     if not accelerator_available():
         reporter.log("no accelerator found: quantizing on CPU")
@@ -111,7 +111,7 @@ def _produce(
 ) -> tuple[Artifact, list[str]]:
     engine = engine_for(output.method)
     started = time.perf_counter()
-    with staged_folder(dest, force=force) as staging, PeakRSS() as peak:
+    with staged_folder(dest, force=force, replaceable=is_artifact) as staging, PeakRSS() as peak:
         uses_cal = engine.needs_calibration(output)
         result = engine.run(EngineJob(recipe, output, model, calibration if uses_cal else None, staging, reporter))
         total = round(time.perf_counter() - started, 3)

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -130,3 +131,55 @@ def test_a_malformed_manifest_is_one_clear_error(text, problem, tmp_path):
     with pytest.raises(ArtifactError, match="is not a valid quantkit manifest") as e:
         Artifact.load(tmp_path)
     assert problem in str(e.value) and "\n" not in str(e.value)
+
+
+def test_force_replaces_only_an_artifact_never_a_folder_of_the_users(tiny_model, tmp_path):
+    """The issue's case: `mkdir -p O/t-rtn; echo keep > O/t-rtn/precious.txt; quantize -o O --force`."""
+    from conftest import run_cli, tiny_recipe_text
+
+    out = tmp_path / "O"
+    (out / "t-rtn").mkdir(parents=True)
+    (out / "t-rtn" / "precious.txt").write_text("keep")
+    recipe = tmp_path / "R.yaml"
+    recipe.write_text(tiny_recipe_text(tiny_model, out, "  - {method: rtn, name: t-rtn, scheme: W8A16}\n"))
+    r = run_cli("quantize", str(recipe), "-o", str(out), "--force")
+    assert r.returncode == 2 and "is not a quantkit artifact" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert (out / "t-rtn" / "precious.txt").read_text() == "keep"
+    assert sorted(p.name for p in out.iterdir()) == ["t-rtn"]
+
+    shutil.rmtree(out / "t-rtn")
+    assert run_cli("quantize", str(recipe), "-o", str(out)).returncode == 0
+    first = json.loads((out / "t-rtn" / "quantkit.json").read_text())["created"]
+    r = run_cli("quantize", str(recipe), "-o", str(out), "--force")  # an artifact: replaced
+    assert r.returncode == 0, r.stderr
+    assert Artifact.load(out / "t-rtn").manifest.created >= first
+
+
+def test_an_artifact_is_closed_and_its_manifest_consistent(tmp_path):
+    dest = tmp_path / "art"
+    with staged_folder(dest) as staging:
+        _write(staging)
+    Artifact.load(dest)
+    (dest / "modeling_evil.py").write_text("import os")
+    (dest / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    with pytest.raises(ArtifactError) as e:
+        Artifact.load(dest)
+    assert "not in quantkit.json: modeling_evil.py" in str(e.value) and "not in quantkit.json: pytorch_model.bin" in str(e.value)
+    (dest / "modeling_evil.py").unlink()
+    (dest / "pytorch_model.bin").unlink()
+    (dest / "validation.json").write_text("{}")  # what validate adds is allowed
+    Artifact.load(dest)
+
+    manifest = json.loads((dest / "quantkit.json").read_text())
+    edits = [
+        (lambda m: m["files"].pop("model.safetensors"), "not in quantkit.json: model.safetensors"),
+        (lambda m: m["output"].update(scheme="W4A16"), "scheme 'FP8_DYNAMIC' differs from output.scheme 'W4A16'"),
+        (lambda m: m.update(format="gguf"), "format 'gguf' does not fit output.method 'fp8'"),
+        (lambda m: m.update(size_bytes=0), "size_bytes 0 is not the sum"),
+    ]
+    for edit, problem in edits:
+        changed = json.loads(json.dumps(manifest))
+        edit(changed)
+        (dest / "quantkit.json").write_text(json.dumps(changed))
+        with pytest.raises(ArtifactError, match=re.escape(problem)):
+            Artifact.load(dest)

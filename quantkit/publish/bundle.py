@@ -18,7 +18,6 @@ from quantkit.files import cache_dir, sha256_file
 
 VALIDATION_NAME = "validation.json"
 CARD_NAME = "README.md"
-ATTESTATION_NAME = "quantkit-provenance.intoto.json"
 LOCAL = "<local>"  # what an absolute path of the user's machine becomes in anything uploaded
 
 # roles decide the OCI layer media type and the order of the listing

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import yaml
 
-from quantkit.artifact import Artifact
+from quantkit.artifact import ATTESTATION_NAME, Artifact
 from quantkit.errors import QuantkitError
-from quantkit.publish.bundle import ATTESTATION_NAME, LOCAL, VALIDATION_NAME, without_local_paths
+from quantkit.publish.bundle import LOCAL, VALIDATION_NAME, without_local_paths
 
 PROJECT_URL = "https://github.com/quantkit/quantkit"
 TEXT_GENERATION = "text-generation"

@@ -16,9 +16,10 @@ import re
 import tempfile
 from pathlib import Path
 
+from quantkit.artifact import ATTESTATION_NAME
 from quantkit.errors import QuantkitError
 from quantkit.progress import Reporter
-from quantkit.publish.bundle import ATTESTATION_NAME, CONFIG, DOC, LOG, WEIGHTS, Bundle, BundleFile
+from quantkit.publish.bundle import CONFIG, DOC, LOG, WEIGHTS, Bundle, BundleFile
 from quantkit.publish.destinations.base import Destination, PushError, PushOptions, PushResult
 
 # CNCF ModelPack, modelpack/model-spec specs-go/v1 (read at d78bf3231b4f)
