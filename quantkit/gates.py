@@ -58,6 +58,31 @@ def class_defaults(method: str, scheme: str, bits: int | None = None) -> dict[st
 
 
 
+RATIO_GATES = ("top1_agreement_min", "serve_loaded_min", "serve_quantization_match_min")  # fractions in [0, 1]
+
+
+def threshold_problem(key: str, value: float) -> str | None:
+    """Why `value` cannot be the threshold of gate `key` (None when it can): thresholds are finite,
+    not negative, and fractions stay within [0, 1]."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{key} = {value!r}: expected a number"
+    if not math.isfinite(value):
+        return f"{key} = {value}: expected a finite number"
+    if value < 0:
+        return f"{key} = {value}: thresholds are not negative"
+    if key in RATIO_GATES and value > 1:
+        return f"{key} = {value}: a fraction between 0 and 1"
+    return None
+
+
+def check_thresholds(gates: dict[str, float], where: str = "--gate") -> None:
+    problems = [p for k, v in gates.items() if (p := threshold_problem(k, v))]
+    if problems:
+        raise QuantkitError(f"{where} " + "; ".join(problems))
+
+
 def parse_gate_overrides(items: list[str] | None) -> dict[str, float]:
     out = {}
     for item in items or []:
@@ -68,6 +93,9 @@ def parse_gate_overrides(items: list[str] | None) -> dict[str, float]:
             out[key] = float(value)
         except ValueError:
             raise QuantkitError(f"--gate {item!r}: {value!r} is not a number") from None
+        problem = threshold_problem(key, out[key])
+        if problem:
+            raise QuantkitError(f"--gate {item!r}: {problem.split(': ', 1)[1]}")
     return out
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from quantkit.artifact import Artifact, is_artifact, library_versions, utc_now, write_manifest
 from quantkit.device import accelerator_available
 from quantkit.engines import EngineJob, engine_for
-from quantkit.errors import QuantkitError
+from quantkit.errors import QuantkitError, RecipeError
 from quantkit.files import check_destination, folder_size, staged_folder
 from quantkit.memory import PeakRSS
 from quantkit.progress import NullReporter, Reporter
@@ -39,6 +39,28 @@ class QuantizeFailed(QuantkitError):
         self.failures = failures
         lines = "\n".join(f"  - {f.name}: {f.error}" for f in failures)
         super().__init__(f"{len(failures)} output(s) failed, wholly or in part:\n{lines}")
+
+
+def preflight_problems(recipe: Recipe, output_dir: str | Path | None = None) -> list[str]:
+    """What can be known wrong in seconds, before any model is loaded: a local model or calibration
+    file that is not there, an output folder that is a file or cannot be written."""
+    import os
+
+    problems = []
+    src = recipe.model.source
+    looks_local = src.startswith((".", "/", "~")) or src.endswith(".gguf") or src.count("/") > 1
+    if looks_local and not Path(src).expanduser().exists():
+        problems.append(f"model.source: {Path(src).expanduser()} does not exist")
+    cal = recipe.calibration.source
+    if not cal.startswith(("builtin:", "hf:")) and not Path(cal).expanduser().is_file():
+        problems.append(f"calibration.source: calibration file not found: {Path(cal).expanduser()}")
+    root = Path(output_dir or recipe.output_dir)
+    existing = next((p for p in [root, *root.parents] if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        problems.append(f"output_dir: {existing} is a file, not a folder")
+    elif existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        problems.append(f"output_dir: {existing} is not writable")
+    return problems
 
 
 def plan(recipe: Recipe, output_dir: str | Path | None = None, only: list[str] | None = None) -> list[tuple[object, Path]]:
@@ -66,6 +88,9 @@ def quantize(
     run if some outputs failed (the others are complete and on disk).
     """
     reporter = reporter or NullReporter()
+    problems = preflight_problems(recipe, output_dir)
+    if problems:
+        raise RecipeError(recipe.name, problems)
     jobs = plan(recipe, output_dir, only)
     for _, dest in jobs:
         check_destination(dest, force, is_artifact)

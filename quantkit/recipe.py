@@ -13,13 +13,15 @@ from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from quantkit.gates import GATE_KEYS
+from quantkit.gates import GATE_KEYS, threshold_problem
 
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+MAX_NAME = 200  # a folder name, with room for the staging prefix and suffix within the usual 255 bytes
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # strict: `true` is not the number 1 and 2.0 is not an int; NaN and infinities are not numbers
+    model_config = ConfigDict(extra="forbid", validate_default=True, strict=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
@@ -70,12 +72,21 @@ class _NamedOutput(_Strict):
     name: str | None = Field(
         None,
         pattern=SLUG,
+        max_length=MAX_NAME,
         description="Artifact folder name; defaults to `<recipe name>-<method>-<scheme>`.",
     )
     gates: dict[GateKey, float] = Field(
         default_factory=dict,
         description="Validation thresholds for this output, over the defaults of its precision class (docs/validation.md).",
     )
+
+    @field_validator("gates")
+    @classmethod
+    def _gate_ranges(cls, v: dict[str, float]) -> dict[str, float]:
+        problems = [p for k, x in v.items() if (p := threshold_problem(k, x))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
 
     def default_name(self, recipe_name: str) -> str:
         scheme = self.scheme.lower().replace("_", "-")
@@ -91,6 +102,17 @@ class _OutputBase(_NamedOutput):
         default_factory=lambda: ["Linear"],
         description="Modules to quantize: class names or `re:` regexes of module names.",
     )
+
+    @field_validator("targets", "ignore", check_fields=False)
+    @classmethod
+    def _regexes_compile(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if item.startswith("re:"):
+                try:
+                    re.compile(item[3:])
+                except re.error as e:
+                    raise ValueError(f"{item!r} is not a valid regular expression ({e})") from None
+        return v
     ignore: list[str] = Field(
         default_factory=lambda: ["lm_head"],
         description="Modules left unquantized: class names, module names or `re:` regexes.",
@@ -281,7 +303,7 @@ OutputSpec = Annotated[Union[OUTPUT_MODELS], Field(discriminator="method")]
 class Recipe(_Strict):
     """A quantization run: one model, one calibration set, several outputs."""
 
-    name: str = Field(pattern=SLUG, description="Name of the run; prefix of default artifact names.")
+    name: str = Field(pattern=SLUG, max_length=MAX_NAME, description="Name of the run; prefix of default artifact names.")
     description: str = ""
     model: ModelSpec
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
@@ -293,12 +315,22 @@ class Recipe(_Strict):
     def _model_shorthand(cls, v: Any) -> Any:
         return {"source": v} if isinstance(v, str) else v
 
+    @field_validator("output_dir")
+    @classmethod
+    def _usable_folder_name(cls, v: str) -> str:
+        if not v.strip() or "\x00" in v or any(ord(c) < 32 for c in v):
+            raise ValueError(f"{v!r} is not a usable folder name (empty, or a NUL or control character)")
+        return v
+
     @model_validator(mode="after")
     def _names(self) -> "Recipe":
         seen: dict[str, int] = {}
         for i, out in enumerate(self.outputs):
             if out.name is None:
                 out.name = out.default_name(self.name)
+                if len(out.name) > MAX_NAME:
+                    raise ValueError(f"outputs[{i}]: the default name '{out.name[:40]}…' is longer than {MAX_NAME} "
+                                     "characters; give the output a shorter `name`")
             if out.name in seen:
                 raise ValueError(
                     f"outputs[{i}] and outputs[{seen[out.name]}] both write '{out.name}'; give one a different `name`"

@@ -19,7 +19,7 @@ from quantkit.checks import CheckContext, build_checks
 from quantkit.device import resolve_device, resolve_dtype
 from quantkit.errors import ArtifactError, QuantkitError
 from quantkit.files import atomic_write_text, sha256_file
-from quantkit.gates import GateResult, evaluate_gates
+from quantkit.gates import GateResult, check_thresholds, evaluate_gates
 from quantkit.memory import PeakRSS
 from quantkit.progress import NullReporter, Reporter
 from quantkit.runtimes import DomainScores, EvaluationSettings, runtime_for
@@ -160,11 +160,8 @@ def validate(
     reporter = reporter or NullReporter()
     device = resolve_device(device)  # bad input fails before any heavy work
     dtype = resolve_dtype(dtype, device)
-    if context < 2:
-        raise QuantkitError(f"--context {context}: must be at least 2 tokens")
-    stride = stride or context // 2
-    if not 1 <= stride <= context:
-        raise QuantkitError(f"--stride {stride}: must be between 1 and the context length {context}")
+    stride = check_window_settings(context, stride, max_tokens)
+    check_thresholds(gate_overrides or {}, "gate_overrides:")
     started = time.perf_counter()
     with PeakRSS() as peak:
         if device != "cpu":
@@ -217,10 +214,23 @@ def _check_targets(art, scored, base_folder, checks, recipe_gates, gate_override
     return targets
 
 
+def check_window_settings(context: int, stride: int | None, max_tokens: int) -> int:
+    """Refuse impossible window settings before any work; returns the stride (default: half a context)."""
+    if context < 2:
+        raise QuantkitError(f"--context {context}: must be at least 2 tokens")
+    stride = context // 2 if stride is None else stride
+    if not 1 <= stride <= context:
+        raise QuantkitError(f"--stride {stride}: must be between 1 and the context length {context}")
+    if max_tokens < 1:
+        raise QuantkitError(f"--max-tokens {max_tokens}: must be at least 1 scored token")
+    return stride
+
+
 def validate_run(path: str | Path, *, recipe: str | Path | None = None, reporter: Reporter | None = None,
                  **options) -> list[ValidationReport]:
     """Validate every artifact under `path` (one artifact folder, or a folder of them), or, with `recipe`,
     the artifacts that recipe writes into `path`, each with the recipe's gates. `options` go to `validate`."""
+    check_window_settings(options.get("context", 512), options.get("stride"), options.get("max_tokens", 4096))
     path = Path(path)
     recipe_gates: dict[str, dict] | None = None
     if recipe is not None:

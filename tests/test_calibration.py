@@ -83,9 +83,19 @@ def test_hf_dataset_by_name_from_local_files(tmp_path):
 def test_errors_name_the_problem(tmp_path, tiny_tokenizer):
     with pytest.raises(CalibrationError, match=str(tmp_path / "missing.jsonl")):
         load_texts(CalibrationSpec(source=str(tmp_path / "missing.jsonl")))
-    (tmp_path / "bad.jsonl").write_text('{"text": 1}\n{oops\n')
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{oops\n')
     with pytest.raises(CalibrationError, match=r"bad.jsonl:2: not valid JSON"):
         load_texts(CalibrationSpec(source=str(tmp_path / "bad.jsonl")))
+    for row, kind in (('{"text": null}', "null"), ('{"text": 1}', "int"), ('{"text": true}', "bool")):
+        (tmp_path / "null.jsonl").write_text('{"text": "a"}\n' + row + "\n")
+        with pytest.raises(CalibrationError, match=rf"null.jsonl:2: 'text' is {kind}, not text"):
+            load_texts(CalibrationSpec(source=str(tmp_path / "null.jsonl")))
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9 au lait")
+    with pytest.raises(CalibrationError, match=r"latin1.txt: not UTF-8 text \(byte offset 3\)"):
+        load_texts(CalibrationSpec(source=str(tmp_path / "latin1.txt")))
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(CalibrationError, match=r"broken.parquet: not a readable parquet file"):
+        load_texts(CalibrationSpec(source=str(tmp_path / "broken.parquet")))
     (tmp_path / "f.jsonl").write_text('{"content": "x"}\n')
     with pytest.raises(CalibrationError, match="no field 'text' \\(found: content\\)"):
         load_texts(CalibrationSpec(source=str(tmp_path / "f.jsonl")))

@@ -100,7 +100,7 @@ def test_refuses_unvalidated_stale_and_failed_artifacts_unless_allowed(artifact,
     with pytest.raises(ArtifactError, match="never validated.*--allow-unvalidated"):
         prepare(artifact, dest, settings)
 
-    assert not validate(artifact, max_tokens=256, context=64, gate_overrides={"kld_mean_max": -1.0}).passed
+    assert not validate(artifact, max_tokens=256, context=64, gate_overrides={"kld_mean_max": 0.0}).passed
     with pytest.raises(ArtifactError, match="failed validation gates.*kld_mean_max.*--allow-failed"):
         prepare(artifact, dest, settings)
     with pytest.raises(ArtifactError, match="--allow-failed"):  # --allow-unvalidated is not enough

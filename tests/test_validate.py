@@ -174,7 +174,7 @@ def test_cli_exit_codes(tiny_artifacts, tmp_path):
     r = run_cli("validate", "--no-serve", art, "--max-tokens", "128", "--context", "64")
     assert r.returncode == 0, r.stderr
     assert "kld_mean_max" in r.stdout and "tiny-int8-w8a8" in r.stdout
-    r = run_cli("validate", "--no-serve", art, "--max-tokens", "128", "--context", "64", "--gate", "top1_agreement_min=1.01")
+    r = run_cli("validate", "--no-serve", art, "--max-tokens", "128", "--context", "64", "--gate", "kld_mean_max=0")
     assert r.returncode == 1 and "✗" in r.stdout
     assert json.loads((tiny_artifacts["tiny-int8-w8a8"] / "validation.json").read_text())["passed"] is False
     r = run_cli("validate", str(tmp_path / "nope"))

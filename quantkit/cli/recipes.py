@@ -22,10 +22,14 @@ def validate_command(recipe: RecipeArg, set_: SetOpt = None, output_dir: OutputD
     Example: quantkit recipes validate recipes/smollm2-135m.yaml
     """
     from quantkit.engines import engine_for
-    from quantkit.quantize import plan
+    from quantkit.errors import RecipeError
+    from quantkit.quantize import plan, preflight_problems
     from quantkit.recipe_loader import load_recipe
 
     r = load_recipe(recipe, set_ or [])
+    problems = preflight_problems(r, output_dir)
+    if problems:
+        raise RecipeError(str(recipe), problems)
     cal = r.calibration
     if as_json:
         outputs = [{"name": out.name, "destination": str(dest), "method": out.method, "scheme": out.scheme,
@@ -56,7 +60,12 @@ def schema_command(
 
     text = recipe_json_schema_text()
     if output:
-        output.write_text(text)
+        from quantkit.errors import QuantkitError
+
+        try:
+            output.write_text(text)
+        except OSError as e:
+            raise QuantkitError(f"--output {output}: cannot write it ({e.strerror or e})") from None
         console.print(f"wrote {output}")
     else:
         typer.echo(text, nl=False)

@@ -114,40 +114,68 @@ def builtin_holdout_text(n_chars: int) -> str:
 
 
 def file_texts(path: Path, text_field: str) -> list[str]:
-    """The records of a file: JSON/parquet records as written; a .txt file's paragraphs, stripped."""
+    """The records of a file: JSON/parquet records as written; a .txt file's paragraphs, stripped.
+    Anything unreadable (not UTF-8, not JSON, not parquet, a record whose text is not a string) is one
+    CalibrationError naming the file and the record."""
     suffix = path.suffix.lower()
+    if suffix not in (".txt", ".jsonl", ".json", ".parquet"):
+        raise CalibrationError(f"{path}: unsupported calibration file type '{suffix}' (use .jsonl, .json, .txt or .parquet)")
+    if suffix == ".parquet":
+        return _parquet_texts(path, text_field)
+    try:
+        raw = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CalibrationError(f"{path}: not UTF-8 text (byte offset {e.start})") from None
+    except OSError as e:
+        raise CalibrationError(f"{path}: cannot read it ({e.strerror or e})") from None
     if suffix == ".txt":
         # paragraphs separated by blank lines are the records of a text file
-        return [p.strip() for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()]
-    if suffix in (".jsonl", ".json"):
-        texts = []
-        raw = path.read_text(encoding="utf-8")
-        rows = json.loads(raw) if suffix == ".json" else None
-        lines = rows if rows is not None else raw.splitlines()
-        for i, line in enumerate(lines, 1):
-            if isinstance(line, str) and not line.strip():
-                continue
-            try:
-                row = json.loads(line) if isinstance(line, str) else line
-            except json.JSONDecodeError as e:
-                raise CalibrationError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-            texts.append(_field(row, text_field, f"{path}:{i}"))
-        return texts
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+        return [p.strip() for p in raw.split("\n\n") if p.strip()]
+    if suffix == ".json":
+        try:
+            rows = json.loads(raw)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise CalibrationError(f"{path}: not valid JSON ({getattr(e, 'msg', 'nested too deep')})") from None
+        if not isinstance(rows, list):
+            raise CalibrationError(f"{path}: expected a JSON list of records, got {type(rows).__name__}")
+        return [_field(row, text_field, f"{path}:{i}") for i, row in enumerate(rows, 1)]
+    texts = []
+    for i, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise CalibrationError(f"{path}:{i}: not valid JSON ({getattr(e, 'msg', 'nested too deep')})") from None
+        texts.append(_field(row, text_field, f"{path}:{i}"))
+    return texts
 
+
+def _parquet_texts(path: Path, text_field: str) -> list[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
         table = pq.read_table(path)
-        if text_field not in table.column_names:
-            raise CalibrationError(f"{path} has no column '{text_field}'; columns: {', '.join(table.column_names)}")
-        return [str(t) for t in table.column(text_field).to_pylist() if t]
-    raise CalibrationError(f"{path}: unsupported calibration file type '{suffix}' (use .jsonl, .json, .txt or .parquet)")
+    except (pa.ArrowException, OSError) as e:
+        raise CalibrationError(f"{path}: not a readable parquet file ({str(e).splitlines()[0][:200]})") from None
+    if text_field not in table.column_names:
+        raise CalibrationError(f"{path} has no column '{text_field}'; columns: {', '.join(table.column_names)}")
+    texts = table.column(text_field).to_pylist()
+    for i, t in enumerate(texts, 1):
+        if not isinstance(t, str):
+            raise CalibrationError(f"{path}: row {i}: '{text_field}' is {'null' if t is None else type(t).__name__}, not text")
+    return [t for t in texts if t]
 
 
 def _field(row, text_field: str, where: str) -> str:
     if not isinstance(row, dict) or text_field not in row:
-        keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
+        keys = ", ".join(map(str, row))[:200] if isinstance(row, dict) else type(row).__name__
         raise CalibrationError(f"{where}: no field '{text_field}' (found: {keys}); set `calibration.text_field`")
-    return str(row[text_field])
+    text = row[text_field]
+    if not isinstance(text, str):  # a null or a number is not text: "None" must not become calibration data
+        raise CalibrationError(f"{where}: '{text_field}' is {'null' if text is None else type(text).__name__}, not text")
+    return text
 
 
 def _hub_texts(spec: CalibrationSpec) -> list[str]:
