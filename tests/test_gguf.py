@@ -168,3 +168,40 @@ def test_a_failed_type_keeps_the_others(llamacpp, smol_tokenizer_llama, tmp_path
     assert (art.path / "g-Q8_0.gguf").is_file() and not (art.path / "g-Q4_0.gguf").exists()
     assert art.manifest.failures[0].startswith("Q4_0: llama-quantize failed")
     assert "Q4_0" in str(e.value)
+
+
+def plant_tokenizer_code(folder, marker):
+    """A Llama folder whose tokenizer_config makes llama.cpp's converter call
+    AutoTokenizer.from_pretrained(..., trust_remote_code=True) (its HybridDNA branch), with a tokenizer
+    module that writes `marker` when imported."""
+    (folder / "tokenization_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
+                                                 "from transformers import PreTrainedTokenizerFast as EvilTokenizer\n")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": [None, "tokenization_evil.EvilTokenizer"]}
+    config["tokenizer_class"] = "HybridDNATokenizer"
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+def test_planted_tokenizer_code_never_runs(llamacpp, tiny_model, tmp_path):
+    planted = tmp_path / "planted"
+    shutil.copytree(tiny_model, planted)
+    marker = tmp_path / "RAN"
+    plant_tokenizer_code(planted, marker)
+    assert "LlamaForCausalLM" in llamacpp.remote_code_architectures  # the HybridDNA branch of the Llama converter
+
+    # quantize refuses before any work
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(gguf_recipe(planted, tmp_path / "out"))
+    r = run_cli("quantize", str(recipe))
+    assert r.returncode == 2 and "ships code (tokenization_evil.py" in r.stderr and "trust_remote_code" in r.stderr, r.stderr
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+    # the converter itself, run directly, is guarded too: the converter asks for trust_remote_code=True, quantkit refuses
+    with pytest.raises(ToolchainError, match="quantkit refused to run code from the model folder.*tokenization_evil"):
+        llamacpp.convert(planted, tmp_path / "x.gguf", "F16")
+    assert not marker.exists()
+
+    # with the user's opt-in the code runs (which shows the test plants a real path to execution)
+    with pytest.raises(ToolchainError):
+        llamacpp.convert(planted, tmp_path / "y.gguf", "F16", trust_remote_code=True)
+    assert marker.read_text() == "ran"

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from quantkit.engines.base import Engine, EngineJob, EngineResult
-from quantkit.errors import SchemeConstraintError
+from quantkit.errors import ModelSourceError, SchemeConstraintError
 from quantkit.toolchains.llamacpp import LlamaCpp, ToolchainError, check_tokenizer_fidelity, converted_base, require_toolchain
 
 _QUANT_SIZE = re.compile(r"quant size\s*=\s*([\d.]+) MiB \(([\d.]+) BPW\)")
@@ -46,6 +46,8 @@ class GGUFEngine(Engine):
         return "; ".join(parts)
 
     def preflight(self, output, model) -> None:
+        """Cheap refusals before any work: an architecture the converter lacks, or a model folder that
+        ships code the converter would run."""
         tc = require_toolchain()
         config = json.loads((model.path / "config.json").read_text())
         archs = config.get("architectures") or []
@@ -54,6 +56,14 @@ class GGUFEngine(Engine):
             raise SchemeConstraintError(
                 f"output '{output.name}': llama.cpp's converter ({tc.version}) does not support architecture "
                 f"{(unknown or ['(none in config.json)'])[0]}; remove the gguf output or use a model llama.cpp supports"
+            )
+        risky = [a for a in archs if a in tc.remote_code_architectures]
+        shipped = shipped_code(model.path)
+        if risky and shipped and not model.spec.trust_remote_code:
+            raise ModelSourceError(
+                f"output '{output.name}': llama.cpp's converter for {risky[0]} can load the tokenizer with "
+                f"trust_remote_code=True, and {model.path.name} ships code ({', '.join(shipped[:3])}); quantkit does not "
+                "run it: set model.trust_remote_code: true only if you trust that code"
             )
 
 
@@ -181,3 +191,16 @@ def quantize_type(tc: LlamaCpp, base: Path, target: Path, qtype: str, out, imatr
         "imatrix": imatrix is not None,
         "fallback_tensors": f"{fallback.group(1)} of {fallback.group(2)}" if fallback else None,
     }
+
+
+def shipped_code(folder: Path) -> list[str]:
+    """What in a model folder could make transformers import code: Python files and `auto_map` entries."""
+    found = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.py"))
+    for name in ("config.json", "tokenizer_config.json", "processor_config.json"):
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("auto_map"):
+            found.append(f"auto_map in {name}")
+    return found

@@ -53,7 +53,9 @@ class LlamaCppRuntime(Runtime):
             # reported per type as unavailable (their gates fail: an unmeasured metric never passes)
             return [ScoredTarget(t, self.name, [], unavailable=str(e)) for t in targets]
         b = artifact.manifest.base_model
-        resolved = ResolvedModel(ModelSpec(source=b.source), base_folder, b.kind, b.fingerprint, b.weight_bytes)
+        trusted = (artifact.manifest.recipe.get("model") or {}).get("trust_remote_code") is True  # as quantize was told
+        resolved = ResolvedModel(ModelSpec(source=b.source, trust_remote_code=trusted), base_folder, b.kind, b.fingerprint,
+                                 b.weight_bytes)
         context = settings.context
         with reporter.task("float reference for llama.cpp (F32 conversion of the base)"):
             f32 = converted_base(tc, resolved, "F32", reporter)

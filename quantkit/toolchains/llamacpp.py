@@ -9,6 +9,7 @@ converter into `~/.cache/quantkit/llama.cpp/<version>/`. See docs/decisions.md.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -135,16 +136,61 @@ class LlamaCpp:
             result[key] = float(m.group(1))
         return result
 
-    def convert(self, model_dir: Path, outfile: Path, outtype: str, model_name: str | None = None) -> subprocess.CompletedProcess:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(self.root / "gguf-py"), os.environ.get("PYTHONPATH", "")])}
-        cmd = [sys.executable, str(self.converter), str(model_dir), "--outtype", outtype.lower(), "--outfile", str(outfile)]
+    def convert(self, model_dir: Path, outfile: Path, outtype: str, model_name: str | None = None,
+                trust_remote_code: bool = False) -> subprocess.CompletedProcess:
+        """Run the converter through quantkit's guard: it cannot import code from `model_dir` unless
+        `trust_remote_code` (the converter itself passes trust_remote_code=True for some architectures)."""
+        from quantkit.toolchains import convert_guard
+
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(self.root / "gguf-py"), os.environ.get("PYTHONPATH", "")]),
+               "QUANTKIT_TRUST_REMOTE_CODE": "1" if trust_remote_code else "0"}
+        cmd = [sys.executable, convert_guard.__file__, str(self.converter), str(model_dir), "--outtype", outtype.lower(),
+               "--outfile", str(outfile)]
         if model_name:
             cmd += ["--model-name", model_name]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, errors="replace")
         if proc.returncode != 0:
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-12:])
+            log = proc.stdout + proc.stderr
+            refusal = next((line for line in log.splitlines() if convert_guard.REFUSAL_MARK in line), None)
+            if refusal:
+                raise ToolchainError(f"convert_hf_to_gguf.py on {model_dir}: {refusal.strip()}")
+            tail = "\n".join(log.strip().splitlines()[-12:])
             raise ToolchainError(f"convert_hf_to_gguf.py failed on {model_dir} (exit {proc.returncode}):\n{tail}")
         return proc
+
+    @property
+    def remote_code_architectures(self) -> frozenset[str]:
+        """Architectures whose conversion calls transformers with trust_remote_code=True (read from the
+        converter's source: classes that pass it, or call a helper of the base class that does)."""
+        return remote_code_architectures(self.root)
+
+
+@functools.lru_cache(maxsize=4)
+def remote_code_architectures(root: Path) -> frozenset[str]:
+    import ast
+
+    sources = [root / "convert_hf_to_gguf.py", *sorted((root / "conversion").glob("*.py"))]
+    trees = {p.name: ast.parse(p.read_text(encoding="utf-8", errors="replace")) for p in sources if p.is_file()}
+
+    def trusts(node) -> bool:
+        return any(isinstance(k, ast.keyword) and k.arg == "trust_remote_code" and isinstance(k.value, ast.Constant)
+                   and k.value.value is True for k in ast.walk(node))
+
+    # the shared base class's helpers that trust (`_set_vocab_qwen`, ...), called by name from model classes
+    shared = [trees[n] for n in ("base.py", "convert_hf_to_gguf.py") if n in trees]
+    helpers = {f.name for tree in shared for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and trusts(f)}
+    helpers -= {"set_vocab", "get_vocab_base", "__init__"}  # overridden everywhere: a name, not a behaviour
+    trees = list(trees.values())
+    archs: set[str] = set()
+    for tree in trees:
+        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+            calls = {c.func.attr for c in ast.walk(cls) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)}
+            if not (trusts(cls) or calls & helpers):
+                continue
+            for deco in cls.decorator_list:  # @ModelBase.register("QWenLMHeadModel", ...)
+                if isinstance(deco, ast.Call) and getattr(deco.func, "attr", "") == "register":
+                    archs |= {a.value for a in deco.args if isinstance(a, ast.Constant) and isinstance(a.value, str)}
+    return frozenset(archs)
 
 
 def toolchain_dir() -> Path:
@@ -276,7 +322,8 @@ def converted_base(tc: LlamaCpp, model, base_type: str, reporter: Reporter) -> P
     partial = target.with_suffix(f".partial-{os.getpid()}")
     try:
         with reporter.task(f"converting to GGUF {base_type} (llama.cpp convert_hf_to_gguf.py, once per model)"):
-            tc.convert(model.path, partial, base_type, model_name=Path(model.spec.source).name)
+            tc.convert(model.path, partial, base_type, model_name=Path(model.spec.source).name,
+                       trust_remote_code=model.spec.trust_remote_code)
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
