@@ -6,30 +6,38 @@ Library first: everything the `quantkit` CLI does is a function here.
     recipe = quantkit.load_recipe("recipes/smollm2-135m.yaml")
     artifacts = quantkit.quantize(recipe)
     quantkit.push("out/smollm2-135m-gguf", "oci://localhost:5000/models/smollm2:gguf", dry_run=True)
+
+Names are imported on first use, so `import quantkit` (and the CLI's start-up) stays fast.
 """
 
-from quantkit.artifact import Artifact
-from quantkit.errors import QuantkitError, RecipeError
-from quantkit.push import pull, push, verify
-from quantkit.quantize import QuantizeFailed, plan, quantize
-from quantkit.recipe import Recipe, recipe_json_schema
-from quantkit.recipe_loader import load_recipe, parse_recipe
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Artifact",
-    "QuantizeFailed",
-    "QuantkitError",
-    "Recipe",
-    "RecipeError",
-    "load_recipe",
-    "parse_recipe",
-    "plan",
-    "pull",
-    "push",
-    "quantize",
-    "recipe_json_schema",
-    "verify",
-    "__version__",
-]
+_EXPORTS = {
+    "Artifact": "quantkit.artifact",
+    "QuantkitError": "quantkit.errors",
+    "RecipeError": "quantkit.errors",
+    "QuantizeFailed": "quantkit.quantize",
+    "plan": "quantkit.quantize",
+    "quantize": "quantkit.quantize",
+    "Recipe": "quantkit.recipe",
+    "recipe_json_schema": "quantkit.recipe",
+    "load_recipe": "quantkit.recipe_loader",
+    "parse_recipe": "quantkit.recipe_loader",
+    "push": "quantkit.publishing",
+    "verify": "quantkit.publishing",
+    "pull": "quantkit.publishing",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'quantkit' has no attribute {name!r}")

@@ -14,7 +14,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("quantkit.recipe_loader", "quantkit.sources", "quantkit.toolchains"),
     ("quantkit.engines", "quantkit.runtimes", "quantkit.tasks", "quantkit.serving"),
     ("quantkit.checks", "quantkit.publish"),
-    ("quantkit.quantize", "quantkit.validate", "quantkit.serve_test", "quantkit.testing", "quantkit.push"),
+    ("quantkit.quantize", "quantkit.validate", "quantkit.serve_test", "quantkit.testing", "quantkit.publishing"),
     ("quantkit.report_html",),
     ("quantkit.cli",),
     ("quantkit",),  # the package facade

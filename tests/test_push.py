@@ -20,7 +20,7 @@ from quantkit.artifact import ATTESTATION_NAME
 from quantkit.errors import ArtifactError, QuantkitError
 from quantkit.publish.destinations import destination_for
 from quantkit.publish.provenance import AttestationError
-from quantkit.push import PushSettings, prepare, verify
+from quantkit.publishing import PushSettings, prepare, verify
 from quantkit.validate import validate
 
 TOKEN = "hf_quantkitTestTOKEN0123456789"

@@ -13,7 +13,7 @@ from oci_registry import LoopbackRegistry
 from test_push import require_registry
 
 from quantkit.publish.destinations import destination_for
-from quantkit.push import PushSettings, prepare, pull, push
+from quantkit.publishing import PushSettings, prepare, pull, push
 from quantkit.validate import validate
 
 pytestmark = pytest.mark.slow

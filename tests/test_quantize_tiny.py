@@ -210,7 +210,10 @@ def test_killed_run_leaves_no_artifact(sig, tiny_model, tmp_path):
     assert out.exists(), "the run never created its staging folder"
     proc.send_signal(sig)
     proc.wait(timeout=60)
-    assert proc.returncode != 0
+    assert proc.returncode == (-sig if sig == signal.SIGKILL else 128 + sig)
+    if sig != signal.SIGKILL:
+        err = proc.stderr.read()
+        assert f"interrupted ({signal.Signals(sig).name}); no partial artifact was left behind" in err and "Traceback" not in err
     assert not (out / "victim").exists()
     leftovers = [p.name for p in out.iterdir()]
     if sig == signal.SIGKILL:
@@ -220,3 +223,20 @@ def test_killed_run_leaves_no_artifact(sig, tiny_model, tmp_path):
         assert [p.name for p in out.iterdir()] == ["victim"]
     else:
         assert leftovers == []
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.5])
+def test_sigterm_at_any_point_of_start_up_exits_143_with_one_line(delay, tmp_path):
+    """From the first instruction of the CLI on, SIGTERM ends with exit 143 and one line, never a traceback
+    or a bare death by signal (−15), whether it lands during imports or in the command."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: a\nmodel: smollm2-135m\noutputs: [{method: fp8}]\n")
+    proc = subprocess.Popen([sys.executable, "-m", "quantkit.cli.main", "quantize", str(recipe), "-o", str(tmp_path / "out")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    err = proc.stderr.read()
+    assert proc.returncode == 143, (proc.returncode, err)
+    assert "error: interrupted (SIGTERM)" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists() or not any(p.name.startswith("smollm2") for p in (tmp_path / "out").iterdir())

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import json
-import sys
+from quantkit.cli import signals
 
-import typer
+signals.install()  # before anything slow is imported: a signal during start-up ends as cleanly as one later
 
-from quantkit.cli import cache as cache_cli
-from quantkit.cli import env as env_cli
-from quantkit.cli import push as push_cli
-from quantkit.cli import quantize as quantize_cli
-from quantkit.cli import recipes as recipes_cli
-from quantkit.cli import serve_test as serve_test_cli
-from quantkit.cli import validate as validate_cli
-from quantkit.cli.options import ArtifactArg, JsonOpt, VerboseOpt
-from quantkit.cli.output import configure, console, fail, human_bytes
+import json  # noqa: E402
+import sys  # noqa: E402
+
+import typer  # noqa: E402
+
+from quantkit.cli import cache as cache_cli  # noqa: E402
+from quantkit.cli import env as env_cli  # noqa: E402
+from quantkit.cli import push as push_cli  # noqa: E402
+from quantkit.cli import quantize as quantize_cli  # noqa: E402
+from quantkit.cli import recipes as recipes_cli  # noqa: E402
+from quantkit.cli import serve_test as serve_test_cli  # noqa: E402
+from quantkit.cli import validate as validate_cli  # noqa: E402
+from quantkit.cli.options import ArtifactArg, JsonOpt, VerboseOpt  # noqa: E402
+from quantkit.cli.output import configure, console, fail, human_bytes  # noqa: E402
 
 app = typer.Typer(
     name="quantkit",
@@ -63,12 +67,21 @@ def inspect_command(artifact: ArtifactArg, as_json: JsonOpt = False) -> None:
 def main() -> None:
     from quantkit.errors import QuantkitError
 
+    signals.started()
     try:
         app()
     except QuantkitError as e:
         fail(str(e), e.exit_code)
     except KeyboardInterrupt:
-        fail("interrupted; no partial artifact was left behind", 130)
+        interrupted()
+    except SystemExit:
+        if signals.RECEIVED:  # Typer turns a KeyboardInterrupt into a silent exit
+            interrupted()
+        raise
+
+
+def interrupted() -> None:
+    fail(f"interrupted ({signals.name()}); no partial artifact was left behind", signals.exit_code())
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 from typing import Iterator
 
@@ -91,16 +90,13 @@ def library_logs_to_stderr() -> None:
 
 @contextlib.contextmanager
 def sigterm_as_exit() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit so staging folders are removed as on Ctrl-C."""
+    """SIGTERM ends a command like Ctrl-C: staging folders are removed on the way out, exit 143
+    (quantkit.cli.signals; installed by the CLI at start-up, installed here for callers of a command)."""
+    from quantkit.cli import signals
 
-    def _handler(signum, frame):  # noqa: ARG001
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, _handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    signals.install()
+    signals.started()
+    yield
 
 
 def progress_mode(requested=None) -> str:

@@ -50,7 +50,7 @@ def push_command(
     """
     from quantkit.errors import QuantkitError
     from quantkit.publish.destinations import PushOptions
-    from quantkit.push import PushSettings, push
+    from quantkit.publishing import PushSettings, push
 
     if (repo is None) == (to is None):
         raise QuantkitError("give exactly one of --repo ORG/NAME (Hugging Face Hub) and --to oci://HOST/NAME:TAG")
@@ -105,7 +105,7 @@ def verify_command(
 ) -> None:
     """Check a pushed artifact: the attestation's signature, the sha256 of every file, no file added, and
     print its provenance. Exit 1 on any mismatch."""
-    from quantkit.push import verify
+    from quantkit.publishing import verify
 
     with sigterm_as_exit(), make_reporter(progress) as reporter:
         report = verify(source, key=key, digests_only=digests_only, reporter=reporter)
@@ -147,7 +147,7 @@ def pull_command(
     progress: ProgressOpt = None,
 ) -> None:
     """Bring a pushed artifact back as a local artifact (digests checked) that `quantkit validate` accepts."""
-    from quantkit.push import pull
+    from quantkit.publishing import pull
 
     with sigterm_as_exit(), make_reporter(progress) as reporter:
         out = pull(ref, dest, reporter=reporter)
