@@ -118,6 +118,9 @@ class Manifest(BaseModel):
     compression_ratio: float | None = None
     files: dict[str, FileRecord] = Field(default_factory=dict)
     size_bytes: int = 0
+    # sha256 of each input that decides the output (model, calibration tokens, output spec, libraries,
+    # tools) and of all of them: a re-run skips an output whose inputs are unchanged (quantize resume)
+    inputs: dict[str, str | None] = Field(default_factory=dict)
 
     @property
     def method(self) -> str:

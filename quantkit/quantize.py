@@ -14,8 +14,8 @@ from pathlib import Path
 from quantkit.artifact import Artifact, is_artifact, library_versions, utc_now, write_manifest
 from quantkit.device import accelerator_available
 from quantkit.engines import EngineJob, engine_for
-from quantkit.errors import QuantkitError, RecipeError
-from quantkit.files import check_destination, folder_size, staged_folder
+from quantkit.errors import ArtifactError, QuantkitError, RecipeError
+from quantkit.files import check_destination, folder_size, remove_stale_partials, staged_folder
 from quantkit.memory import PeakRSS
 from quantkit.progress import NullReporter, Reporter
 from quantkit.recipe import Recipe
@@ -92,8 +92,8 @@ def quantize(
     if problems:
         raise RecipeError(recipe.name, problems)
     jobs = plan(recipe, output_dir, only)
-    for _, dest in jobs:
-        check_destination(dest, force, is_artifact)
+    for _, dest in jobs:  # what is there must be ours: an artifact is compared below, anything else is refused
+        check_destination(dest, True, is_artifact)
 
     if not accelerator_available():
         reporter.log("no accelerator found: quantizing on CPU")
@@ -113,9 +113,17 @@ def quantize(
     artifacts: list[Artifact] = []
     failures: list[OutputFailure] = []
     for i, (output, dest) in enumerate(jobs, 1):
-        reporter.log(f"[{i}/{len(jobs)}] {output.name} ({output.method} {output.scheme})")
+        inputs = input_fingerprints(recipe, output, model, calibration)
+        state = output_state(dest, inputs)
+        if state.current and not force:
+            remove_stale_partials(dest)
+            reporter.log(f"[{i}/{len(jobs)}] {output.name}: up to date (inputs unchanged), kept")
+            artifacts.append(state.artifact)
+            continue
+        why = "" if state.missing else f"; {'--force' if state.current else state.reason}: redoing it"
+        reporter.log(f"[{i}/{len(jobs)}] {output.name} ({output.method} {output.scheme}){why}")
         try:
-            artifact, partial_failures = _produce(recipe, output, dest, model, calibration, force, reporter)
+            artifact, partial_failures = _produce(recipe, output, dest, model, calibration, inputs, reporter)
             artifacts.append(artifact)
             if partial_failures:
                 failures.append(OutputFailure(output.name, "; ".join(partial_failures)))
@@ -131,12 +139,91 @@ def quantize(
     return artifacts
 
 
+def input_fingerprints(recipe: Recipe, output, model: ResolvedModel, calibration: CalibrationSet | None) -> dict:
+    """sha256 of everything that decides an output, one entry per input and `all` over them."""
+    import hashlib
+    import json
+
+    def digest(obj) -> str:
+        return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+    engine = engine_for(output.method)
+    uses_cal = engine.needs_calibration(output)
+    parts = {
+        "model": digest({"fingerprint": model.fingerprint, "dtype": recipe.model.dtype}),
+        "calibration": calibration.fingerprint if (uses_cal and calibration) else None,
+        "output": digest(output.model_dump(mode="json")),
+        "libraries": digest({k: v for k, v in library_versions().items() if k != "quantkit"}),
+        "tools": digest({"quantkit": library_versions(("quantkit",)).get("quantkit"), **engine.tool_versions()}),
+    }
+    return {**parts, "all": digest(parts)}
+
+
+@dataclass
+class OutputState:
+    """Where an output stands against the inputs it would be made from now."""
+
+    missing: bool
+    current: bool
+    reason: str  # why it is not current
+    artifact: Artifact | None = None
+
+
+def output_state(dest: Path, inputs: dict) -> OutputState:
+    if not dest.exists():
+        return OutputState(True, False, "not made yet")
+    try:
+        art = Artifact.load(dest)
+    except ArtifactError as e:
+        return OutputState(False, False, f"damaged ({str(e).splitlines()[-1].strip()})")
+    recorded = art.manifest.inputs
+    if art.manifest.failures:
+        return OutputState(False, False, f"incomplete (failed: {', '.join(art.manifest.failures)})", art)
+    if not recorded:
+        return OutputState(False, False, "made by an older quantkit (no input fingerprints)", art)
+    changed = [k for k in inputs if k != "all" and recorded.get(k) != inputs[k]]
+    if changed:
+        return OutputState(False, False, f"inputs changed: {', '.join(changed)}", art)
+    return OutputState(False, True, "", art)
+
+
+def status(recipe: Recipe, output_dir: str | Path | None = None, reporter: Reporter | None = None) -> list[dict]:
+    """Each output of `recipe`: up to date, to redo (and why), or not made; and staging folders of runs
+    in progress or killed. Resolves the model and tokenizes the calibration set (their fingerprints
+    decide), loads no model weights."""
+    from quantkit.files import PARTIAL_MARK, pid_alive
+
+    reporter = reporter or NullReporter()
+    jobs = plan(recipe, output_dir)
+    model = resolve_model(recipe.model, reporter)
+    calibration = None
+    if any(engine_for(o.method).needs_calibration(o) for o, _ in jobs):
+        calibration = build_calibration(recipe.calibration, load_tokenizer(model))
+    rows = []
+    for output, dest in jobs:
+        if dest.exists() and not is_artifact(dest):
+            state = OutputState(False, False, "not a quantkit artifact: left alone; quantize refuses to replace it")
+        else:
+            state = output_state(dest, input_fingerprints(recipe, output, model, calibration))
+        staging = sorted(dest.parent.glob(f".{dest.name}{PARTIAL_MARK}*")) if dest.parent.is_dir() else []
+        runs = []
+        for p in staging:
+            pid = p.name.split(PARTIAL_MARK, 1)[1].split("-")[0]
+            runs.append({"path": str(p), "pid": int(pid) if pid.isdigit() else None,
+                         "alive": pid.isdigit() and pid_alive(int(pid))})
+        label = "up to date" if state.current else "not made" if state.missing else "to redo"
+        rows.append({"output": output.name, "path": str(dest), "state": label, "reason": state.reason,
+                     "running": [r for r in runs if r["alive"]], "stale_partials": [r for r in runs if not r["alive"]]})
+    return rows
+
+
 def _produce(
-    recipe, output, dest: Path, model: ResolvedModel, calibration: CalibrationSet | None, force: bool, reporter
+    recipe, output, dest: Path, model: ResolvedModel, calibration: CalibrationSet | None, inputs: dict, reporter
 ) -> tuple[Artifact, list[str]]:
     engine = engine_for(output.method)
     started = time.perf_counter()
-    with staged_folder(dest, force=force, replaceable=is_artifact) as staging, PeakRSS() as peak:
+    # replaces only a quantkit artifact (stale, damaged or --force); never a folder of the user's
+    with staged_folder(dest, force=True, replaceable=is_artifact) as staging, PeakRSS() as peak:
         uses_cal = engine.needs_calibration(output)
         result = engine.run(EngineJob(recipe, output, model, calibration if uses_cal else None, staging, reporter))
         total = round(time.perf_counter() - started, 3)
@@ -156,6 +243,7 @@ def _produce(
             "timings_s": {**result.timings_s, "total_s": total},
             "peak_rss_bytes": peak.read(),
             "peak_rss_method": peak.method,
+            "inputs": inputs,
         }
         manifest["compression_ratio"] = round(model.weight_bytes / max(folder_size(staging), 1), 3)
         manifest = write_manifest(staging, manifest)

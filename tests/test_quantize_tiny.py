@@ -146,8 +146,9 @@ def test_cli_quantize_table_force_and_exit_codes(tiny_model, write_recipe, tmp_p
     assert "tiny-fp8-fp8-dynamic" in r.stdout and "FP8_DYNAMIC" in r.stdout
     first = json.loads((tmp_path / "out" / "tiny-fp8-fp8-dynamic" / "quantkit.json").read_text())["created"]
 
-    r = run_cli("quantize", str(recipe))
-    assert r.returncode == 2 and "already exists; pass --force" in r.stderr
+    r = run_cli("quantize", str(recipe))  # a re-run keeps what is up to date
+    assert r.returncode == 0 and "tiny-fp8-fp8-dynamic: up to date (inputs unchanged), kept" in r.stderr, r.stderr
+    assert json.loads((tmp_path / "out" / "tiny-fp8-fp8-dynamic" / "quantkit.json").read_text())["created"] == first
 
     time.sleep(1.1)
     r = run_cli("quantize", str(recipe), "--force", "--json")

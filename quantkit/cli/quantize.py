@@ -90,3 +90,35 @@ def results_table(artifacts) -> Table:
 
 def register(app: typer.Typer) -> None:
     app.command("quantize")(quantize_command)
+    app.command("status")(status_command)
+
+
+def status_command(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    output_dir: OutputDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Where each output of RECIPE stands: up to date, to redo (which inputs changed), or not made;
+    and the staging folders of runs in progress or killed. Loads no model weights.
+
+    Example: quantkit status recipes/smollm2-135m.yaml -o out
+    """
+    from quantkit.quantize import status
+    from quantkit.recipe_loader import load_recipe
+
+    parsed = load_recipe(recipe, set_ or [])
+    with sigterm_as_exit(), make_reporter(None) as reporter:
+        rows = status(parsed, output_dir, reporter)
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table(title=f"{recipe}: {sum(r['state'] == 'up to date' for r in rows)} of {len(rows)} outputs up to date",
+                  title_justify="left")
+    for col in ("output", "state", "why", "runs"):
+        table.add_column(col)
+    for r in rows:
+        runs = [f"running (pid {x['pid']})" for x in r["running"]] + [f"killed run's staging (pid {x['pid']})"
+                                                                      for x in r["stale_partials"]]
+        table.add_row(r["output"], r["state"], r["reason"], ", ".join(runs))
+    print_table(table)

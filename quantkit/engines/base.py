@@ -56,3 +56,8 @@ class Engine(ABC):
 
     @abstractmethod
     def run(self, job: EngineJob) -> EngineResult: ...
+
+    def tool_versions(self) -> dict:
+        """Versions of tools outside the Python libraries that decide the output (llama.cpp's build);
+        part of an output's input fingerprint, so a new toolchain redoes what it made."""
+        return {}

@@ -34,6 +34,9 @@ class GGUFEngine(Engine):
     def needs_calibration(self, output) -> bool:
         return output.imatrix
 
+    def tool_versions(self) -> dict:
+        return {"llama.cpp": require_toolchain().info["llama_cpp_commit"]}
+
     def describe(self, output) -> str:
         parts = [f"convert_hf_to_gguf → {output.base_type}", f"llama-quantize {', '.join(output.types)}"]
         if output.imatrix:

@@ -1,0 +1,87 @@
+"""Resume: a re-run keeps outputs whose inputs are unchanged, redoes exactly what a changed input
+invalidates, finishes what a killed run left, and `quantkit status` says which is which."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import run_cli, tiny_recipe_text
+
+OUTPUTS = ("  - {method: rtn, name: t-rtn, scheme: W8A16}\n"  # no calibration
+           "  - {method: gptq, name: t-gptq, group_size: 64}\n")  # calibrated
+
+
+def created(out, name):
+    return json.loads((out / name / "quantkit.json").read_text())["created"]
+
+
+def test_rerun_keeps_current_outputs_and_redoes_what_an_input_change_invalidates(tiny_model, tmp_path):
+    out, recipe = tmp_path / "out", tmp_path / "r.yaml"
+    recipe.write_text(tiny_recipe_text(tiny_model, out, OUTPUTS))
+    assert run_cli("quantize", str(recipe)).returncode == 0
+    first = {n: created(out, n) for n in ("t-rtn", "t-gptq")}
+    manifest = json.loads((out / "t-gptq" / "quantkit.json").read_text())
+    assert set(manifest["inputs"]) == {"model", "calibration", "output", "libraries", "tools", "all"}
+
+    time.sleep(1.1)
+    r = run_cli("quantize", str(recipe))
+    assert r.returncode == 0 and r.stderr.count("up to date (inputs unchanged), kept") == 2, r.stderr
+    assert {n: created(out, n) for n in first} == first
+
+    r = run_cli("status", str(recipe), "--json")
+    assert r.returncode == 0, r.stderr
+    assert [row["state"] for row in json.loads(r.stdout)] == ["up to date", "up to date"]
+
+    # a calibration change invalidates only the calibrated output
+    r = run_cli("status", str(recipe), "--set", "calibration.num_samples=4", "--json")
+    rows = {row["output"]: row for row in json.loads(r.stdout)}
+    assert rows["t-rtn"]["state"] == "up to date"
+    assert rows["t-gptq"]["state"] == "to redo" and rows["t-gptq"]["reason"] == "inputs changed: calibration"
+    r = run_cli("quantize", str(recipe), "--set", "calibration.num_samples=4")
+    assert r.returncode == 0 and "t-gptq (gptq W4A16); inputs changed: calibration: redoing it" in r.stderr, r.stderr
+    assert created(out, "t-rtn") == first["t-rtn"] and created(out, "t-gptq") != first["t-gptq"]
+
+    # a damaged artifact is redone; --force redoes what is current
+    (out / "t-rtn" / "stray.py").write_text("x = 1")
+    r = run_cli("status", str(recipe), "--set", "calibration.num_samples=4", "--json")
+    assert json.loads(r.stdout)[0]["reason"].startswith("damaged")
+    assert run_cli("quantize", str(recipe), "--set", "calibration.num_samples=4").returncode == 0
+    assert not (out / "t-rtn" / "stray.py").exists()
+    r = run_cli("quantize", str(recipe), "--set", "calibration.num_samples=4", "--force")
+    assert r.returncode == 0 and r.stderr.count("--force: redoing it") == 2
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_run_killed_after_its_first_output_finishes_on_a_plain_rerun(sig, tiny_model, tmp_path):
+    out, recipe = tmp_path / "out", tmp_path / "r.yaml"
+    slow = "  - {method: rtn, name: t-rtn, scheme: W8A16}\n  - {method: awq, name: t-awq, group_size: 64, n_grid: 50}\n"
+    recipe.write_text(tiny_recipe_text(tiny_model, out, slow, num_samples=64, seq_len=256))
+    proc = subprocess.Popen([sys.executable, "-m", "quantkit.cli.main", "quantize", str(recipe)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+
+    def awq_started() -> bool:
+        return out.exists() and any(p.name.startswith(".t-awq.partial-") for p in out.iterdir())
+
+    while time.time() < deadline and not awq_started():
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    first = created(out, "t-rtn")
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert not (out / "t-awq").exists()
+
+    r = run_cli("status", str(recipe), "--json")
+    rows = {row["output"]: row for row in json.loads(r.stdout)}
+    assert rows["t-rtn"]["state"] == "up to date" and rows["t-awq"]["state"] == "not made"
+    assert bool(rows["t-awq"]["stale_partials"]) == (sig == signal.SIGKILL)  # SIGTERM cleans up on the way out
+
+    r = run_cli("quantize", str(recipe))
+    assert r.returncode == 0, r.stderr
+    assert "t-rtn: up to date" in r.stderr and created(out, "t-rtn") == first
+    assert sorted(p.name for p in out.iterdir()) == ["t-awq", "t-rtn"]  # the killed run's staging folder is gone
