@@ -16,6 +16,7 @@ from quantkit.device import accelerator_available
 from quantkit.engines import EngineJob, engine_for
 from quantkit.errors import ArtifactError, QuantkitError, RecipeError
 from quantkit.files import check_destination, folder_size, remove_stale_partials, staged_folder
+from quantkit.gates import precision_bits
 from quantkit.memory import PeakRSS
 from quantkit.progress import NullReporter, Reporter
 from quantkit.recipe import Recipe
@@ -63,6 +64,35 @@ def preflight_problems(recipe: Recipe, output_dir: str | Path | None = None) -> 
     return problems
 
 
+GGUF_BITS = {"Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_M": 5.7, "Q5_K_S": 5.5, "Q4_K_M": 4.9, "Q4_K_S": 4.6, "IQ4_XS": 4.3,
+             "Q3_K_M": 3.9, "Q2_K": 3.4, "F16": 16.0, "BF16": 16.0, "F32": 32.0}
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def estimated_bytes(output, model: ResolvedModel, dtype: str) -> int:
+    """What an output will take on disk, from the float model's size (a generous estimate: quantized
+    layers at their bits plus 10% for scales, everything else as if quantized too)."""
+    params = model.weight_bytes / DTYPE_BYTES.get(dtype, 4)
+    if output.method == "gguf":
+        bits = sum(GGUF_BITS.get(t.upper(), 8.5) for t in output.types)
+    else:
+        bits = precision_bits(output.method, output.scheme, getattr(output, "bits", None))
+    return int(params * bits / 8 * 1.1)
+
+
+def check_free_space(jobs: list, model: ResolvedModel, dtype: str, root: Path) -> None:
+    """Refuse a run whose artifacts cannot fit, before any calibration work."""
+    import shutil
+
+    need = sum(estimated_bytes(o, model, dtype) for o, dest in jobs if not is_artifact(dest))  # a resume needs the rest
+    existing = next((p for p in [root, *root.parents] if p.exists()), Path("."))
+    free = shutil.disk_usage(existing).free
+    if need > free:
+        raise QuantkitError(f"output_dir {root}: the artifacts need about {need / 1e9:.2f} GB (estimated from the model's "
+                            f"size and the schemes) and {existing} has {free / 1e9:.2f} GB free; free some space, choose "
+                            "another --output-dir, or pass --force-space if the estimate is wrong")
+
+
 def plan(recipe: Recipe, output_dir: str | Path | None = None, only: list[str] | None = None) -> list[tuple[object, Path]]:
     """The outputs that will be written and where; validates `only` against the recipe."""
     root = Path(output_dir or recipe.output_dir)
@@ -81,6 +111,7 @@ def quantize(
     force: bool = False,
     reporter: Reporter | None = None,
     keep_going: bool = True,
+    force_space: bool = False,
 ) -> list[Artifact]:
     """Produce every (or the `only`) outputs of `recipe`; returns the artifacts written.
 
@@ -100,6 +131,8 @@ def quantize(
     model = resolve_model(recipe.model, reporter)
     for output, _ in jobs:
         engine_for(output.method).preflight(output, model)
+    if not force_space:
+        check_free_space(jobs, model, recipe.model.dtype, Path(output_dir or recipe.output_dir))
 
     calibration = None
     if any(engine_for(o.method).needs_calibration(o) for o, _ in jobs):

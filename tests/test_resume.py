@@ -85,3 +85,21 @@ def test_a_run_killed_after_its_first_output_finishes_on_a_plain_rerun(sig, tiny
     assert r.returncode == 0, r.stderr
     assert "t-rtn: up to date" in r.stderr and created(out, "t-rtn") == first
     assert sorted(p.name for p in out.iterdir()) == ["t-awq", "t-rtn"]  # the killed run's staging folder is gone
+
+
+def test_a_run_that_cannot_fit_on_disk_is_refused_before_calibration(tiny_model, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    import quantkit
+    from quantkit.errors import QuantkitError
+    from quantkit.progress import NullReporter
+
+    recipe = quantkit.parse_recipe(tiny_recipe_text(tiny_model, tmp_path / "out", OUTPUTS))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**6, 10**6 - 1000, 1000))
+    reporter = NullReporter()
+    with pytest.raises(QuantkitError, match=r"the artifacts need about .* GB .* has 0.00 GB free.*--force-space"):
+        quantkit.quantize(recipe, reporter=reporter)
+    assert not any("calibration" in s for s in reporter.steps) and not (tmp_path / "out").exists()
+    assert {a.name for a in quantkit.quantize(recipe, force_space=True)} == {"t-rtn", "t-gptq"}

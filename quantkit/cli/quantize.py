@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -17,6 +18,7 @@ def quantize_command(
     output_dir: OutputDirOpt = None,
     only: OnlyOpt = None,
     force: ForceOpt = False,
+    force_space: Annotated[bool, typer.Option("--force-space", help="Start even when the estimated artifact size exceeds the free disk space.")] = False,
     progress: ProgressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -38,7 +40,8 @@ def quantize_command(
     artifacts, failed = [], None
     with sigterm_as_exit(), make_reporter(progress) as reporter:
         try:
-            artifacts = quantize(parsed, output_dir=output_dir, only=only, force=force, reporter=reporter)
+            artifacts = quantize(parsed, output_dir=output_dir, only=only, force=force, reporter=reporter,
+                                 force_space=force_space)
         except QuantizeFailed as e:
             artifacts, failed = e.artifacts, e
     if as_json:
