@@ -195,3 +195,36 @@ def test_recipes_validate_refuses_a_missing_local_model_and_calibration_file(tmp
     r = run_cli("recipes", "validate", str(recipe), timeout=60)
     assert r.returncode == 2 and "no-model" in r.stderr and "no.jsonl" in r.stderr, r.stderr
     assert Path(recipe).is_file()
+
+
+def test_broken_model_sources_are_one_line_errors(tiny_model, tmp_path):
+    import shutil
+
+    cases = {}
+    bad_json = tmp_path / "bad-json"
+    shutil.copytree(tiny_model, bad_json)
+    (bad_json / "config.json").write_text("{bad json")
+    cases[str(bad_json)] = "config.json is not valid JSON"
+    unknown = tmp_path / "unknown-type"
+    shutil.copytree(tiny_model, unknown)
+    config = json.loads((unknown / "config.json").read_text())
+    (unknown / "config.json").write_text(json.dumps({**config, "model_type": "nosuchmodel"}))
+    cases[str(unknown)] = "model_type 'nosuchmodel' is not one transformers"
+    random_gguf = tmp_path / "random.gguf"
+    random_gguf.write_bytes(bytes(range(256)) * 8)
+    cases[str(random_gguf)] = "not a GGUF model quantkit can read"
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x05" * 40)
+    cases[str(truncated)] = "not a GGUF model quantkit can read"
+    loop = tmp_path / "loop"
+    loop.mkdir()
+    (loop / "a").symlink_to(loop / "b")
+    (loop / "b").symlink_to(loop / "a")
+    cases[str(loop / "a")] = "does not exist"
+    for source, message in cases.items():
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(f"name: a\nmodel: {source}\noutputs: [{{method: rtn, scheme: W8A16}}]\n")
+        r = run_cli("quantize", str(recipe), "-o", str(tmp_path / "out"), timeout=120)
+        said = " ".join(r.stderr.split())
+        assert r.returncode == 2 and message in said and "Traceback" not in said and said.count("error:") == 1, (source, r.stderr)
+        assert not (tmp_path / "out").exists()

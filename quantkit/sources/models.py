@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -131,7 +132,13 @@ def resolve_model(spec: ModelSpec, reporter: Reporter | None = None) -> Resolved
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelSourceError(f"GGUF file not found: {path.resolve()}")
-        folder = gguf_to_float_folder(path, spec.dtype, reporter)
+        try:
+            folder = gguf_to_float_folder(path, spec.dtype, reporter)
+        except ModelSourceError:
+            raise
+        except (ValueError, OSError, KeyError, IndexError, TypeError, struct.error) as e:  # the gguf reader: "not a model"
+            detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise ModelSourceError(f"{path}: not a GGUF model quantkit can read (truncated or corrupt: {detail})") from None
         fp, size = fingerprint_folder(folder)
         return ResolvedModel(
             spec, folder, "gguf", fp, size, {"gguf_file": str(path.resolve()), "gguf_sha256": _source_sha(folder)}
@@ -149,6 +156,7 @@ def resolve_model(spec: ModelSpec, reporter: Reporter | None = None) -> Resolved
 def _resolve_local(spec: ModelSpec, path: Path, kind: str, origin: dict | None = None) -> ResolvedModel:
     if not (path / "config.json").is_file():
         raise ModelSourceError(f"{path} has no config.json: not a Hugging Face model folder")
+    check_config(path, spec)
     if not weight_files(path, spec.allow_pickle):
         pickled = weight_files(path, True)
         if pickled:
@@ -159,6 +167,27 @@ def _resolve_local(spec: ModelSpec, path: Path, kind: str, origin: dict | None =
         raise ModelSourceError(f"{path} has no *.safetensors weight files")
     fp, size = fingerprint_folder(path, spec.allow_pickle)
     return ResolvedModel(spec, path.resolve(), kind, fp, size, origin or {})
+
+
+def check_config(path: Path, spec: ModelSpec) -> dict:
+    """config.json must be a JSON object naming a model_type this transformers knows (a type it does not
+    know would need the folder's own modelling code: only with model.trust_remote_code)."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    where = path / "config.json"
+    try:
+        config = json.loads(where.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ModelSourceError(f"{where} is not valid JSON ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(config, dict):
+        raise ModelSourceError(f"{where} is not a JSON object")
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or (model_type not in CONFIG_MAPPING and not spec.trust_remote_code):
+        raise ModelSourceError(f"{where}: model_type {str(model_type)[:80]!r} is not one transformers "
+                               f"{transformers.__version__} knows; a folder with its own modelling code needs "
+                               "model.trust_remote_code: true (only if you trust that code)")
+    return config
 
 
 def _resolve_hub(spec: ModelSpec, reporter: Reporter) -> ResolvedModel:
