@@ -117,3 +117,35 @@ def staged_folder(dest: Path, force: bool = False, replaceable: Callable[[Path],
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def exclusive_outputs(dests: list[Path]) -> Iterator[None]:
+    """Hold an exclusive lock per destination for a whole run (flock on a file in the cache, keyed by
+    the absolute path: nothing is added to the user's folder); another run on one of them is refused."""
+    import fcntl
+
+    root = cache_dir() / "locks"
+    root.mkdir(parents=True, exist_ok=True)
+    held = []
+    try:
+        for dest in dests:
+            key = hashlib.sha256(str(Path(dest).resolve()).encode()).hexdigest()[:32]
+            f = open(root / f"{key}.lock", "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                owner = f.read().strip() or "?"
+                f.close()
+                raise ArtifactError(f"another quantkit run (pid {owner}) is writing {dest}; "
+                                    "wait for it to finish or stop it") from None
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            held.append(f)
+        yield
+    finally:
+        for f in held:
+            f.close()  # closing releases the lock

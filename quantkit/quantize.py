@@ -15,7 +15,7 @@ from quantkit.artifact import Artifact, is_artifact, library_versions, utc_now, 
 from quantkit.device import accelerator_available
 from quantkit.engines import EngineJob, engine_for
 from quantkit.errors import ArtifactError, QuantkitError, RecipeError
-from quantkit.files import check_destination, folder_size, remove_stale_partials, staged_folder
+from quantkit.files import check_destination, exclusive_outputs, folder_size, remove_stale_partials, staged_folder
 from quantkit.gates import precision_bits
 from quantkit.memory import PeakRSS
 from quantkit.progress import NullReporter, Reporter
@@ -125,6 +125,12 @@ def quantize(
     jobs = plan(recipe, output_dir, only)
     for _, dest in jobs:  # what is there must be ours: an artifact is compared below, anything else is refused
         check_destination(dest, True, is_artifact)
+    with exclusive_outputs([dest for _, dest in jobs]):  # a second run on the same outputs is refused now, not later
+        return _run(recipe, jobs, output_dir, force, force_space, keep_going, reporter)
+
+
+def _run(recipe: Recipe, jobs: list, output_dir, force: bool, force_space: bool, keep_going: bool,
+         reporter: Reporter) -> list[Artifact]:
 
     if not accelerator_available():
         reporter.log("no accelerator found: quantizing on CPU")

@@ -107,6 +107,18 @@ def test_errors_name_the_problem(tmp_path, tiny_tokenizer):
         )
 
 
+def test_chat_template_without_a_template_is_one_error(tiny_tokenizer):
+    import copy
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = None
+    with pytest.raises(CalibrationError, match="chat_template is true, but the model's tokenizer has no chat template"):
+        build_calibration(CalibrationSpec(num_samples=2, seq_len=32, chat_template=True), tok)
+    tok.chat_template = "{{ raise_exception('no system role') }}"
+    with pytest.raises(CalibrationError, match="chat template fails on a calibration text.*no system role"):
+        build_calibration(CalibrationSpec(num_samples=2, seq_len=32, chat_template=True), tok)
+
+
 def test_chat_template_changes_tokens(tiny_tokenizer):
     tok = tiny_tokenizer
     tok.chat_template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"

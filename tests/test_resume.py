@@ -86,6 +86,15 @@ def test_a_run_killed_after_its_first_output_finishes_on_a_plain_rerun(sig, tiny
     assert "t-rtn: up to date" in r.stderr and created(out, "t-rtn") == first
     assert sorted(p.name for p in out.iterdir()) == ["t-awq", "t-rtn"]  # the killed run's staging folder is gone
 
+    # the resumed artifacts equal an uninterrupted run's, tensor for tensor (AWQ and RTN are deterministic on CPU)
+    from safetensors.numpy import load_file
+
+    clean = tmp_path / "clean"
+    assert run_cli("quantize", str(recipe), "-o", str(clean)).returncode == 0
+    for name in ("t-rtn", "t-awq"):
+        a, b = load_file(out / name / "model.safetensors"), load_file(clean / name / "model.safetensors")
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), name
+
 
 def test_a_run_that_cannot_fit_on_disk_is_refused_before_calibration(tiny_model, tmp_path, monkeypatch):
     import shutil
@@ -103,3 +112,21 @@ def test_a_run_that_cannot_fit_on_disk_is_refused_before_calibration(tiny_model,
         quantkit.quantize(recipe, reporter=reporter)
     assert not any("calibration" in s for s in reporter.steps) and not (tmp_path / "out").exists()
     assert {a.name for a in quantkit.quantize(recipe, force_space=True)} == {"t-rtn", "t-gptq"}
+
+
+def test_a_second_run_on_the_same_outputs_is_refused_while_the_first_runs(tiny_model, tmp_path):
+    out, recipe = tmp_path / "out", tmp_path / "r.yaml"
+    recipe.write_text(tiny_recipe_text(tiny_model, out, "  - {method: awq, name: t-awq, group_size: 64, n_grid: 50}\n",
+                                       num_samples=64, seq_len=256))
+    first = subprocess.Popen([sys.executable, "-m", "quantkit.cli.main", "quantize", str(recipe)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not (out.exists() and any(p.name.startswith(".t-awq.partial-") for p in out.iterdir())):
+        assert first.poll() is None, first.stderr.read()
+        time.sleep(0.05)
+    second = run_cli("quantize", str(recipe), timeout=120)
+    assert second.returncode == 2 and f"another quantkit run (pid {first.pid}) is writing" in second.stderr, second.stderr
+    r = run_cli("status", str(recipe), "--json")
+    assert [x["pid"] for x in json.loads(r.stdout)[0]["running"]] == [first.pid]
+    first.send_signal(signal.SIGTERM)
+    first.wait(timeout=60)

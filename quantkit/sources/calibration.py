@@ -202,12 +202,19 @@ def build_calibration(spec: CalibrationSpec, tokenizer) -> CalibrationSet:
         texts = texts[:]
         random.Random(spec.shuffle_seed).shuffle(texts)
     needed = spec.num_samples * spec.seq_len
+    if spec.chat_template and not getattr(tokenizer, "chat_template", None):
+        raise CalibrationError("calibration.chat_template is true, but the model's tokenizer has no chat template; "
+                               "set it to false (plain text) or use a model that ships one")
     sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     stream: list[int] = []
     used = 0
     for text in texts:
         if spec.chat_template:
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True)
+            try:
+                ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True)
+            except Exception as e:  # jinja2's TemplateError and whatever the template raises
+                raise CalibrationError(f"the tokenizer's chat template fails on a calibration text "
+                                       f"({type(e).__name__}: {str(e)[:200]})") from None
             if isinstance(ids, dict) or hasattr(ids, "keys"):
                 ids = ids["input_ids"]
         else:
