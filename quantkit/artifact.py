@@ -25,7 +25,11 @@ MANIFEST_VERSION = 1
 # Files other tools add to an artifact after it was written (reports, the card and attestation a push
 # brings back, a hub's .gitattributes); not checksummed, and the only files the manifest may omit.
 ATTESTATION_NAME = "quantkit-provenance.intoto.json"
-ADDED_LATER = ("validation.json", "validation.md", "validation.html", "README.md", ATTESTATION_NAME, ".gitattributes")
+# absolute paths of the machine that made the artifact (the base model's folder): never in the manifest,
+# never pushed; a copy without it (pulled, moved) finds a built-in or hub base again from its source
+LOCAL_NAME = "quantkit.local.json"
+ADDED_LATER = ("validation.json", "validation.md", "validation.html", "README.md", ATTESTATION_NAME, ".gitattributes",
+               LOCAL_NAME)
 SERVE_LOGS = "serve-logs"  # vLLM server logs of the serving check, written after the manifest
 
 TRACKED_LIBRARIES = (
@@ -159,6 +163,18 @@ class Artifact:
     @property
     def method(self) -> str:
         return self.manifest.method
+
+    @property
+    def base_path(self) -> Path | None:
+        """The base model's folder on this machine: from the local side file, else (manifests of older
+        quantkit) the manifest; None when neither names one."""
+        try:
+            local = json.loads((self.path / LOCAL_NAME).read_text(encoding="utf-8"))
+            found = local.get("base_model_path") if isinstance(local, dict) else None
+        except (OSError, ValueError):
+            found = None
+        found = found or self.manifest.base_model.path
+        return Path(found) if isinstance(found, str) and found else None
 
     def targets(self) -> list[Target]:
         """The deployable models, in recipe order (GGUF: each type that was written)."""

@@ -7,11 +7,13 @@ calibration pass, so a typo or an impossible group size fails in seconds, not mi
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantkit.artifact import Artifact, is_artifact, library_versions, utc_now, write_manifest
+from quantkit.artifact import LOCAL_NAME, Artifact, is_artifact, library_versions, utc_now, write_manifest
 from quantkit.device import accelerator_available
 from quantkit.engines import EngineJob, engine_for
 from quantkit.errors import ArtifactError, QuantkitError, RecipeError
@@ -256,6 +258,31 @@ def status(recipe: Recipe, output_dir: str | Path | None = None, reporter: Repor
     return rows
 
 
+def _relative(value: str, root: Path) -> str:
+    """An absolute local path as a path relative to the output root (sources are recorded as given otherwise)."""
+    p = Path(value).expanduser()
+    return os.path.relpath(p, root.resolve()) if p.is_absolute() else value
+
+
+def _relative_sources(recipe: dict, root: Path) -> dict:
+    recipe["model"]["source"] = _relative(recipe["model"]["source"], root)
+    recipe["calibration"]["source"] = _relative(recipe["calibration"]["source"], root)
+    recipe["output_dir"] = _relative(recipe["output_dir"], root)
+    return recipe
+
+
+def _without_local_paths(recipe: Recipe, model: ResolvedModel, root: Path) -> tuple[dict, dict]:
+    """The manifest's base-model record with no absolute path, and the local side file that keeps them."""
+    entry = model.manifest_entry()
+    local = {"base_model_path": entry["path"]}
+    entry["path"] = ""
+    entry["source"] = _relative(entry["source"], root)
+    if "gguf_file" in entry["origin"]:
+        local["gguf_file"] = entry["origin"]["gguf_file"]
+        entry["origin"]["gguf_file"] = _relative(entry["origin"]["gguf_file"], root)
+    return entry, local
+
+
 def _produce(
     recipe, output, dest: Path, model: ResolvedModel, calibration: CalibrationSet | None, inputs: dict, reporter
 ) -> tuple[Artifact, list[str]]:
@@ -263,6 +290,8 @@ def _produce(
     started = time.perf_counter()
     # replaces only a quantkit artifact (stale, damaged or --force); never a folder of the user's
     with staged_folder(dest, force=True, replaceable=is_artifact) as staging, PeakRSS() as peak:
+        base_entry, local = _without_local_paths(recipe, model, dest.parent)
+        (staging / LOCAL_NAME).write_text(json.dumps(local, indent=2) + "\n")
         uses_cal = engine.needs_calibration(output)
         result = engine.run(EngineJob(recipe, output, model, calibration if uses_cal else None, staging, reporter))
         total = round(time.perf_counter() - started, 3)
@@ -273,8 +302,8 @@ def _produce(
             "output": output.model_dump(mode="json"),
             "scheme": output.scheme,
             "description": engine.describe(output),
-            "recipe": recipe.model_dump(mode="json"),
-            "base_model": model.manifest_entry(),
+            "recipe": _relative_sources(recipe.model_dump(mode="json"), dest.parent),
+            "base_model": base_entry,
             "calibration": calibration.manifest_entry() if (uses_cal and calibration) else None,
             "libraries": library_versions(),
             "engine": {"name": engine.name, **result.details},

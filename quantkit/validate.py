@@ -256,7 +256,7 @@ def _base_folder(art: Artifact) -> Path:
     from quantkit.sources.models import fingerprint_folder, resolve_model
 
     base = art.manifest.base_model
-    folder = Path(base.path) if base.path else None
+    folder = art.base_path
     if folder is None or not (folder / "config.json").is_file():
         if base.kind not in ("builtin", "hub"):
             where = f"is not at {folder} any more" if folder else f"was a {base.kind} source on another machine"

@@ -183,3 +183,28 @@ def test_an_artifact_is_closed_and_its_manifest_consistent(tmp_path):
         (dest / "quantkit.json").write_text(json.dumps(changed))
         with pytest.raises(ArtifactError, match=re.escape(problem)):
             Artifact.load(dest)
+
+
+def test_a_manifest_holds_no_absolute_path_of_this_machine(tiny_model, tmp_path):
+    """Sources as given, relative to the output root when they were absolute; the base model's folder
+    only in the local side file (which push never uploads)."""
+    from conftest import tiny_recipe_text
+
+    import quantkit
+
+    recipe = quantkit.parse_recipe(tiny_recipe_text(tiny_model, tmp_path / "out", "  - {method: rtn, name: t, scheme: W8A16}\n"))
+    [art] = quantkit.quantize(recipe)
+    text = (art.path / "quantkit.json").read_text()
+
+    def strings(v):
+        if isinstance(v, dict):
+            return [s for x in v.values() for s in strings(x)]
+        if isinstance(v, list):
+            return [s for x in v for s in strings(x)]
+        return [v] if isinstance(v, str) else []
+
+    absolute = [s for s in strings(json.loads(text)) if s.startswith("/")]
+    assert absolute == [] and str(tmp_path) not in text
+    assert art.manifest.recipe["model"]["source"] == os.path.relpath(tiny_model, tmp_path / "out")
+    assert art.base_path == tiny_model.resolve() and "quantkit.local.json" not in art.manifest.files
+    Artifact.load(art.path)  # the side file is allowed in a closed artifact

@@ -58,7 +58,7 @@ def test_float_base_tokenizer_has_the_gguf_eos(artifacts):
     out, _, _ = artifacts
     from transformers import AutoTokenizer
 
-    base = Artifact.load(out / "smollm2-135m-fp8-dynamic", verify=False).manifest.base_model.path
+    base = Artifact.load(out / "smollm2-135m-fp8-dynamic", verify=False).base_path
     tok = AutoTokenizer.from_pretrained(base)
     assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == 2
     # byte-level BPE as in the original SmolLM2 tokenizer (digits split one by one), lossless round trip
@@ -206,7 +206,7 @@ def test_stored_reference_kld_agrees_with_the_exact_lockstep_kld_within_1_percen
     base = None
     for name in EXPECTED:
         stored = validate(out / name, max_tokens=1024, domains={"code": text}, write=False).targets[0].scores[0]
-        base = base or TransformersModel(Artifact.load(out / name).manifest.base_model.path)
+        base = base or TransformersModel(Artifact.load(out / name).base_path)
         ids = base.tokenize(text)[: 1024 + 256]
         exact = score_lockstep(base, TransformersModel(out / name), ids, "code", context=512, stride=256)
         print(f"{name}: KLD stored {stored.kld_mean:.6f} exact {exact.kld_mean:.6f} "

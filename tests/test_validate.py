@@ -162,10 +162,11 @@ def test_validate_writes_reports(tiny_artifacts):
 def test_validate_refuses_a_moved_base(tiny_artifacts, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(tiny_artifacts["tiny-fp8-fp8-dynamic"], moved)
-    manifest = json.loads((moved / "quantkit.json").read_text())
-    manifest["base_model"]["path"] = str(tmp_path / "gone")
-    (moved / "quantkit.json").write_text(json.dumps(manifest))
+    (moved / "quantkit.local.json").write_text(json.dumps({"base_model_path": str(tmp_path / "gone")}))
     with pytest.raises(ArtifactError, match="not at .*gone"):
+        validate(moved, max_tokens=64)
+    (moved / "quantkit.local.json").unlink()  # a copy without the side file: a local base cannot be found again
+    with pytest.raises(ArtifactError, match="was a local source on another machine"):
         validate(moved, max_tokens=64)
 
 
@@ -174,7 +175,7 @@ def test_cli_exit_codes(tiny_artifacts, tmp_path):
     r = run_cli("validate", "--no-serve", art, "--max-tokens", "128", "--context", "64")
     assert r.returncode == 0, r.stderr
     assert "kld_mean_max" in r.stdout and "tiny-int8-w8a8" in r.stdout
-    r = run_cli("validate", "--no-serve", art, "--max-tokens", "128", "--context", "64", "--gate", "kld_mean_max=0")
+    r = run_cli("validate", "--no-serve", art, "--max-tokens", "128", "--context", "64", "--gate", "recovery_min=0.5")
     assert r.returncode == 1 and "✗" in r.stdout
     assert json.loads((tiny_artifacts["tiny-int8-w8a8"] / "validation.json").read_text())["passed"] is False
     r = run_cli("validate", str(tmp_path / "nope"))
@@ -228,7 +229,7 @@ def test_shipped_lm_eval_task_runs_offline(tiny_artifacts, tmp_path, monkeypatch
     again = validate(tiny_artifacts["tiny-fp8-fp8-dynamic"], max_tokens=64, context=64,
                      tasks=["quantkit_docstring_mc"], task_limit=20, write=False)
     # the base's task scores were computed once (cached for the second artifact of the same base); same device and dtype
-    base = Path(quantkit.Artifact.load(tiny_artifacts["tiny-int8-w8a8"]).manifest.base_model.path)
+    base = Path(quantkit.Artifact.load(tiny_artifacts["tiny-int8-w8a8"]).base_path)
     assert [Path(p) for p, _ in scored] == [base, tiny_artifacts["tiny-int8-w8a8"], tiny_artifacts["tiny-fp8-fp8-dynamic"]]
     assert all(options == (report.settings["device"], report.settings["dtype"]) for _, options in scored)
     base_acc = [next(c for c in r.targets[0].checks if c.check == "lm_eval").per_domain["quantkit_docstring_mc"]["base_acc"]

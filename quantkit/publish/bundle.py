@@ -79,8 +79,8 @@ def local_prefixes(art: Artifact) -> list[str]:
     home = os.path.expanduser("~")
     found = {str(art.path.resolve()), str(art.path.resolve().parent), str(cache_dir().resolve()), home,
              str(Path.cwd().resolve())}
-    if art.manifest.base_model.path:
-        found.add(str(Path(art.manifest.base_model.path).resolve()))
+    if art.base_path:
+        found.add(str(art.base_path.resolve()))
     # "/" itself or one-letter roots would match everything
     return sorted((p for p in found if len(p) > 1 and p != os.sep), key=len, reverse=True)
 

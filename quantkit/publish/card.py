@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 
@@ -46,7 +45,7 @@ def base_license(art: Artifact) -> str | None:
     base = art.manifest.base_model
     if base.origin.get("license"):
         return str(base.origin["license"])
-    readme = Path(base.path) / "README.md" if base.path else None
+    readme = art.base_path / "README.md" if art.base_path else None
     if readme and readme.is_file():
         from huggingface_hub import ModelCard
 
