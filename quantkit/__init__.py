@@ -13,6 +13,8 @@ Names are imported on first use, so `import quantkit` (and the CLI's start-up) s
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -41,3 +43,16 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'quantkit' has no attribute {name!r}")
+
+
+class _Facade(types.ModuleType):
+    """`quantkit.quantize` is the function even after the module of the same name is imported: the import
+    system binds a loaded submodule onto its package, which would hide the function behind it."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return  # the module stays reachable as sys.modules["quantkit.<name>"] and by `from ... import`
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Facade

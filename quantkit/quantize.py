@@ -7,6 +7,7 @@ calibration pass, so a typo or an impossible group size fails in seconds, not mi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -47,8 +48,6 @@ class QuantizeFailed(QuantkitError):
 def preflight_problems(recipe: Recipe, output_dir: str | Path | None = None) -> list[str]:
     """What can be known wrong in seconds, before any model is loaded: a local model or calibration
     file that is not there, an output folder that is a file or cannot be written."""
-    import os
-
     problems = []
     src = recipe.model.source
     looks_local = src.startswith((".", "/", "~")) or src.endswith(".gguf") or src.count("/") > 1
@@ -115,7 +114,8 @@ def quantize(
     keep_going: bool = True,
     force_space: bool = False,
 ) -> list[Artifact]:
-    """Produce every (or the `only`) outputs of `recipe`; returns the artifacts written.
+    """Produce every (or the `only`) outputs of `recipe`; returns the artifacts (written, or kept because
+    their recorded input fingerprints match: `force` redoes those too).
 
     Raises QuantkitError before any heavy work for bad input, and QuantizeFailed after the
     run if some outputs failed (the others are complete and on disk).
@@ -133,7 +133,6 @@ def quantize(
 
 def _run(recipe: Recipe, jobs: list, output_dir, force: bool, force_space: bool, keep_going: bool,
          reporter: Reporter) -> list[Artifact]:
-
     if not accelerator_available():
         reporter.log("no accelerator found: quantizing on CPU")
     model = resolve_model(recipe.model, reporter)
@@ -182,8 +181,6 @@ def _run(recipe: Recipe, jobs: list, output_dir, force: bool, force_space: bool,
 
 def input_fingerprints(recipe: Recipe, output, model: ResolvedModel, calibration: CalibrationSet | None) -> dict:
     """sha256 of everything that decides an output, one entry per input and `all` over them."""
-    import hashlib
-    import json
 
     def digest(obj) -> str:
         return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
@@ -271,7 +268,7 @@ def _relative_sources(recipe: dict, root: Path) -> dict:
     return recipe
 
 
-def _without_local_paths(recipe: Recipe, model: ResolvedModel, root: Path) -> tuple[dict, dict]:
+def _without_local_paths(model: ResolvedModel, root: Path) -> tuple[dict, dict]:
     """The manifest's base-model record with no absolute path, and the local side file that keeps them."""
     entry = model.manifest_entry()
     local = {"base_model_path": entry["path"]}
@@ -290,7 +287,7 @@ def _produce(
     started = time.perf_counter()
     # replaces only a quantkit artifact (stale, damaged or --force); never a folder of the user's
     with staged_folder(dest, force=True, replaceable=is_artifact) as staging, PeakRSS() as peak:
-        base_entry, local = _without_local_paths(recipe, model, dest.parent)
+        base_entry, local = _without_local_paths(model, dest.parent)
         (staging / LOCAL_NAME).write_text(json.dumps(local, indent=2) + "\n")
         uses_cal = engine.needs_calibration(output)
         result = engine.run(EngineJob(recipe, output, model, calibration if uses_cal else None, staging, reporter))

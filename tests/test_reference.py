@@ -96,8 +96,8 @@ def test_a_changed_input_gets_a_new_reference(fp8, tiny_model, cache, tmp_path, 
         save_file(weights, base2 / "model.safetensors", metadata={"format": "pt"})
         art2 = tmp_path / "art2"
         shutil.copytree(art, art2)
+        (art2 / "quantkit.local.json").write_text(json.dumps({"base_model_path": str(base2)}))
         manifest = json.loads((art2 / "quantkit.json").read_text())
-        manifest["base_model"]["path"] = str(base2)
         manifest["base_model"]["fingerprint"] = quantkit.sources.models.fingerprint_folder(base2)[0]
         (art2 / "quantkit.json").write_text(json.dumps(manifest))
         art = art2

@@ -130,3 +130,50 @@ def test_a_second_run_on_the_same_outputs_is_refused_while_the_first_runs(tiny_m
     assert [x["pid"] for x in json.loads(r.stdout)[0]["running"]] == [first.pid]
     first.send_signal(signal.SIGTERM)
     first.wait(timeout=60)
+
+
+def test_disk_full_while_saving_leaves_nothing_and_a_rerun_finishes(tiny_model, tmp_path, monkeypatch):
+    """ENOSPC raised while an output's files are written (simulated: CI has no small tmpfs to fill):
+    that output fails with the OS's message, its staging folder is gone, the others stand, and the
+    plain re-run makes only the missing one."""
+    import errno
+
+    import quantkit
+    from quantkit.quantize import QuantizeFailed
+
+    q = sys.modules["quantkit.quantize"]  # the module (quantkit.quantize is the function)
+
+    recipe = quantkit.parse_recipe(tiny_recipe_text(tiny_model, tmp_path / "out", OUTPUTS))
+    real = q.write_manifest
+
+    def full_disk(folder, fields):
+        if fields["name"] == "t-gptq":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(folder, fields)
+
+    monkeypatch.setattr(q, "write_manifest", full_disk)
+    with pytest.raises(QuantizeFailed, match="t-gptq: OSError: .*No space left on device"):
+        quantkit.quantize(recipe)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["t-rtn"]
+    first = created(tmp_path / "out", "t-rtn")
+    monkeypatch.setattr(q, "write_manifest", real)
+    assert {a.name for a in quantkit.quantize(recipe)} == {"t-rtn", "t-gptq"}
+    assert created(tmp_path / "out", "t-rtn") == first
+
+
+def test_a_read_only_output_folder_is_refused_before_any_work(tiny_model, tmp_path, monkeypatch):
+    """os.access decides (as root, CI's user, every folder is writable, so the answer is simulated)."""
+    import os
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(tiny_recipe_text(tiny_model, tmp_path / "out", OUTPUTS))
+    import quantkit
+    from quantkit.errors import RecipeError
+    from quantkit.quantize import preflight_problems
+
+    parsed = quantkit.load_recipe(recipe)
+    assert preflight_problems(parsed) == []
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    assert preflight_problems(parsed) == [f"output_dir: {tmp_path} is not writable"]
+    with pytest.raises(RecipeError, match="is not writable"):
+        quantkit.quantize(parsed)
