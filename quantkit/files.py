@@ -95,7 +95,7 @@ def check_destination(dest: Path, force: bool, replaceable: Callable[[Path], boo
 def staged_folder(dest: Path, force: bool = False, replaceable: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a hidden staging folder beside `dest`; move it into place only if the block succeeds.
 
-    Any exception, Ctrl-C or SystemExit (SIGTERM in the CLI) removes the staging folder, so
+    Any exception, Ctrl-C or SIGTERM (both KeyboardInterrupt in the CLI) removes the staging folder, so
     `dest` either holds a complete folder or is untouched.
     """
     dest = Path(dest)
