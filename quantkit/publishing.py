@@ -58,6 +58,7 @@ def prepare(artifact: str | Path | Artifact, destination: Destination, settings:
     art = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact, verify=False)
     report = read_validation(art)
     notes = []
+    prefixes = local_prefixes(art)
     problem = validation_problem(art, report)
     if problem:
         failed_gates = report is not None and report.get("manifest_sha256") == sha256_file(art.path / MANIFEST_NAME)
@@ -65,7 +66,7 @@ def prepare(artifact: str | Path | Artifact, destination: Destination, settings:
         flag = "--allow-failed" if failed_gates else "--allow-unvalidated"
         if not allowed:
             raise ArtifactError(f"{problem}; refusing to push it (pass {flag} to push it anyway, and the card will say so)")
-        notes.append(("FAILED VALIDATION: " if failed_gates else "NOT VALIDATED: ") + scrub_text(problem, local_prefixes(art)))
+        notes.append(("FAILED VALIDATION: " if failed_gates else "NOT VALIDATED: ") + scrub_text(problem, prefixes))
         if not failed_gates:
             report = None  # a stale report describes other files: not pushed, not quoted
     license_ = (settings.license or base_license(art) or "").lower()  # the hub's license ids are lowercase SPDX
@@ -73,8 +74,7 @@ def prepare(artifact: str | Path | Artifact, destination: Destination, settings:
         raise QuantkitError(f"--license: the license of {art.name}'s base model ({art.manifest.base_model.source}) "
                             f"is unknown; give the SPDX id it is under, e.g. --license apache-2.0")
     signer = provenance.key_id(settings.sign_key) if settings.sign_key else None  # bad keys fail before any hashing
-    bundle = Bundle(art, artifact_files(art, settings.include_logs), notes, license_)
-    prefixes = local_prefixes(art)
+    bundle = Bundle(art, artifact_files(art, settings.include_logs, prefixes), notes, license_)
     bundle.add(BundleFile.made(MANIFEST_NAME, CONFIG, pushed_manifest(art, prefixes)))
     if report is not None:
         bundle.add(BundleFile.made(VALIDATION_NAME, CONFIG, pushed_validation(report, prefixes)))

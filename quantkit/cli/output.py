@@ -9,18 +9,12 @@ from typing import Iterator
 
 from rich.console import Console
 
+from quantkit.files import human_bytes  # noqa: F401 (the CLI modules import it from here)
+
 console = Console()
 err_console = Console(stderr=True)
 
 
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 VERBOSE = False  # set once by the app callback (quantkit -v COMMAND)

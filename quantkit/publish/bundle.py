@@ -153,13 +153,12 @@ def _fmt(v) -> str:
     return "missing" if v is None else f"{v:.4g}"
 
 
-def artifact_files(art: Artifact, include_logs: bool) -> list[BundleFile]:
+def artifact_files(art: Artifact, include_logs: bool, prefixes: list[str]) -> list[BundleFile]:
     """The artifact's own files, each checked against the manifest's sha256 as it is listed."""
     art.verify()
     out = [BundleFile(rel, role_of(rel), rec.bytes, rec.sha256, source=art.path / rel)
            for rel, rec in sorted(art.manifest.files.items())]
     if include_logs and (art.path / SERVE_LOGS).is_dir():
-        prefixes = local_prefixes(art)
         for p in sorted((art.path / SERVE_LOGS).rglob("*")):
             if p.is_file():
                 text = scrub_text(p.read_text(errors="replace"), prefixes)

@@ -11,6 +11,7 @@ import yaml
 
 from quantkit.artifact import ATTESTATION_NAME, Artifact
 from quantkit.errors import QuantkitError
+from quantkit.files import human_bytes
 from quantkit.publish.bundle import LOCAL, VALIDATION_NAME, without_local_paths
 
 PROJECT_URL = "https://github.com/quantkit/quantkit"
@@ -150,15 +151,15 @@ def files_section(art: Artifact, report: dict | None) -> list[str]:
     m = art.manifest
     if m.format != "gguf":
         out = ["## Files", "", "| file | size |", "|---|---:|"]
-        out += [f"| `{rel}` | {_size(rec.bytes)} |" for rel, rec in sorted(m.files.items())]
+        out += [f"| `{rel}` | {human_bytes(rec.bytes)} |" for rel, rec in sorted(m.files.items())]
         ratio = f"; {m.compression_ratio}× smaller than the float base" if m.compression_ratio else ""
-        return out + ["", f"Total {_size(m.size_bytes)}{ratio}.", ""]
+        return out + ["", f"Total {human_bytes(m.size_bytes)}{ratio}.", ""]
     kld = {t["scheme"]: _mean_kld(t) for t in (report or {}).get("targets", [])}
     written = m.engine.get("types") or {}  # llama-quantize's own bits per weight, recorded by quantize
     out = ["## Files", "", "One GGUF file per type; pick one.", "",
            "| file | type | size | bits per weight | mean KLD to the base |", "|---|---|---:|---:|---:|"]
     for t in art.targets():
-        out.append(f"| `{t.path.name}` | {t.scheme} | {_size(t.bytes)} | {_f(written.get(t.scheme, {}).get('bpw'), 2)} | "
+        out.append(f"| `{t.path.name}` | {t.scheme} | {human_bytes(t.bytes)} | {_f(written.get(t.scheme, {}).get('bpw'), 2)} | "
                    f"{_f(kld.get(t.scheme), 5)} |")
     return out + [""]
 
@@ -168,14 +169,6 @@ def _mean_kld(target: dict) -> float | None:
         if c["check"] == "kld" and c["status"] == "measured":
             return c["metrics"].get("kld_mean")
     return None
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 def evaluation_section(report: dict | None) -> list[str]:
