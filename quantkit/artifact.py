@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from quantkit.errors import ArtifactError
-from quantkit.files import sha256_file
+from quantkit.files import sha256_files
 
 MANIFEST_NAME = "quantkit.json"
 MANIFEST_VERSION = 1
@@ -47,12 +47,14 @@ TRACKED_LIBRARIES = (
 
 
 def file_checksums(folder: Path) -> dict[str, dict]:
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder).as_posix()
-        if p.is_file() and rel != MANIFEST_NAME and rel not in ADDED_LATER and not rel.startswith(SERVE_LOGS + "/"):
-            out[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-    return out
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and _is_content(p.relative_to(folder).as_posix())]
+    return {p.relative_to(folder).as_posix(): {"sha256": digest, "bytes": p.stat().st_size}
+            for p, digest in zip(files, sha256_files(files))}
+
+
+def _is_content(rel: str) -> bool:
+    """A file the manifest lists (not the manifest itself, files added after it, or serve logs)."""
+    return rel != MANIFEST_NAME and rel not in ADDED_LATER and not rel.startswith(SERVE_LOGS + "/")
 
 
 def library_versions(names: tuple[str, ...] = TRACKED_LIBRARIES) -> dict[str, str]:
@@ -212,14 +214,19 @@ class Artifact:
         listed = set(self.manifest.files)
         for p in sorted(self.path.rglob("*")):
             rel = p.relative_to(self.path).as_posix()
-            if (p.is_file() or p.is_symlink()) and rel not in listed and rel != MANIFEST_NAME and rel not in ADDED_LATER \
-                    and not rel.startswith(SERVE_LOGS + "/"):
+            if (p.is_file() or p.is_symlink()) and rel not in listed and _is_content(rel):
                 problems.append(f"not in {MANIFEST_NAME}: {rel}")
+        to_hash = []
         for rel, info in self.manifest.files.items():
             f = self.path / rel
             if not f.is_file():
                 problems.append(f"missing: {rel}")
-            elif f.stat().st_size != info.bytes or sha256_file(f) != info.sha256:
+            elif f.stat().st_size != info.bytes:
+                problems.append(f"modified: {rel} (size differs from {MANIFEST_NAME})")
+            else:
+                to_hash.append(rel)
+        for rel, digest in zip(to_hash, sha256_files([self.path / r for r in to_hash])):
+            if digest != self.manifest.files[rel].sha256:
                 problems.append(f"modified: {rel} (checksum differs from {MANIFEST_NAME})")
         if problems:
             shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])

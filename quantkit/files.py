@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import shutil
+import threading
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
@@ -27,12 +29,93 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+HASH_CHUNK = 1 << 23
+
+
+def sha256_file(path: Path, chunk: int = HASH_CHUNK) -> str:
+    """sha256 of a file. A large file is read by a second thread while this one hashes (both release the
+    GIL), so a file not in the page cache costs max(read, hash) instead of their sum."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    with open(path, "rb", buffering=0) as f:
+        if os.fstat(f.fileno()).st_size <= 2 * chunk:
+            while block := f.read(chunk):
+                h.update(block)
+            return h.hexdigest()
+        with contextlib.suppress(AttributeError, OSError):  # a longer readahead window where the OS has one
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        blocks: queue.Queue = queue.Queue(maxsize=4)
+        stop = threading.Event()
+
+        def read() -> None:
+            try:
+                while not stop.is_set():
+                    block = f.read(chunk)
+                    while not stop.is_set():
+                        with contextlib.suppress(queue.Full):
+                            blocks.put(block, timeout=0.1)
+                            break
+                    if not block:
+                        return
+            except OSError as e:
+                blocks.put(e)
+
+        reader = threading.Thread(target=read, name="quantkit-hash-read", daemon=True)
+        reader.start()
+        try:
+            while block := blocks.get():
+                if isinstance(block, OSError):
+                    raise block
+                h.update(block)
+        finally:
+            stop.set()
+            reader.join()
     return h.hexdigest()
+
+
+def sha256_files(paths: list[Path]) -> list[str]:
+    """sha256 of several files, in parallel threads (hashlib releases the GIL): shards of a large model
+    are hashed at up to one core each."""
+    paths = list(paths)
+    workers = min(len(paths), os.cpu_count() or 1, 8)
+    if workers <= 1:
+        return [sha256_file(p) for p in paths]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="quantkit-hash") as pool:
+        return list(pool.map(sha256_file, paths))
+
+
+FILE_HASH_CACHE_VERSION = 1
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 of a file that may be hashed again later (a base model's weights, a source GGUF): recorded
+    under the cache keyed by the resolved path with the file's size, mtime (ns) and inode; any change
+    to those hashes it again. A rewrite that keeps size, mtime and inode would be missed: `touch` the
+    file, or clear `<cache>/fingerprints/files`."""
+    return cached_sha256s([path])[0]
+
+
+def cached_sha256s(paths: list[Path]) -> list[str]:
+    import json
+
+    paths = [Path(p).resolve() for p in paths]
+    records = [cache_dir() / "fingerprints" / "files" / f"{hashlib.sha256(str(p).encode()).hexdigest()[:32]}.json"
+               for p in paths]
+    keys = [[FILE_HASH_CACHE_VERSION, str(p), st.st_size, st.st_mtime_ns, st.st_ino] for p in paths for st in [p.stat()]]
+    digests: list[str | None] = []
+    for record, key in zip(records, keys):
+        try:
+            cached = json.loads(record.read_text())
+            digests.append(cached["sha256"] if cached.get("key") == key else None)
+        except (OSError, ValueError, KeyError, AttributeError):
+            digests.append(None)
+    todo = [i for i, d in enumerate(digests) if d is None]
+    for i, digest in zip(todo, sha256_files([paths[i] for i in todo])):
+        digests[i] = digest
+        records[i].parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(records[i], json.dumps({"key": keys[i], "sha256": digest}) + "\n")
+    return digests  # type: ignore[return-value]
 
 
 def human_bytes(n: int | None) -> str:

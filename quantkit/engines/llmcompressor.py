@@ -59,18 +59,57 @@ def resolved_scheme(output):
     )
 
 
-def _describe_args(args, role: str) -> str:
+# compressed-tensors' presets for the schemes a recipe can name, as plain data: describing an output
+# (`recipes validate`) then needs no compressed-tensors import, which imports torch (4.5 s here).
+# tests/test_performance.py keeps this equal to the library's presets.
+_W_GROUP = {"type": "int", "symmetric": True, "group_size": 128, "strategy": "group", "block_structure": None,
+            "dynamic": False}
+_FP8_CHANNEL = {"num_bits": 8, "type": "float", "symmetric": True, "group_size": None, "strategy": "channel",
+                "block_structure": None, "dynamic": False}
+_TOKEN_DYNAMIC = {"num_bits": 8, "symmetric": True, "group_size": None, "strategy": "token", "block_structure": None,
+                  "dynamic": True}
+SCHEME_PRESETS: dict[str, tuple[dict, dict | None]] = {
+    "W4A16": ({**_W_GROUP, "num_bits": 4}, None),
+    "W4A16_ASYM": ({**_W_GROUP, "num_bits": 4, "symmetric": False}, None),
+    "W8A16": ({**_W_GROUP, "num_bits": 8}, None),
+    "W8A8": ({**_W_GROUP, "num_bits": 8, "group_size": None, "strategy": "channel"}, {**_TOKEN_DYNAMIC, "type": "int"}),
+    "FP8_DYNAMIC": (_FP8_CHANNEL, {**_TOKEN_DYNAMIC, "type": "float"}),
+    "FP8": ({**_FP8_CHANNEL, "strategy": "tensor"}, {**_FP8_CHANNEL, "strategy": "tensor"}),
+    "FP8_BLOCK": ({**_FP8_CHANNEL, "strategy": "block", "block_structure": [128, 128]},
+                  {**_TOKEN_DYNAMIC, "type": "float", "strategy": "group", "group_size": 128}),
+}
+
+
+def scheme_summary(output) -> tuple[dict, dict | None]:
+    """What `resolved_scheme` gives for the weights and input activations (type, bits, strategy, group or
+    block, symmetry, dynamic), from the preset table and the same overrides, without compressed-tensors."""
+    weights, activations = (dict(x) if x else None for x in SCHEME_PRESETS[output.scheme])
+    bits, group_size, symmetric = (getattr(output, k, None) for k in ("bits", "group_size", "symmetric"))
+    if bits is not None:
+        weights["num_bits"] = bits
+    if group_size == "channel":
+        weights.update(strategy="channel", group_size=None)
+    elif isinstance(group_size, int):
+        weights.update(strategy="group", group_size=group_size)
+    if symmetric is not None:
+        weights["symmetric"] = symmetric
+    if getattr(output, "activations", "dynamic") == "static" and activations is not None:
+        activations.update(strategy="tensor", dynamic=False, group_size=None)
+    return weights, activations
+
+
+def _describe_args(args: dict | None, role: str) -> str:
     if args is None:
         return f"{role} unquantized"
-    kind = "fp" if str(args.type).endswith("float") else "int"
-    strategy = str(args.strategy.value if hasattr(args.strategy, "value") else args.strategy)
+    kind = "fp" if args["type"] == "float" else "int"
+    strategy = args["strategy"]
     if strategy == "group":
-        strategy = f"group {args.group_size}"
+        strategy = f"group {args['group_size']}"
     elif strategy == "block":
-        strategy = f"block {args.block_structure}"
-    sym = "sym" if args.symmetric else "asym"
-    dyn = ", dynamic" if args.dynamic else (", static" if role == "activations" else "")
-    return f"{role} {kind}{args.num_bits} {sym} per-{strategy}{dyn}"
+        strategy = f"block {args['block_structure']}"
+    sym = "sym" if args["symmetric"] else "asym"
+    dyn = ", dynamic" if args["dynamic"] else (", static" if role == "activations" else "")
+    return f"{role} {kind}{args['num_bits']} {sym} per-{strategy}{dyn}"
 
 
 def _awq_modifiers(output, groups: dict, ignore: list[str]) -> list:
@@ -145,8 +184,8 @@ class LLMCompressorEngine(Engine):
         return METHODS[output.method].algorithm(output)
 
     def describe(self, output) -> str:
-        s = resolved_scheme(output)
-        parts = [_describe_args(s.weights, "weights"), _describe_args(s.input_activations, "activations")]
+        weights, activations = scheme_summary(output)
+        parts = [_describe_args(weights, "weights"), _describe_args(activations, "activations")]
         return f"{self.algorithm(output)}; {'; '.join(parts)}; ignore {', '.join(output.ignore) or 'nothing'}"
 
 

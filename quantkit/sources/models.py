@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 
 from quantkit.errors import ModelSourceError
-from quantkit.files import atomic_write_text, cache_dir, sha256_file, staged_folder
+from quantkit.files import cache_dir, cached_sha256, cached_sha256s, sha256_file, staged_folder
 from quantkit.progress import NullReporter, Reporter
 from quantkit.recipe import ModelSpec
 
@@ -91,35 +91,21 @@ def weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
     return files
 
 
-FINGERPRINT_CACHE_VERSION = 1
-
-
 def fingerprint_folder(folder: Path, allow_pickle: bool = False) -> tuple[str, int]:
     """sha256 over config.json, the tokenizer files and the weight files (name + content hash),
     and the weights' total size. The tokenizer is part of the model: it decides every token.
 
-    The result is cached under the quantkit cache, keyed by the folder's path and each file's size,
-    mtime and inode: a 16 GB base is hashed once, not once per artifact; touching or replacing
-    any file hashes it again."""
+    Each file's hash is cached (files.cached_sha256s: keyed by path, size, mtime and inode), so a
+    16 GB base is hashed once, not once per run or artifact; touching or replacing a file hashes
+    that file again. Shards are hashed in parallel."""
     folder = Path(folder).resolve()
     side = [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
     weights = weight_files(folder, allow_pickle)
     files = [folder / "config.json", *side, *weights]
-    stats = [[p.name, st.st_size, st.st_mtime_ns, st.st_ino] for p in files for st in [p.stat()]]
-    total = sum(size for _, size, _, _ in stats[len(files) - len(weights):])  # the weight files' sizes
-    record = cache_dir() / "fingerprints" / f"{hashlib.sha256(str(folder).encode()).hexdigest()[:32]}.json"
-    try:
-        cached = json.loads(record.read_text())
-        if cached.get("version") == FINGERPRINT_CACHE_VERSION and cached.get("files") == stats:
-            return cached["fingerprint"], cached["weight_bytes"]
-    except (OSError, ValueError):
-        pass
+    total = sum(p.stat().st_size for p in weights)
     h = hashlib.sha256()
-    for p in files:
-        h.update(p.name.encode() + b"\0" + sha256_file(p).encode() + b"\n")
-    record.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(record, json.dumps({"version": FINGERPRINT_CACHE_VERSION, "folder": str(folder), "files": stats,
-                                          "fingerprint": h.hexdigest(), "weight_bytes": total}) + "\n")
+    for p, digest in zip(files, cached_sha256s(files)):
+        h.update(p.name.encode() + b"\0" + digest.encode() + b"\n")
     return h.hexdigest(), total
 
 
@@ -275,7 +261,7 @@ def _source_sha(folder: Path) -> str | None:
 def gguf_to_float_folder(gguf_path: Path, dtype: str, reporter: Reporter, expected_sha: str | None = None) -> Path:
     """Dequantize a GGUF file (through transformers + gguf) into a cached safetensors folder."""
     gguf_path = Path(gguf_path)
-    sha = expected_sha or sha256_file(gguf_path)
+    sha = expected_sha or cached_sha256(gguf_path)
     # bump the suffix when the conversion changes, so old cached folders are not reused
     dest = cache_dir() / "models" / f"{gguf_path.stem}-{sha[:12]}-{dtype}-{CONVERSION_VERSION}"
     if (dest / SOURCE_INFO).is_file():
