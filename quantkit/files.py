@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import queue
 import shutil
@@ -74,15 +75,36 @@ def sha256_file(path: Path, chunk: int = HASH_CHUNK) -> str:
 
 def sha256_files(paths: list[Path]) -> list[str]:
     """sha256 of several files, in parallel threads (hashlib releases the GIL): shards of a large model
-    are hashed at up to one core each."""
+    are hashed at up to one core each. Daemon threads, not an executor: interpreter exit (Ctrl-C) joins
+    an executor's workers and would wait for the hashing to end."""
     paths = list(paths)
     workers = min(len(paths), os.cpu_count() or 1, 8)
     if workers <= 1:
         return [sha256_file(p) for p in paths]
-    from concurrent.futures import ThreadPoolExecutor
+    digests: list[str | None] = [None] * len(paths)
+    errors: list[BaseException] = []
+    todo = iter(enumerate(paths))
+    lock = threading.Lock()
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="quantkit-hash") as pool:
-        return list(pool.map(sha256_file, paths))
+    def work() -> None:
+        while not errors:
+            with lock:
+                item = next(todo, None)
+            if item is None:
+                return
+            try:
+                digests[item[0]] = sha256_file(item[1])
+            except BaseException as e:  # noqa: BLE001 - raised in the caller's thread below
+                errors.append(e)
+
+    threads = [threading.Thread(target=work, name="quantkit-hash", daemon=True) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return digests  # type: ignore[return-value]
 
 
 FILE_HASH_CACHE_VERSION = 1
@@ -97,8 +119,6 @@ def cached_sha256(path: Path) -> str:
 
 
 def cached_sha256s(paths: list[Path]) -> list[str]:
-    import json
-
     paths = [Path(p).resolve() for p in paths]
     records = [cache_dir() / "fingerprints" / "files" / f"{hashlib.sha256(str(p).encode()).hexdigest()[:32]}.json"
                for p in paths]

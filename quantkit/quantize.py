@@ -153,8 +153,10 @@ def _run(recipe: Recipe, jobs: list, output_dir, force: bool, force_space: bool,
     artifacts: list[Artifact] = []
     failures: list[OutputFailure] = []
     for i, (output, dest) in enumerate(jobs, 1):
-        inputs = input_fingerprints(recipe, output, model, calibration)
-        state = output_state(dest, inputs)
+        # an output not made yet needs its input fingerprints only for its manifest: the base's hash then
+        # keeps running in the background while this output calibrates (sources.models.fingerprint_later)
+        inputs = input_fingerprints(recipe, output, model, calibration) if dest.exists() else None
+        state = output_state(dest, inputs) if inputs else OutputState(True, False, "not made yet")
         if state.current and not force:
             remove_stale_partials(dest)
             reporter.log(f"[{i}/{len(jobs)}] {output.name}: up to date (inputs unchanged), kept")
@@ -281,17 +283,18 @@ def _without_local_paths(model: ResolvedModel, root: Path) -> tuple[dict, dict]:
 
 
 def _produce(
-    recipe, output, dest: Path, model: ResolvedModel, calibration: CalibrationSet | None, inputs: dict, reporter
+    recipe, output, dest: Path, model: ResolvedModel, calibration: CalibrationSet | None, inputs: dict | None, reporter
 ) -> tuple[Artifact, list[str]]:
     engine = engine_for(output.method)
     started = time.perf_counter()
     # replaces only a quantkit artifact (stale, damaged or --force); never a folder of the user's
     with staged_folder(dest, force=True, replaceable=is_artifact) as staging, PeakRSS() as peak:
-        base_entry, local = _without_local_paths(model, dest.parent)
-        (staging / LOCAL_NAME).write_text(json.dumps(local, indent=2) + "\n")
         uses_cal = engine.needs_calibration(output)
         result = engine.run(EngineJob(recipe, output, model, calibration if uses_cal else None, staging, reporter))
         total = round(time.perf_counter() - started, 3)
+        inputs = inputs or input_fingerprints(recipe, output, model, calibration)
+        base_entry, local = _without_local_paths(model, dest.parent)
+        (staging / LOCAL_NAME).write_text(json.dumps(local, indent=2) + "\n")
         manifest = {
             "name": output.name,
             "created": utc_now(),

@@ -174,3 +174,35 @@ def test_scheme_table_equals_compressed_tensors(output):
 
     assert weights == as_dict(real.weights, weights)
     assert activations == as_dict(real.input_activations, activations or {})
+
+
+def test_base_hashed_while_the_output_is_made(tiny_model, tmp_path, monkeypatch):
+    """A new output does not wait for the base's fingerprint before its engine starts: the hash runs in the
+    background and is joined for the manifest (on a first run of a large base, seconds of wall time)."""
+    import shutil
+    import threading
+
+    from quantkit.engines.llmcompressor import LLMCompressorEngine
+    from quantkit.sources import models
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model, base)
+    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cache"))
+    engine_started = threading.Event()
+    waited: list[bool] = []
+    real_fingerprint, real_run = models._fingerprint, LLMCompressorEngine.run
+
+    def fingerprint_after_engine_start(paths):
+        waited.append(engine_started.wait(timeout=60))  # False: quantize joined the hash before starting the engine
+        return real_fingerprint(paths)
+
+    def run(self, job):
+        engine_started.set()
+        return real_run(self, job)
+
+    monkeypatch.setattr(models, "_fingerprint", fingerprint_after_engine_start)
+    monkeypatch.setattr(LLMCompressorEngine, "run", run)
+    [art] = quantkit.quantize(quantkit.parse_recipe(tiny_recipe_text(
+        base, tmp_path / "out", "  - {name: a, method: rtn, scheme: W4A16, group_size: 64}\n")))
+    assert waited == [True]
+    assert art.manifest.base_model.fingerprint == models.fingerprint_folder(base)[0]

@@ -7,6 +7,7 @@ from quantkit.cli import signals
 signals.install()  # before anything slow is imported: a signal during start-up ends as cleanly as one later
 
 import json  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 
 import typer  # noqa: E402
@@ -78,10 +79,23 @@ def main() -> None:
         if signals.RECEIVED:  # Typer turns a KeyboardInterrupt into a silent exit
             interrupted()
         raise
+    except BaseException:
+        if signals.RECEIVED:  # a library that wraps the KeyboardInterrupt (transformers' lazy imports: RuntimeError)
+            interrupted()
+        raise
 
 
 def interrupted() -> None:
-    fail(f"interrupted ({signals.name()}); no partial artifact was left behind", signals.exit_code())
+    """One line, then exit 128 + the signal at once. Unwinding has already removed every staging folder;
+    a normal interpreter exit could still turn into a death by SIGINT (CPython remembers a
+    KeyboardInterrupt that crossed a nested interpreter call, even once caught: seen here about once in
+    15 SIGTERMs while a background hash thread ran)."""
+    try:
+        fail(f"interrupted ({signals.name()}); no partial artifact was left behind", signals.exit_code())
+    except SystemExit as e:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(e.code if isinstance(e.code, int) else 1)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -68,9 +70,16 @@ class ResolvedModel:
     spec: ModelSpec
     path: Path
     kind: str  # builtin | local | gguf | hub
-    fingerprint: str
+    fingerprint_source: str | Future  # the digest, or its computation still running (fingerprint_later)
     weight_bytes: int
     origin: dict = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over the model's files (fingerprint_folder); waits for the background hash if it still runs."""
+        if isinstance(self.fingerprint_source, Future):
+            self.fingerprint_source = self.fingerprint_source.result()
+        return self.fingerprint_source
 
     def manifest_entry(self) -> dict:
         return {
@@ -98,15 +107,39 @@ def fingerprint_folder(folder: Path, allow_pickle: bool = False) -> tuple[str, i
     Each file's hash is cached (files.cached_sha256s: keyed by path, size, mtime and inode), so a
     16 GB base is hashed once, not once per run or artifact; touching or replacing a file hashes
     that file again. Shards are hashed in parallel."""
+    files, total = _fingerprinted_files(folder, allow_pickle)
+    return _fingerprint(files), total
+
+
+def fingerprint_later(folder: Path, allow_pickle: bool = False) -> tuple[Future, int]:
+    """fingerprint_folder with the hashing in a background thread: the weights' size now, the digest when
+    `.result()` is asked for. hashlib releases the GIL, so a base hashed for the first time costs no wall
+    time while the model loads and calibrates. A daemon thread: Ctrl-C never waits for it."""
+    files, total = _fingerprinted_files(folder, allow_pickle)
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(_fingerprint(files))
+        except BaseException as e:  # noqa: BLE001 - handed to whoever asks for the fingerprint
+            future.set_exception(e)
+
+    threading.Thread(target=run, name="quantkit-fingerprint", daemon=True).start()
+    return future, total
+
+
+def _fingerprinted_files(folder: Path, allow_pickle: bool) -> tuple[list[Path], int]:
     folder = Path(folder).resolve()
     side = [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
     weights = weight_files(folder, allow_pickle)
-    files = [folder / "config.json", *side, *weights]
-    total = sum(p.stat().st_size for p in weights)
+    return [folder / "config.json", *side, *weights], sum(p.stat().st_size for p in weights)
+
+
+def _fingerprint(files: list[Path]) -> str:
     h = hashlib.sha256()
     for p, digest in zip(files, cached_sha256s(files)):
         h.update(p.name.encode() + b"\0" + digest.encode() + b"\n")
-    return h.hexdigest(), total
+    return h.hexdigest()
 
 
 def resolve_model(spec: ModelSpec, reporter: Reporter | None = None) -> ResolvedModel:
@@ -125,7 +158,7 @@ def resolve_model(spec: ModelSpec, reporter: Reporter | None = None) -> Resolved
         except (ValueError, OSError, KeyError, IndexError, TypeError, struct.error) as e:  # the gguf reader: "not a model"
             detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             raise ModelSourceError(f"{path}: not a GGUF model quantkit can read (truncated or corrupt: {detail})") from None
-        fp, size = fingerprint_folder(folder)
+        fp, size = fingerprint_later(folder)
         return ResolvedModel(
             spec, folder, "gguf", fp, size, {"gguf_file": str(path.resolve()), "gguf_sha256": _source_sha(folder)}
         )
@@ -151,7 +184,7 @@ def _resolve_local(spec: ModelSpec, path: Path, kind: str, origin: dict | None =
                 "in the recipe if you trust them (pickle can run code)"
             )
         raise ModelSourceError(f"{path} has no *.safetensors weight files")
-    fp, size = fingerprint_folder(path, spec.allow_pickle)
+    fp, size = fingerprint_later(path, spec.allow_pickle)
     return ResolvedModel(spec, path.resolve(), kind, fp, size, origin or {})
 
 
@@ -198,7 +231,7 @@ def _resolve_hub(spec: ModelSpec, reporter: Reporter) -> ResolvedModel:
 def _resolve_builtin(spec: ModelSpec, builtin: BuiltinModel, reporter: Reporter) -> ResolvedModel:
     gguf_path = builtin_gguf_path(builtin, reporter)
     folder = gguf_to_float_folder(gguf_path, spec.dtype, reporter, expected_sha=builtin.sha256)
-    fp, size = fingerprint_folder(folder)
+    fp, size = fingerprint_later(folder)
     origin = {
         "builtin": builtin.name,
         "distribution": f"{builtin.distribution}=={builtin.version}",
