@@ -30,43 +30,53 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-HASH_CHUNK = 1 << 23
+HASH_CHUNK = 1 << 20
+HASH_BUFFERS = 4
 
 
 def sha256_file(path: Path, chunk: int = HASH_CHUNK) -> str:
     """sha256 of a file. A large file is read by a second thread while this one hashes (both release the
-    GIL), so a file not in the page cache costs max(read, hash) instead of their sum."""
+    GIL), so a file not in the page cache costs max(read, hash) instead of their sum. The two threads
+    pass a few fixed buffers back and forth (readinto, no allocation per block): a few MB per file, and
+    no heap growth that glibc would keep after the hash."""
     h = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
         if os.fstat(f.fileno()).st_size <= 2 * chunk:
-            while block := f.read(chunk):
-                h.update(block)
+            view = memoryview(bytearray(chunk))
+            while n := f.readinto(view):
+                h.update(view[:n])
             return h.hexdigest()
         with contextlib.suppress(AttributeError, OSError):  # a longer readahead window where the OS has one
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        blocks: queue.Queue = queue.Queue(maxsize=4)
+        empty: queue.Queue = queue.Queue()
+        filled: queue.Queue = queue.Queue()
+        for _ in range(HASH_BUFFERS):
+            empty.put(memoryview(bytearray(chunk)))
         stop = threading.Event()
 
         def read() -> None:
             try:
                 while not stop.is_set():
-                    block = f.read(chunk)
-                    while not stop.is_set():
-                        with contextlib.suppress(queue.Full):
-                            blocks.put(block, timeout=0.1)
-                            break
-                    if not block:
-                        return
+                    with contextlib.suppress(queue.Empty):
+                        buf = empty.get(timeout=0.1)
+                        n = f.readinto(buf)
+                        filled.put((buf, n))
+                        if not n:
+                            return
             except OSError as e:
-                blocks.put(e)
+                filled.put((e, 0))
 
         reader = threading.Thread(target=read, name="quantkit-hash-read", daemon=True)
         reader.start()
         try:
-            while block := blocks.get():
-                if isinstance(block, OSError):
-                    raise block
-                h.update(block)
+            while True:
+                buf, n = filled.get()
+                if isinstance(buf, OSError):
+                    raise buf
+                if not n:
+                    break
+                h.update(buf[:n])
+                empty.put(buf)
         finally:
             stop.set()
             reader.join()
