@@ -206,10 +206,12 @@ class Artifact:
             art.verify()
         return art
 
-    def verify(self) -> None:
+    def verify(self, digests: dict[str, str] | None = None) -> None:
         """Raise ArtifactError naming every file that is missing or differs from the manifest, every file
         the manifest does not list (an artifact is closed: a planted `modeling_x.py` or `*.bin` is
-        refused), and a manifest that contradicts itself."""
+        refused), and a manifest that contradicts itself. `digests`: sha256 already computed in this
+        process for some files (relative path -> hex), so they are not read a second time."""
+        digests = digests or {}
         problems = self.manifest_problems()
         listed = set(self.manifest.files)
         for p in sorted(self.path.rglob("*")):
@@ -223,10 +225,11 @@ class Artifact:
                 problems.append(f"missing: {rel}")
             elif f.stat().st_size != info.bytes:
                 problems.append(f"modified: {rel} (size differs from {MANIFEST_NAME})")
-            else:
+            elif rel not in digests:
                 to_hash.append(rel)
-        for rel, digest in zip(to_hash, sha256_files([self.path / r for r in to_hash])):
-            if digest != self.manifest.files[rel].sha256:
+        hashed = dict(zip(to_hash, sha256_files([self.path / r for r in to_hash])))
+        for rel, digest in {**digests, **hashed}.items():
+            if rel in self.manifest.files and digest != self.manifest.files[rel].sha256:
                 problems.append(f"modified: {rel} (checksum differs from {MANIFEST_NAME})")
         if problems:
             shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])

@@ -133,14 +133,26 @@ def quantize(
 
 def _run(recipe: Recipe, jobs: list, output_dir, force: bool, force_space: bool, keep_going: bool,
          reporter: Reporter) -> list[Artifact]:
-    if not accelerator_available():
+    if any(engine_for(o.method).in_process_torch for o, _ in jobs) and not accelerator_available():
         reporter.log("no accelerator found: quantizing on CPU")
     model = resolve_model(recipe.model, reporter)
     for output, _ in jobs:
         engine_for(output.method).preflight(output, model)
     if not force_space:
         check_free_space(jobs, model, recipe.model.dtype, Path(output_dir or recipe.output_dir))
+    engines = {engine_for(o.method) for o, _ in jobs}
+    try:
+        for output, dest in jobs:
+            if force or not dest.exists():  # an existing output may be kept: nothing to start for it yet
+                engine_for(output.method).start(output, model)
+        return _make(recipe, jobs, model, force, keep_going, reporter)
+    finally:
+        for engine in engines:
+            engine.abandon()
 
+
+def _make(recipe: Recipe, jobs: list, model: ResolvedModel, force: bool, keep_going: bool,
+          reporter: Reporter) -> list[Artifact]:
     calibration = None
     if any(engine_for(o.method).needs_calibration(o) for o, _ in jobs):
         with reporter.task(f"tokenizing calibration set {recipe.calibration.source}"):

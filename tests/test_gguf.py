@@ -205,3 +205,38 @@ def test_planted_tokenizer_code_never_runs(llamacpp, tiny_model, tmp_path):
     with pytest.raises(ToolchainError):
         llamacpp.convert(planted, tmp_path / "y.gguf", "F16", trust_remote_code=True)
     assert marker.read_text() == "ran"
+
+
+def test_a_gguf_only_recipe_imports_no_llm_compressor(llamacpp, smol_tokenizer_llama, tmp_path):
+    """llama.cpp runs in its own processes: a recipe of GGUF outputs alone skips llm-compressor's import
+    (5 s here, more than the whole quantization of a small model), and still quantizes."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(gguf_recipe(smol_tokenizer_llama, tmp_path / "out", "[Q8_0]", ", imatrix: false"))
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "quantkit.cli.main", "quantize", str(recipe),
+                        "--progress", "plain"], capture_output=True, text=True, timeout=600)
+    imported = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "quantkit.quantize" in imported and "llmcompressor" not in imported and "compressed_tensors" not in imported
+    assert (tmp_path / "out" / "g" / "g-Q8_0.gguf").is_file()
+
+
+def test_a_run_failing_after_the_conversion_started_leaves_no_converter_or_partial_file(llamacpp, smol_tokenizer_llama,
+                                                                                         tmp_path):
+    """The F16 conversion starts before the calibration set is read; a calibration file that turns out
+    broken ends the run with its one-line error, the converter stopped and no half-written GGUF in the cache."""
+    import psutil
+
+    bad = tmp_path / "cal.jsonl"
+    bad.write_text('{"text": "one"}\n{"text": "two"}\nnot json\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(gguf_recipe(smol_tokenizer_llama, tmp_path / "out", "[Q8_0]").replace("'builtin:mixed'", f"'{bad}'"))
+    cache = tmp_path / "cache"
+    r = run_cli("quantize", str(recipe), env={"QUANTKIT_CACHE": str(cache), "QUANTKIT_LLAMA_CPP": str(llamacpp.root)})
+    assert r.returncode == 2 and "cal.jsonl:3: not valid JSON" in " ".join(r.stderr.split()), r.stderr
+    assert list(cache.rglob("*.partial-*")) == []
+    alive = [p for p in psutil.process_iter(["cmdline"]) if str(cache) in " ".join(p.info["cmdline"] or [])]
+    assert alive == [], [p.info["cmdline"] for p in alive]
+    assert not (tmp_path / "out" / "g").exists()

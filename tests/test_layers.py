@@ -8,7 +8,8 @@ from conftest import REPO
 
 # lowest first; a module may import its own floor and the ones below
 LAYERS: list[tuple[str, ...]] = [
-    ("quantkit.errors", "quantkit.files", "quantkit.cache_store", "quantkit.device", "quantkit.progress", "quantkit.memory"),
+    ("quantkit.errors", "quantkit.files", "quantkit.cache_store", "quantkit.device", "quantkit.progress", "quantkit.memory",
+     "quantkit.background"),
     ("quantkit.gates",),
     ("quantkit.recipe", "quantkit.artifact"),
     ("quantkit.recipe_loader", "quantkit.sources", "quantkit.toolchains"),

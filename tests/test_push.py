@@ -210,7 +210,7 @@ def test_create_pr_and_revision_reach_the_hub(artifact):
 # ------------------------------------------------------------------ the attestation
 
 
-def test_verify_catches_tampering_of_files_statement_and_key(artifact, keys, tmp_path):
+def test_verify_catches_tampering_of_files_statement_and_key(artifact, keys, tmp_path, monkeypatch):
     with HubStandIn() as hub:
         r = run_cli("push", str(artifact), "--repo", "me/tiny", "--license", "mit", "--sign-key", str(keys[0]), env=hub_env(hub))
         assert r.returncode == 0, r.stderr
@@ -234,6 +234,15 @@ def test_verify_catches_tampering_of_files_statement_and_key(artifact, keys, tmp
     with pytest.raises(QuantkitError, match="--key"):
         verify(pushed)
     assert verify(pushed, digests_only=True).key_id is None
+    from collections import Counter
+
+    from quantkit import files
+
+    reads, real_sha256 = Counter(), files.sha256_file
+    monkeypatch.setattr(files, "sha256_file", lambda p, *a, **k: reads.update([Path(p).name]) or real_sha256(p, *a, **k))
+    verify(pushed, digests_only=True)
+    assert reads and max(reads.values()) == 1, f"a file was hashed twice: {reads}"  # attestation and manifest share it
+    monkeypatch.undo()
 
     envelope = json.loads((pushed / ATTESTATION_NAME).read_text())
     statement = json.loads(base64.b64decode(envelope["payload"]))

@@ -32,11 +32,13 @@ def quantize_command(
 
       quantkit quantize recipes/smollm2-135m.yaml --set calibration.num_samples=16 -o /tmp/out
     """
+    from quantkit.engines import engine_for
     from quantkit.quantize import QuantizeFailed, quantize
     from quantkit.recipe_loader import load_recipe
 
     parsed = load_recipe(recipe, set_ or [])
-    library_logs_to_stderr()
+    if any(engine_for(o.method).in_process_torch for o in parsed.outputs):
+        library_logs_to_stderr()  # imports llm-compressor: only for a recipe that will run it
     artifacts, failed = [], None
     with sigterm_as_exit(), make_reporter(progress) as reporter:
         try:

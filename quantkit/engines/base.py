@@ -42,6 +42,9 @@ class Engine(ABC):
 
     name: str
     methods: tuple[str, ...]  # the recipe `method` values it produces
+    # runs torch and llm-compressor in this process: a recipe without such an output skips their
+    # import (5 s) and the accelerator probe
+    in_process_torch: bool = True
 
     @abstractmethod
     def needs_calibration(self, output) -> bool: ...
@@ -53,6 +56,15 @@ class Engine(ABC):
     @abstractmethod
     def preflight(self, output, model: "ResolvedModel") -> None:
         """Check the output against the model's shapes before any heavy work; raise SchemeConstraintError."""
+
+    def start(self, output, model: "ResolvedModel") -> None:
+        """Begin, in the background, work that needs only the model (not the calibration set) for an output
+        about to be made; `run` takes it over. Called before the calibration set is tokenized."""
+        return None
+
+    def abandon(self) -> None:
+        """Stop and forget background work `run` did not take over (the run failed or was interrupted)."""
+        return None
 
     @abstractmethod
     def run(self, job: EngineJob) -> EngineResult: ...

@@ -13,11 +13,21 @@ import re
 import shutil
 import subprocess
 import time
+from concurrent.futures import Future, wait
 from pathlib import Path
 
+from quantkit.background import in_background
 from quantkit.engines.base import Engine, EngineJob, EngineResult
 from quantkit.errors import ModelSourceError, SchemeConstraintError
-from quantkit.toolchains.llamacpp import LlamaCpp, ToolchainError, check_tokenizer_fidelity, converted_base, require_toolchain
+from quantkit.progress import NullReporter
+from quantkit.toolchains.llamacpp import (
+    LlamaCpp,
+    ToolchainError,
+    check_tokenizer_fidelity,
+    converted_base,
+    require_toolchain,
+    stop_converters,
+)
 
 _QUANT_SIZE = re.compile(r"quant size\s*=\s*([\d.]+) MiB \(([\d.]+) BPW\)")
 _FALLBACK = re.compile(r"(\d+) of (\d+) tensor\(s\) required fallback quantization")
@@ -30,6 +40,7 @@ def threads() -> int:
 class GGUFEngine(Engine):
     name = "llama.cpp"
     methods = ("gguf",)
+    in_process_torch = False  # llama.cpp's converter imports torch in its own process
 
     def needs_calibration(self, output) -> bool:
         return output.imatrix
@@ -72,24 +83,47 @@ class GGUFEngine(Engine):
 
     # ------------------------------------------------------------------ run
 
+    def __init__(self) -> None:
+        self._conversions: dict[tuple[str, str], Future] = {}
+
+    def start(self, output, model) -> None:
+        # the converter runs in its own process: it overlaps the import of transformers and the
+        # tokenization of the calibration set in this one
+        key = (str(model.path), output.base_type)
+        if key not in self._conversions:
+            self._conversions[key] = in_background(converted_base, require_toolchain(), model, output.base_type,
+                                                   NullReporter(), name="quantkit-gguf-convert")
+
+    def abandon(self) -> None:
+        if self._conversions:
+            stop_converters()
+            wait(list(self._conversions.values()), timeout=60)
+            self._conversions.clear()
+
     def run(self, job: EngineJob) -> EngineResult:
         out, rep, staging = job.output, job.reporter, job.staging_dir
         tc = require_toolchain()
         timings: dict[str, float] = {}
 
-        t0 = time.perf_counter()
-        base = converted_base(tc, job.model, out.base_type, rep)
-        timings["convert_s"] = round(time.perf_counter() - t0, 3)
         from quantkit.sources.models import load_tokenizer
 
-        check_tokenizer_fidelity(tc, base, load_tokenizer(job.model))
+        t0 = time.perf_counter()
+        started = self._conversions.pop((str(job.model.path), out.base_type), None)
+        tokenizer = load_tokenizer(job.model)  # while a conversion started early still runs
+        if started is not None:
+            with rep.task(f"converting to GGUF {out.base_type} (llama.cpp convert_hf_to_gguf.py, started before calibration)"):
+                base = started.result()
+        else:
+            base = converted_base(tc, job.model, out.base_type, rep)
+        timings["convert_s"] = round(time.perf_counter() - t0, 3)
+        check_tokenizer_fidelity(tc, base, tokenizer)
 
         imatrix_info = None
         imatrix_path = None
         if out.imatrix:
             t0 = time.perf_counter()
             imatrix_path = staging / "imatrix.gguf"
-            imatrix_info = compute_imatrix(tc, base, job, imatrix_path)
+            imatrix_info = compute_imatrix(tc, base, job, imatrix_path, tokenizer)
             timings["imatrix_s"] = round(time.perf_counter() - t0, 3)
 
         types: dict[str, dict] = {}
@@ -123,12 +157,9 @@ class GGUFEngine(Engine):
         )
 
 
-def compute_imatrix(tc: LlamaCpp, base: Path, job: EngineJob, target: Path) -> dict:
-    from quantkit.sources.models import load_tokenizer
-
+def compute_imatrix(tc: LlamaCpp, base: Path, job: EngineJob, target: Path, tok) -> dict:
     cal = job.calibration
     assert cal is not None
-    tok = load_tokenizer(job.model)
     # llama-imatrix reads text: the calibration tokens, decoded; it re-tokenizes them identically
     # (tokenizer fidelity is checked above) and cuts them into the same seq_len chunks
     text_path = target.parent / "imatrix-calibration.txt"

@@ -15,13 +15,13 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import zipfile
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from quantkit.background import in_background
 from quantkit.errors import ModelSourceError
 from quantkit.files import cache_dir, cached_sha256, cached_sha256s, sha256_file, staged_folder
 from quantkit.progress import NullReporter, Reporter
@@ -114,18 +114,9 @@ def fingerprint_folder(folder: Path, allow_pickle: bool = False) -> tuple[str, i
 def fingerprint_later(folder: Path, allow_pickle: bool = False) -> tuple[Future, int]:
     """fingerprint_folder with the hashing in a background thread: the weights' size now, the digest when
     `.result()` is asked for. hashlib releases the GIL, so a base hashed for the first time costs no wall
-    time while the model loads and calibrates. A daemon thread: Ctrl-C never waits for it."""
+    time while the model loads and calibrates."""
     files, total = _fingerprinted_files(folder, allow_pickle)
-    future: Future = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(_fingerprint(files))
-        except BaseException as e:  # noqa: BLE001 - handed to whoever asks for the fingerprint
-            future.set_exception(e)
-
-    threading.Thread(target=run, name="quantkit-fingerprint", daemon=True).start()
-    return future, total
+    return in_background(_fingerprint, files, name="quantkit-fingerprint"), total
 
 
 def _fingerprinted_files(folder: Path, allow_pickle: bool) -> tuple[list[Path], int]:

@@ -10,6 +10,7 @@ converter into `~/.cache/quantkit/llama.cpp/<version>/`. See docs/decisions.md.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import re
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantkit.errors import QuantkitError
-from quantkit.files import cache_dir, sha256_file, staged_folder
+from quantkit.files import atomic_write_text, cache_dir, sha256_file, staged_folder
 from quantkit.progress import NullReporter, Reporter
 
 SDIST_NAME = "llama-cpp-python"
@@ -148,7 +149,14 @@ class LlamaCpp:
                "--outfile", str(outfile)]
         if model_name:
             cmd += ["--model-name", model_name]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, errors="replace")
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                              errors="replace") as child:
+            _CONVERTERS.add(child)
+            try:
+                stdout, stderr = child.communicate()
+            finally:
+                _CONVERTERS.discard(child)
+        proc = subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr)
         if proc.returncode != 0:
             log = proc.stdout + proc.stderr
             refusal = next((line for line in log.splitlines() if convert_guard.REFUSAL_MARK in line), None)
@@ -165,12 +173,42 @@ class LlamaCpp:
         return remote_code_architectures(self.root)
 
 
+_CONVERTERS: set[subprocess.Popen] = set()  # converter processes running now, from any thread
+
+
+def stop_converters() -> None:
+    """Terminate every converter this process started that is still running (a conversion begun in the
+    background for a run that then failed); their partial files are removed by converted_base."""
+    for child in list(_CONVERTERS):
+        child.terminate()
+
+
+def _converter_sources(root: Path) -> list[Path]:
+    return [p for p in [root / "convert_hf_to_gguf.py", *sorted((root / "conversion").glob("*.py"))] if p.is_file()]
+
+
 @functools.lru_cache(maxsize=4)
 def remote_code_architectures(root: Path) -> frozenset[str]:
+    """The AST scan takes about a second; its result is kept in the cache, keyed by the converter
+    sources' paths, sizes and mtimes (a rebuilt or edited converter is scanned again)."""
+    key = [[str(p), st.st_size, st.st_mtime_ns] for p in _converter_sources(root) for st in [p.stat()]]
+    record = cache_dir() / "llama.cpp-scans" / f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:32]}.json"
+    try:
+        cached = json.loads(record.read_text())
+        if cached.get("key") == key:
+            return frozenset(cached["remote_code_architectures"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    archs = _scan_remote_code_architectures(root)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record, json.dumps({"key": key, "remote_code_architectures": sorted(archs)}) + "\n")
+    return archs
+
+
+def _scan_remote_code_architectures(root: Path) -> frozenset[str]:
     import ast
 
-    sources = [root / "convert_hf_to_gguf.py", *sorted((root / "conversion").glob("*.py"))]
-    trees = {p.name: ast.parse(p.read_text(encoding="utf-8", errors="replace")) for p in sources if p.is_file()}
+    trees = {p.name: ast.parse(p.read_text(encoding="utf-8", errors="replace")) for p in _converter_sources(root)}
 
     def trusts(node) -> bool:
         return any(isinstance(k, ast.keyword) and k.arg == "trust_remote_code" and isinstance(k.value, ast.Constant)
