@@ -107,18 +107,23 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--eval-tokens", type=int, default=2048, help="held-out tokens per domain for the KLD")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("--report-only", action="store_true", help="redraw the table and plot from OUT/calibration_sweep.json")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     raw = args.out / "calibration_sweep.json"
+    if args.report_only:
+        rows = json.loads(raw.read_text())["rows"]
+    # sizes outermost: a sweep cut short still has every method at the smaller sizes
+    points = [] if args.report_only else [(m.strip(), int(n)) for n in args.samples.split(",") for m in args.methods.split(",")]
     with tempfile.TemporaryDirectory(prefix="sweep-") as tmp:
-        for method in args.methods.split(","):
-            for samples in (int(s) for s in args.samples.split(",")):
-                rows.append(point(method.strip(), samples, args, Path(tmp)))
-                r = rows[-1]
-                print(f"{r['method']} {r['samples']:4d} samples: wall {r['wall_s']:7.1f} s, oneshot {r['quantize_s']:7.1f} s, "
-                      f"KLD {r['kld_mean']:.4f}, ppl {r['ppl_increase']:+.2%}", flush=True)
-                raw.write_text(json.dumps({"seq_len": args.seq_len, "model": args.model, "rows": rows}, indent=2) + "\n")
+        for method, samples in points:
+            rows.append(point(method, samples, args, Path(tmp)))
+            r = rows[-1]
+            print(f"{r['method']} {r['samples']:4d} samples: wall {r['wall_s']:7.1f} s, oneshot {r['quantize_s']:7.1f} s, "
+                  f"KLD {r['kld_mean']:.4f}, ppl {r['ppl_increase']:+.2%}", flush=True)
+            raw.write_text(json.dumps({"seq_len": args.seq_len, "model": args.model, "rows": rows}, indent=2) + "\n")
+    rows.sort(key=lambda r: (r["method"], r["samples"]))
     print(table(rows, args.seq_len))
     (args.out / "calibration_sweep.md").write_text(table(rows, args.seq_len) + "\n")
     plot(rows, args.out / "calibration_sweep.png",

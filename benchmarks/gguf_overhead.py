@@ -48,10 +48,10 @@ def by_hand(tc, model_dir: Path, text: Path, work: Path, types: list[str], seq_l
                         qtype, str(threads)], check=True, capture_output=True)
 
 
-def run_quantkit(recipe: Path, out: Path, f16_cache: list[Path]) -> None:
+def run_quantkit(recipe: Path, out: Path, f16_cache: list[Path], src: Path = REPO) -> None:
     for p in f16_cache:
         p.unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(src)}
     proc = subprocess.run([sys.executable, "-m", "quantkit.cli.main", "quantize", str(recipe), "-o", str(out),
                            "--progress", "none"], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--rev", help="also run quantkit at this git revision (a temporary worktree): before/after")
     args = ap.parse_args()
 
     import quantkit
@@ -87,29 +88,40 @@ def main() -> None:
     f16_cache = sorted(set(f16_cache) | {cache_dir() / "gguf" / f"{model.fingerprint[:16]}-F16-{commit}.gguf"})
     print(f"llama.cpp {commit}, {threads()} threads; {args.samples} x {args.seq_len} calibration tokens; types {types}")
 
-    walls: dict[str, list[float]] = {"by hand": [], "quantkit": []}
+    variants = ["by hand", "quantkit"] + ([f"quantkit@{args.rev}"] if args.rev else [])
+    walls: dict[str, list[float]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="gguf-bench-") as tmp:
         tmp = Path(tmp)
+        sources = {"quantkit": REPO}
+        if args.rev:
+            sources[variants[-1]] = tmp / "rev"
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-f", str(tmp / "rev"), args.rev],
+                           check=True, capture_output=True)
         (tmp / "recipe.yaml").write_text(recipe_text)
         text = tmp / "calibration.txt"  # what a user would have prepared: the same tokens as text
         text.write_text("".join(tok.decode(ids) for ids in cal.input_ids), encoding="utf-8")
-        for r in range(args.rounds):
-            for variant in (("by hand", "quantkit") if r % 2 == 0 else ("quantkit", "by hand")):
-                with tempfile.TemporaryDirectory(dir=tmp) as work:
-                    t = time.perf_counter()
-                    if variant == "by hand":
-                        by_hand(tc, model.path, text, Path(work), types, args.seq_len, len(cal.input_ids), threads())
-                    else:
-                        run_quantkit(tmp / "recipe.yaml", Path(work) / "out", f16_cache)
-                    walls[variant].append(time.perf_counter() - t)
-                print(f"round {r + 1} {variant:8s} {walls[variant][-1]:7.2f} s", flush=True)
+        try:
+            for r in range(args.rounds):
+                for variant in (variants if r % 2 == 0 else variants[::-1]):
+                    with tempfile.TemporaryDirectory(dir=tmp) as work:
+                        t = time.perf_counter()
+                        if variant == "by hand":
+                            by_hand(tc, model.path, text, Path(work), types, args.seq_len, len(cal.input_ids), threads())
+                        else:
+                            run_quantkit(tmp / "recipe.yaml", Path(work) / "out", f16_cache, sources[variant])
+                        walls[variant].append(time.perf_counter() - t)
+                    print(f"round {r + 1} {variant:18s} {walls[variant][-1]:7.2f} s", flush=True)
+        finally:
+            if args.rev:
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tmp / "rev")], capture_output=True)
     med = {k: statistics.median(v) for k, v in walls.items()}
     for k, v in walls.items():
-        print(f"{k:8s} median {med[k]:7.2f} s ({min(v):.2f}-{max(v):.2f})")
-    ratio = med["quantkit"] / med["by hand"]
-    print(f"ratio quantkit / by hand: {ratio:.3f}")
+        print(f"{k:18s} median {med[k]:7.2f} s ({min(v):.2f}-{max(v):.2f})")
+    ratios = {k: round(med[k] / med["by hand"], 3) for k in variants[1:]}
+    for k, ratio in ratios.items():
+        print(f"ratio {k} / by hand: {ratio:.3f}")
     if args.json:
-        args.json.write_text(json.dumps({"config": vars(args) | {"json": None}, "walls_s": walls, "ratio": round(ratio, 3)},
+        args.json.write_text(json.dumps({"config": vars(args) | {"json": None}, "walls_s": walls, "ratios": ratios},
                                         indent=2, default=str) + "\n")
 
 
