@@ -28,12 +28,8 @@ _TQDM_MODULES = (
 CANDIDATE_GROUP_SIZES = (16, 32, 64, 128, 256)
 
 
-def resolved_scheme(output):
-    """The compressed-tensors QuantizationScheme for an output: its preset plus explicit overrides."""
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme, preset_name_to_scheme
-
-    scheme = preset_name_to_scheme(output.scheme, list(output.targets))
-    weights = scheme.weights.model_dump()
+def _with_weight_overrides(weights: dict, output) -> dict:
+    """A preset's weight arguments with the output's explicit bits, group size and symmetry."""
     bits, group_size, symmetric = (getattr(output, k, None) for k in ("bits", "group_size", "symmetric"))
     if bits is not None:
         weights["num_bits"] = bits
@@ -43,6 +39,15 @@ def resolved_scheme(output):
         weights.update(strategy="group", group_size=group_size)
     if symmetric is not None:
         weights["symmetric"] = symmetric
+    return weights
+
+
+def resolved_scheme(output):
+    """The compressed-tensors QuantizationScheme for an output: its preset plus explicit overrides."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme, preset_name_to_scheme
+
+    scheme = preset_name_to_scheme(output.scheme, list(output.targets))
+    weights = _with_weight_overrides(scheme.weights.model_dump(), output)
     activations = scheme.input_activations
     if getattr(output, "activations", "dynamic") == "static" and activations is not None:
         # one scale per tensor, observed on the calibration set (what static-scale int8 kernels take)
@@ -83,15 +88,7 @@ def scheme_summary(output) -> tuple[dict, dict | None]:
     """What `resolved_scheme` gives for the weights and input activations (type, bits, strategy, group or
     block, symmetry, dynamic), from the preset table and the same overrides, without compressed-tensors."""
     weights, activations = (dict(x) if x else None for x in SCHEME_PRESETS[output.scheme])
-    bits, group_size, symmetric = (getattr(output, k, None) for k in ("bits", "group_size", "symmetric"))
-    if bits is not None:
-        weights["num_bits"] = bits
-    if group_size == "channel":
-        weights.update(strategy="channel", group_size=None)
-    elif isinstance(group_size, int):
-        weights.update(strategy="group", group_size=group_size)
-    if symmetric is not None:
-        weights["symmetric"] = symmetric
+    weights = _with_weight_overrides(weights, output)
     if getattr(output, "activations", "dynamic") == "static" and activations is not None:
         activations.update(strategy="tensor", dynamic=False, group_size=None)
     return weights, activations
