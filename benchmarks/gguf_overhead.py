@@ -52,8 +52,9 @@ def run_quantkit(recipe: Path, out: Path, f16_cache: list[Path], src: Path = REP
     for p in f16_cache:
         p.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": str(src)}
+    # cwd = the source: `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH
     proc = subprocess.run([sys.executable, "-m", "quantkit.cli.main", "quantize", str(recipe), "-o", str(out),
-                           "--progress", "none"], capture_output=True, text=True, env=env)
+                           "--progress", "none"], capture_output=True, text=True, env=env, cwd=src)
     if proc.returncode != 0:
         raise SystemExit(f"quantkit failed:\n{proc.stderr[-3000:]}")
 

@@ -93,7 +93,8 @@ def measure(variant: str, src: Path, recipe: Path, work: Path) -> dict:
         cmd, extra = quantkit_command(src, recipe, out)
         env.update(PYTHONPATH=extra["PYTHONPATH"])
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # cwd = the source: `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH
+    proc = subprocess.Popen(cmd, env=env, cwd=src, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""

@@ -27,13 +27,14 @@ HEAVY = ("torch", "transformers", "llmcompressor", "compressed_tensors", "numpy"
 def timed(cmd: list[str], src: Path) -> float:
     env = {**os.environ, "PYTHONPATH": str(src)}
     t = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    # cwd = the source: `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH
+    subprocess.run(cmd, cwd=src, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     return time.perf_counter() - t
 
 
 def imports(args: list[str], src: Path) -> tuple[list[tuple[int, str]], set[str]]:
     env = {**os.environ, "PYTHONPATH": str(src)}
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "quantkit.cli.main", *args], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "quantkit.cli.main", *args], cwd=src, env=env,
                           capture_output=True, text=True)
     rows = []
     for line in proc.stderr.splitlines():
