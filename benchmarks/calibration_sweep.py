@@ -112,10 +112,15 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     raw = args.out / "calibration_sweep.json"
-    if args.report_only:
-        rows = json.loads(raw.read_text())["rows"]
+    if raw.is_file():
+        # a sweep is extended, not restarted: points already measured with the same settings are kept
+        earlier = json.loads(raw.read_text())
+        if args.report_only or (earlier["seq_len"], earlier["model"]) == (args.seq_len, args.model):
+            rows = earlier["rows"]
+    done = {(r["method"], r["samples"]) for r in rows}
     # sizes outermost: a sweep cut short still has every method at the smaller sizes
-    points = [] if args.report_only else [(m.strip(), int(n)) for n in args.samples.split(",") for m in args.methods.split(",")]
+    points = [] if args.report_only else [
+        (m.strip(), int(n)) for n in args.samples.split(",") for m in args.methods.split(",") if (m.strip(), int(n)) not in done]
     with tempfile.TemporaryDirectory(prefix="sweep-") as tmp:
         for method, samples in points:
             rows.append(point(method, samples, args, Path(tmp)))
