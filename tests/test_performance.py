@@ -222,3 +222,40 @@ def test_hashing_holds_a_few_buffers_not_the_file(tmp_path):
     grown_kb = int(subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, check=True,
                                   cwd=REPO).stdout)
     assert grown_kb < 24 * 1024, f"peak RSS grew {grown_kb / 1024:.0f} MB hashing two 96 MB files"
+
+
+def test_model_types_cached_so_the_config_check_imports_no_transformers(tiny_model, tmp_path):
+    """The config check runs before the GGUF converter starts; once transformers' model-type table is in
+    the cache it costs no transformers import (2-4 s), and an unknown type is still refused from it."""
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    (unknown / "config.json").write_text('{"model_type": "nosuchmodel"}')
+    probe = ("import sys; from pathlib import Path; from quantkit.recipe import ModelSpec; "
+             "from quantkit.sources.models import check_config; from quantkit.errors import ModelSourceError\n"
+             f"check_config(Path({str(tiny_model)!r}), ModelSpec(source='x'))\n"
+             f"try: check_config(Path({str(unknown)!r}), ModelSpec(source='x')); print('accepted')\n"
+             "except ModelSourceError as e: print('refused', e)\n"
+             "print('transformers imported' if 'transformers' in sys.modules else 'transformers not imported')")
+    env = {**os.environ, "QUANTKIT_CACHE": str(tmp_path / "cache")}
+    runs = [subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+            for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
+    assert all("refused" in r.stdout and "'nosuchmodel' is not one transformers" in r.stdout for r in runs)
+    assert "transformers imported" in runs[0].stdout  # the first asks transformers itself
+    assert "transformers not imported" in runs[1].stdout
+
+
+def test_model_type_cache_follows_the_transformers_files(tmp_path, monkeypatch):
+    from quantkit.sources import models
+
+    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cache"))
+    mapping = tmp_path / "auto_mappings.py"
+    mapping.write_text("# stands in for transformers/models/auto/*.py\n")
+    monkeypatch.setattr(models, "_transformers_mapping_files", lambda: [mapping])
+    _, known = models.known_model_types()
+    assert "llama" in known
+    (record,) = (tmp_path / "cache" / "transformers-model-types").glob("*.json")
+    record.write_text(record.read_text().replace('"llama"', '"llama-from-cache"'))
+    assert "llama-from-cache" in models.known_model_types()[1]  # unchanged files: the record is used
+    os.utime(mapping, ns=(1, 1))  # another transformers build: asked again
+    assert "llama" in models.known_model_types()[1]
