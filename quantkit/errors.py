@@ -9,6 +9,12 @@ class QuantkitError(Exception):
     exit_code = 2
 
 
+class JobsFailed(QuantkitError):
+    """Some jobs of a matrix failed; the others finished. Exit code 1 (a run failure, not bad input)."""
+
+    exit_code = 1
+
+
 class RecipeError(QuantkitError):
     """A recipe that does not validate; carries one message per problem."""
 

@@ -48,7 +48,20 @@ class QuantizeFailed(QuantkitError):
 
 def preflight_problems(recipe: Recipe, output_dir: str | Path | None = None) -> list[str]:
     """What can be known wrong in seconds, before any model is loaded: a local model or calibration
-    file that is not there, an output folder that is a file or cannot be written."""
+    file that is not there, an output folder that is a file or cannot be written. A matrix: every cell's."""
+    if recipe.is_matrix:
+        root = Path(output_dir or recipe.output_dir)
+        per_model = len(recipe.calibrations or [None])
+        found = []
+        for n, cell in enumerate(recipe.cells()):
+            for problem in preflight_problems(cell.recipe, root / cell.folder):
+                # name the matrix entry, not the cell's expanded field
+                if recipe.models is not None:
+                    problem = problem.replace("model.source:", f"models[{n // per_model}].source:", 1)
+                if recipe.calibrations is not None:
+                    problem = problem.replace("calibration.source:", f"calibrations[{n % per_model}].source:", 1)
+                found.append(problem)
+        return list(dict.fromkeys(found))
     problems = []
     src = recipe.model.source
     looks_local = src.startswith((".", "/", "~")) or src.endswith(".gguf") or src.count("/") > 1
@@ -122,6 +135,8 @@ def quantize(
     run if some outputs failed (the others are complete and on disk).
     """
     reporter = reporter or NullReporter()
+    if recipe.is_matrix:
+        return _quantize_cells(recipe, output_dir, only, force, reporter, keep_going, force_space)
     problems = preflight_problems(recipe, output_dir)
     if problems:
         raise RecipeError(recipe.name, problems)
@@ -130,6 +145,39 @@ def quantize(
         check_destination(dest, True, is_artifact)
     with exclusive_outputs([dest for _, dest in jobs]):  # a second run on the same outputs is refused now, not later
         return _run(recipe, jobs, output_dir, force, force_space, keep_going, reporter)
+
+
+def _quantize_cells(recipe: Recipe, output_dir, only, force, reporter, keep_going, force_space) -> list[Artifact]:
+    """A matrix recipe in this process: cell after cell (a cell's outputs share its resolved model and
+    tokenized calibration set), every cell checked before the first starts."""
+    from quantkit.matrix import jobs as matrix_jobs
+
+    root = Path(output_dir or recipe.output_dir)
+    selected = matrix_jobs(recipe, root, only)
+    cells: dict[str, tuple] = {}
+    for job in selected:
+        cells.setdefault(job.cell.folder, (job.cell, []))[1].append(job.output.name)
+    problems = preflight_problems(recipe, root)
+    if problems:
+        raise RecipeError(recipe.name, problems)
+    artifacts: list[Artifact] = []
+    failures: list[OutputFailure] = []
+    for n, (cell, names) in enumerate(cells.values(), 1):
+        reporter.log(f"cell {n}/{len(cells)}: {cell.folder} ({cell.recipe.model.source}, {len(names)} output(s))")
+        try:
+            artifacts += quantize(cell.recipe, output_dir=root / cell.folder, only=names, force=force, reporter=reporter,
+                                  keep_going=keep_going, force_space=force_space)
+        except QuantizeFailed as e:
+            artifacts += e.artifacts
+            failures += [OutputFailure(f"{cell.folder}/{f.name}", f.error) for f in e.failures]
+        except QuantkitError as e:
+            if not keep_going:
+                raise
+            failures += [OutputFailure(f"{cell.folder}/{name}", str(e)) for name in names]
+            reporter.log(f"[red]{cell.folder} failed: {e}")
+    if failures:
+        raise QuantizeFailed(artifacts, failures)
+    return artifacts
 
 
 def _run(recipe: Recipe, jobs: list, output_dir, force: bool, force_space: bool, keep_going: bool,

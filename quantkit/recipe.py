@@ -300,13 +300,59 @@ METHODS: tuple[str, ...] = tuple(OUTPUT_CLASSES)
 OutputSpec = Annotated[Union[OUTPUT_MODELS], Field(discriminator="method")]
 
 
+class MatrixModel(ModelSpec):
+    """One model of a matrix recipe."""
+
+    name: str | None = Field(None, pattern=SLUG, max_length=64,
+                             description="Label of the model in folder and artifact names; defaults to the source's last part.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"source": v} if isinstance(v, str) else v
+
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        last = self.source.rstrip("/").rsplit("/", 1)[-1].removesuffix(".gguf")
+        return re.sub(r"[^A-Za-z0-9._-]", "-", last).lstrip("._-")[:64] or "model"
+
+
+class MatrixCalibration(CalibrationSpec):
+    """One calibration set of a matrix recipe."""
+
+    name: str | None = Field(None, pattern=SLUG, max_length=64,
+                             description="Label of the set in folder and artifact names; defaults to the source's last part.")
+
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        last = self.source.rstrip("/").rsplit("/", 1)[-1].split(":")[-1].rsplit(".", 1)[0]
+        return re.sub(r"[^A-Za-z0-9._-]", "-", last).lstrip("._-")[:64] or "calibration"
+
+
+class Cell(BaseModel):
+    """One (model, calibration set) of a recipe: a single-model recipe and the folder its outputs go to."""
+
+    recipe: "Recipe"
+    folder: str  # relative to the output root: "" for a plain recipe, else `<model>[/<calibration>]`
+    model_label: str | None = None
+    calibration_label: str | None = None
+
+
 class Recipe(_Strict):
-    """A quantization run: one model, one calibration set, several outputs."""
+    """A quantization run: one model (or a matrix of `models` × `calibrations`), several outputs."""
 
     name: str = Field(pattern=SLUG, max_length=MAX_NAME, description="Name of the run; prefix of default artifact names.")
     description: str = ""
-    model: ModelSpec
+    model: ModelSpec | None = Field(None, description="The model to quantize (or list several under `models`).")
+    models: list[MatrixModel] | None = Field(
+        None, min_length=1, max_length=1000,
+        description="A matrix: several models, each quantized into every output (instead of `model`).")
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    calibrations: list[MatrixCalibration] | None = Field(
+        None, min_length=1, max_length=1000,
+        description="A matrix: several calibration sets, each used for every model and output (instead of `calibration`).")
     output_dir: str = Field("out", description="Folder the artifacts are written into (relative to the working directory).")
     outputs: list[OutputSpec] = Field(min_length=1)
 
@@ -324,6 +370,18 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _names(self) -> "Recipe":
+        if (self.model is None) == (self.models is None):
+            raise ValueError("give either `model` (one model) or `models` (a matrix), not "
+                             + ("both" if self.model is not None else "neither"))
+        if self.calibrations is not None and "calibration" in self.model_fields_set:
+            raise ValueError("give either `calibration` (one set) or `calibrations` (a matrix), not both")
+        for field, entries in (("models", self.models), ("calibrations", self.calibrations)):
+            labels: dict[str, int] = {}
+            for i, entry in enumerate(entries or []):
+                if entry.label() in labels:
+                    raise ValueError(f"{field}[{i}] and {field}[{labels[entry.label()]}] are both labelled "
+                                     f"'{entry.label()}'; give one a different `name`")
+                labels[entry.label()] = i
         seen: dict[str, int] = {}
         for i, out in enumerate(self.outputs):
             if out.name is None:
@@ -337,6 +395,42 @@ class Recipe(_Strict):
                 )
             seen[out.name] = i
         return self
+
+    @property
+    def is_matrix(self) -> bool:
+        return self.models is not None or self.calibrations is not None
+
+    def cells(self) -> list[Cell]:
+        """The single-model recipes a matrix expands into (model-major), each with its own folder and a name
+        carrying its labels, so default artifact names stay unique across the matrix. A plain recipe is
+        one cell: itself."""
+        if not self.is_matrix:
+            return [Cell(recipe=self, folder="")]
+        models = self.models or [None]
+        calibrations = self.calibrations or [None]
+        cells = []
+        for m in models:
+            for c in calibrations:
+                labels = [x.label() for x in (m, c) if x is not None]
+                name = "-".join([self.name, *labels])[:MAX_NAME]
+                outputs = []
+                for o in self.outputs:
+                    dumped = o.model_dump(mode="json")
+                    if o.name == o.default_name(self.name):
+                        dumped["name"] = None  # named again after the cell
+                    outputs.append(dumped)
+                data = {
+                    "name": name, "description": self.description, "output_dir": self.output_dir, "outputs": outputs,
+                    "model": m.model_dump(mode="json", exclude={"name"}) if m else self.model.model_dump(mode="json"),
+                    "calibration": (c.model_dump(mode="json", exclude={"name"}) if c
+                                    else self.calibration.model_dump(mode="json")),
+                }
+                cells.append(Cell(recipe=Recipe.model_validate_json(json.dumps(data)), folder="/".join(labels),
+                                  model_label=m.label() if m else None, calibration_label=c.label() if c else None))
+        return cells
+
+
+Cell.model_rebuild()
 
 
 def recipe_json_schema() -> dict:

@@ -63,12 +63,16 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | tup
             problems.append(str(e))
     if problems:
         raise RecipeError(source, _capped(problems))
+    # `model` is optional only in favour of `models`: say it is missing like any required field, beside the others
+    no_model = [] if "model" in data or "models" in data else [
+        "model: Field required (the model to quantize; or several under `models` for a matrix)"]
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as e:
-        errors = e.errors(include_url=False)
+        errors = [err for err in e.errors(include_url=False) if not (no_model and "not neither" in str(err.get("msg")))]
         described = [_describe_error(err, data, root_node) for err in errors[:MAX_PROBLEMS]]
-        raise RecipeError(source, _capped(described, len(errors))) from None
+        raise RecipeError(source, _capped(no_model + described, len(errors) + len(no_model))) from None
+    return recipe
 
 
 def structure_problems(text: str) -> list[str]:

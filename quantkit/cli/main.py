@@ -14,6 +14,7 @@ import typer  # noqa: E402
 
 from quantkit.cli import cache as cache_cli  # noqa: E402
 from quantkit.cli import env as env_cli  # noqa: E402
+from quantkit.cli import plan as plan_cli  # noqa: E402
 from quantkit.cli import push as push_cli  # noqa: E402
 from quantkit.cli import quantize as quantize_cli  # noqa: E402
 from quantkit.cli import recipes as recipes_cli  # noqa: E402
@@ -38,6 +39,7 @@ def main_options(verbose: VerboseOpt = False) -> None:
 
 
 quantize_cli.register(app)
+plan_cli.register(app)
 validate_cli.register(app)
 serve_test_cli.register(app)
 push_cli.register(app)

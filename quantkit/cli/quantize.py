@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -21,8 +21,14 @@ def quantize_command(
     force_space: Annotated[bool, typer.Option("--force-space", help="Start even when the estimated artifact size exceeds the free disk space.")] = False,
     progress: ProgressOpt = None,
     as_json: JsonOpt = False,
+    executor: Annotated[str, typer.Option("--executor", help="Where the jobs run: local (this machine) or ray (a Ray cluster).")] = "local",
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Jobs at once, each in its own worker process (default: all in this process, one after another).", show_default=False)] = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", help="Ray cluster to submit to (default: $RAY_ADDRESS, else a local one started for this run).", show_default=False)] = None,
+    retries: Annotated[int, typer.Option("--retries", help="Retries of a job that crashed or whose worker died (not of bad input or a failed gate).")] = 1,
+    validate_: Annotated[bool, typer.Option("--validate", help="Validate each artifact in its job, right after it is made (gates fail the job).")] = False,
 ) -> None:
-    """Quantize a model into every output of RECIPE (AWQ, GPTQ, INT8, FP8, RTN, GGUF).
+    """Quantize a model (or a matrix of models × calibration sets) into every output of RECIPE
+    (AWQ, GPTQ, INT8, FP8, RTN, GGUF).
 
     Examples:
 
@@ -31,12 +37,17 @@ def quantize_command(
       quantkit quantize recipes/smollm2-135m.yaml --only smollm2-135m-fp8-dynamic --force
 
       quantkit quantize recipes/smollm2-135m.yaml --set calibration.num_samples=16 -o /tmp/out
+
+      quantkit quantize recipes/matrix.yaml --executor ray --ray-address 10.0.0.1:6379 --validate
     """
     from quantkit.engines import engine_for
     from quantkit.quantize import QuantizeFailed, quantize
     from quantkit.recipe_loader import load_recipe
 
     parsed = load_recipe(recipe, set_ or [])
+    if executor != "local" or jobs is not None or validate_:
+        return _run_matrix(parsed, str(recipe), output_dir, only, executor, jobs, ray_address, retries, validate_,
+                           progress, as_json)
     if any(engine_for(o.method).in_process_torch for o in parsed.outputs):
         library_logs_to_stderr()  # imports llm-compressor: only for a recipe that will run it
     artifacts, failed = [], None
@@ -127,3 +138,39 @@ def status_command(
                                                                       for x in r["stale_partials"]]
         table.add_row(r["output"], r["state"], r["reason"], ", ".join(runs))
     print_table(table)
+
+
+def _run_matrix(parsed, recipe_path: str, output_dir, only, executor: str, jobs, ray_address, retries: int,
+                validate: bool, progress, as_json: bool) -> None:
+    from quantkit.cli.matrix_view import watch
+    from quantkit.errors import JobsFailed, RecipeError
+    from quantkit.executors import Board, executor_for, run_jobs
+    from quantkit.matrix import jobs as matrix_jobs
+    from quantkit.quantize import preflight_problems
+
+    selected = matrix_jobs(parsed, output_dir, only)
+    problems = preflight_problems(parsed, output_dir)
+    if problems:
+        raise RecipeError(recipe_path, problems)
+    runner = executor_for(executor, jobs=jobs or 1, address=ray_address)
+    board = Board.of([j.id for j in selected])
+    title = f"quantkit quantize {recipe_path} ({executor}{f', {jobs} at once' if jobs else ''})"
+    with sigterm_as_exit():
+        run = watch(board, title, lambda: run_jobs(selected, runner, board, retries, validate), progress)
+    if as_json:
+        console.print_json(json.dumps(run.summary()))
+    else:
+        print_table(_summary_table(run, title))
+    if run.failed:
+        lines = "\n".join(f"  - {r['id']}: {((r.get('error') or '').strip().splitlines() or ['failed'])[-1]}" for r in run.failed)
+        raise JobsFailed(f"{len(run.failed)} of {len(run.results)} job(s) failed:\n{lines}")
+
+
+def _summary_table(run, title: str) -> Table:
+    table = Table(title=f"{title}: {run.seconds:.1f} s", title_justify="left")
+    for col in ("job", "result", "attempts", "time", "host", "artifact"):
+        table.add_column(col, no_wrap=col in ("job", "artifact"))
+    for r in sorted(run.results, key=lambda r: r["id"]):
+        table.add_row(r["id"], r["status"], str(r.get("attempts", 1)), f"{r.get('seconds') or 0:.1f} s",
+                      r.get("host") or "", r.get("dest") or "")
+    return table

@@ -23,32 +23,39 @@ def validate_command(recipe: RecipeArg, set_: SetOpt = None, output_dir: OutputD
     """
     from quantkit.engines import engine_for
     from quantkit.errors import RecipeError
-    from quantkit.quantize import plan, preflight_problems
+    from quantkit.quantize import preflight_problems
     from quantkit.recipe_loader import load_recipe
 
     r = load_recipe(recipe, set_ or [])
     problems = preflight_problems(r, output_dir)
     if problems:
         raise RecipeError(str(recipe), problems)
-    cal = r.calibration
+    from quantkit.matrix import jobs
+
+    selected = jobs(r, output_dir)
     if as_json:
-        outputs = [{"name": out.name, "destination": str(dest), "method": out.method, "scheme": out.scheme,
-                    "calibrated": engine_for(out.method).needs_calibration(out), "description": engine_for(out.method).describe(out)}
-                   for out, dest in plan(r, output_dir)]
+        outputs = [{"name": j.output.name, "job": j.id, "destination": str(j.dest), "method": j.output.method,
+                    "scheme": j.output.scheme, "calibrated": engine_for(j.output.method).needs_calibration(j.output),
+                    "description": engine_for(j.output.method).describe(j.output)} for j in selected]
         console.print_json(json.dumps({"recipe": str(recipe), "valid": True, "parsed": r.model_dump(mode="json"), "outputs": outputs}))
         return
     console.print(f"[bold]{recipe}[/]: recipe '{r.name}' is well-formed.", highlight=False)
-    console.print(f"model: {r.model.source} ({r.model.dtype}{', trust_remote_code' if r.model.trust_remote_code else ''})", highlight=False)
-    console.print(
-        f"calibration: {cal.source} (split {cal.split}), {cal.num_samples} × {cal.seq_len} tokens, "
-        f"shuffle seed {cal.shuffle_seed}, chat template {'on' if cal.chat_template else 'off'}",
-        highlight=False,
-    )
-    for out, dest in plan(r, output_dir):
-        eng = engine_for(out.method)
-        calibrated = "calibrated" if eng.needs_calibration(out) else "no calibration"
-        console.print(f"• [bold]{out.name}[/] → {dest}", highlight=False)
-        console.print(f"    {out.method} {out.scheme}, {calibrated}: {eng.describe(out)}", highlight=False)
+    for m in r.models or [r.model]:
+        console.print(f"model: {m.source} ({m.dtype}{', trust_remote_code' if m.trust_remote_code else ''})", highlight=False)
+    for cal in r.calibrations or [r.calibration]:
+        console.print(
+            f"calibration: {cal.source} (split {cal.split}), {cal.num_samples} × {cal.seq_len} tokens, "
+            f"shuffle seed {cal.shuffle_seed}, chat template {'on' if cal.chat_template else 'off'}",
+            highlight=False,
+        )
+    if r.is_matrix:
+        console.print(f"a matrix: {len(selected)} jobs in {len(r.cells())} cells (quantkit plan shows their estimates)",
+                      highlight=False)
+    for j in selected:
+        eng = engine_for(j.output.method)
+        calibrated = "calibrated" if eng.needs_calibration(j.output) else "no calibration"
+        console.print(f"• [bold]{j.output.name}[/] → {j.dest}", highlight=False)
+        console.print(f"    {j.output.method} {j.output.scheme}, {calibrated}: {eng.describe(j.output)}", highlight=False)
 
 
 @app.command("schema")
@@ -84,7 +91,8 @@ def list_command(
     for p in sorted(folder.glob("*.y*ml")):
         try:
             r = load_recipe(p)
-            rows.append({"recipe": str(p), "valid": True, "model": r.model.source, "outputs": [o.name for o in r.outputs]})
+            models = ", ".join(m.source for m in r.models or [r.model])
+            rows.append({"recipe": str(p), "valid": True, "model": models, "outputs": [o.name for o in r.outputs]})
         except RecipeError as e:
             rows.append({"recipe": str(p), "valid": False, "error": str(e.problems[0])})
     if as_json:

@@ -179,6 +179,32 @@ def _resolve_local(spec: ModelSpec, path: Path, kind: str, origin: dict | None =
     return ResolvedModel(spec, path.resolve(), kind, fp, size, origin or {})
 
 
+def peek_config(spec: ModelSpec) -> dict | None:
+    """The model's config.json if it is on this machine already (a local folder, a built-in model
+    converted before, a hub id in the local HF cache), without downloading or converting anything."""
+    src = spec.source
+    if src in BUILTIN_MODELS:
+        builtin = BUILTIN_MODELS[src]
+        stem = Path(builtin.member).stem
+        where = cache_dir() / "models" / f"{stem}-{builtin.sha256[:12]}-{spec.dtype}-{CONVERSION_VERSION}" / "config.json"
+    elif Path(os.path.expanduser(src)).is_dir():
+        where = Path(os.path.expanduser(src)) / "config.json"
+    elif src.count("/") == 1 and not src.startswith((".", "/", "~")):
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(src, "config.json", revision=spec.revision)
+        where = Path(found) if isinstance(found, str) else None
+    else:
+        where = None
+    if where is None or not where.is_file():
+        return None
+    try:
+        config = json.loads(where.read_text())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def check_config(path: Path, spec: ModelSpec) -> dict:
     """config.json must be a JSON object naming a model_type this transformers knows (a type it does not
     know would need the folder's own modelling code: only with model.trust_remote_code)."""

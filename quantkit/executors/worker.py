@@ -1,0 +1,75 @@
+"""One job, run where an executor puts it: `quantkit quantize` (and `validate`) of one output of one
+cell, in a child process of the worker.
+
+A child process, not a call: each job gets a fresh interpreter (torch and the calibration state of
+one job never leak into the next), a job can run under another Python (a worker's own environment),
+and a job that dies takes nothing else with it. The child is tied to its worker (PR_SET_PDEATHSIG):
+when a worker is killed its job dies with it, leaving only a staging folder that the retry removes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+EXIT_BAD_INPUT = 2  # quantkit's exit code for input that no retry can fix
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the child outlives a killed worker, the lock still holds
+        pass
+
+
+def _stream(cmd: list[str], env: dict, cwd: str, on_stage: Callable[[str], None]) -> tuple[int, list[str]]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd,
+                            preexec_fn=_die_with_parent, errors="replace")
+    tail: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        tail = (tail + [line.rstrip("\n")])[-40:]
+        text = line.strip()
+        # plain progress lines: "HH:MM:SS start <step>" (a top-level step has no indent)
+        if len(text) > 9 and text[8:15] == " start " and not line[9:10].isspace():
+            on_stage(text[15:][:80])
+    return proc.wait(), tail
+
+
+def run_job(spec: dict, on_stage: Callable[[str], None] = lambda s: None) -> dict:
+    """Run one job described by `spec` (made by executors.job_spec); returns its result record."""
+    dest = Path(spec["dest"])
+    manifest = dest / "quantkit.json"
+    before = manifest.stat().st_mtime_ns if manifest.is_file() else None
+    started = time.time()
+    env = {**os.environ, **spec.get("env", {}), "QUANTKIT_PROGRESS": "plain", "PYTHONUNBUFFERED": "1"}
+    python = spec.get("python") or sys.executable
+    with tempfile.TemporaryDirectory(prefix="quantkit-job-") as tmp:
+        recipe = Path(tmp) / "recipe.json"  # JSON is YAML: the cell recipe exactly as the driver expanded it
+        recipe.write_text(spec["recipe"])
+        on_stage("quantize")
+        code, tail = _stream([python, "-m", "quantkit.cli.main", "quantize", str(recipe), "-o", str(dest.parent),
+                              "--only", spec["output"], "--progress", "plain"], env, spec["cwd"], on_stage)
+        failed_at = "quantize" if code else None
+        if code == 0 and spec.get("validate"):
+            on_stage("validate")
+            code, tail = _stream([python, "-m", "quantkit.cli.main", "validate", str(dest), "--progress", "plain"],
+                                 env, spec["cwd"], on_stage)
+            failed_at = "validate" if code else None
+    after = manifest.stat().st_mtime_ns if manifest.is_file() else None
+    status = "failed" if code != 0 else "kept" if before is not None and before == after else "made"
+    return {"id": spec["id"], "status": status, "exit_code": code, "seconds": round(time.time() - started, 2),
+            "host": socket.gethostname(), "pid": os.getpid(), "dest": str(dest),
+            "error": "\n".join(line for line in tail if line.strip())[-2000:] if code != 0 else None,
+            "failed_at": failed_at,
+            # a gate that failed fails again; bad input stays bad; a crash or a killed process may not recur
+            "retryable": failed_at == "quantize" and code != EXIT_BAD_INPUT}

@@ -1,0 +1,173 @@
+"""A recipe as a list of jobs: (model × calibration set × output), each with its destination and the
+resources it is estimated to need. `quantkit plan` prints them; the executors run them.
+
+The estimates come from the model's config.json alone (no weights, no torch), so a plan for a 405B
+model is computed in milliseconds on a laptop. The formulas are in docs/scaling.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantkit.errors import QuantkitError
+from quantkit.recipe import Cell, Recipe
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+RUNTIME_BYTES = 1 << 30  # torch, transformers and llm-compressor themselves, measured ~0.9 GB RSS on CPU
+GGUF_METHODS = ("gguf",)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Parameter counts of a decoder-only transformer, from its config."""
+
+    params: int
+    layer_params: int  # the largest decoder layer
+    embedding_params: int  # input embeddings plus an untied output head
+    hidden: int
+    layers: int
+    linear_inputs: tuple[int, ...]  # in_features of the linear layers of one decoder layer
+
+
+def shape_from_config(config: dict) -> ModelShape:
+    """Llama-family arithmetic (attention with grouped KV heads, gated MLP, optional MoE experts); a
+    config without these fields is refused rather than guessed."""
+    def field(*names: str, default=None):
+        for n in names:
+            if isinstance(config.get(n), int):
+                return config[n]
+        if default is not None:
+            return default
+        raise QuantkitError(f"config.json has no {' or '.join(names)}: cannot estimate this model's memory")
+
+    text = config.get("text_config")
+    if isinstance(text, dict) and "hidden_size" not in config:
+        config = text
+    h = field("hidden_size", "n_embd", "d_model")
+    layers = field("num_hidden_layers", "n_layer", "num_layers")
+    heads = field("num_attention_heads", "n_head")
+    kv_heads = field("num_key_value_heads", default=heads)
+    head_dim = field("head_dim", default=h // heads)
+    inter = field("intermediate_size", "ffn_dim", default=4 * h)
+    vocab = field("vocab_size")
+    experts = field("num_local_experts", "n_routed_experts", "num_experts", default=1)
+    expert_inter = field("moe_intermediate_size", default=inter) if experts > 1 else inter
+    attention = h * heads * head_dim + 2 * h * kv_heads * head_dim + heads * head_dim * h
+    mlp = 3 * h * expert_inter * experts + (h * experts if experts > 1 else 0)
+    layer = attention + mlp + 2 * h
+    embedding = vocab * h * (1 if config.get("tie_word_embeddings", False) else 2)
+    inputs = (h, h, h, heads * head_dim, h, h, expert_inter)
+    return ModelShape(layers * layer + embedding + h, layer, embedding, h, layers, inputs)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What one job needs at its peak, for the plan and for the executors' resource requests."""
+
+    host_bytes: int
+    device_bytes: int  # one GPU, with llm-compressor's sequential onloading (0: the job runs on CPU)
+    disk_bytes: int
+    wants_gpu: bool
+    params: int
+
+
+def estimate(shape: ModelShape, output, recipe: Recipe, gpus: int = 1) -> Estimate:
+    """Peak memory of a job. llm-compressor's sequential pipeline keeps the whole float model in host
+    RAM and onloads one decoder layer at a time; a calibrated method also holds the layer's inputs for
+    every calibration sample and, for GPTQ, one Hessian (in_features² floats) per linear layer."""
+    from quantkit.gates import precision_bits
+    from quantkit.quantize import GGUF_BITS
+
+    wbytes = DTYPE_BYTES[recipe.model.dtype]
+    model_bytes = shape.params * wbytes
+    cal = recipe.calibration
+    if output.method in GGUF_METHODS:
+        # the converter streams tensors; llama-quantize maps the F16 file and writes the target
+        disk = int(shape.params * (sum(GGUF_BITS.get(t.upper(), 8.5) for t in output.types) + 16) / 8)
+        return Estimate(RUNTIME_BYTES // 2 + shape.layer_params * 4 * 2, 0, disk, False, shape.params)
+    calibrated = output.method not in ("fp8", "rtn") or getattr(output, "scheme", "") == "FP8"
+    activations = cal.num_samples * cal.seq_len * shape.hidden * wbytes * 2 if calibrated else 0
+    hessians = sum(n * n * 4 for n in shape.linear_inputs) if output.method in ("gptq", "int8") else 0
+    working = shape.layer_params * wbytes + activations + hessians
+    bits = precision_bits(output.method, output.scheme, getattr(output, "bits", None))
+    disk = int(shape.params * bits / 8 * 1.1)
+    return Estimate(model_bytes + working + RUNTIME_BYTES, working // max(gpus, 1) + (1 << 29), disk, True, shape.params)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One artifact to make: an output of one cell of the recipe."""
+
+    id: str  # `<cell folder>/<output name>`, or the output name for a plain recipe
+    cell: Cell
+    index: int  # position of the output in the recipe
+    dest: Path
+
+    @property
+    def output(self):
+        return self.cell.recipe.outputs[self.index]
+
+
+def jobs(recipe: Recipe, output_dir: str | Path | None = None, only: list[str] | None = None) -> list[Job]:
+    """Every job of the recipe, model-major. `only` names outputs as the recipe lists them (each applies
+    to every cell), or job ids."""
+    root = Path(output_dir or recipe.output_dir)
+    cells = recipe.cells()
+    listed = [o.name for o in recipe.outputs]
+    all_jobs = [Job(f"{c.folder}/{o.name}" if c.folder else o.name, c, i, root / c.folder / o.name if c.folder else root / o.name)
+                for c in cells for i, o in enumerate(c.recipe.outputs)]
+    if not only:
+        return all_jobs
+    ids = {j.id for j in all_jobs}
+    for n in only:
+        if n not in listed and n not in ids:
+            raise QuantkitError(f"--only {n}: the recipe has no output or job of that name; outputs: {', '.join(listed)}")
+    return [j for j in all_jobs if listed[j.index] in only or j.id in only]
+
+
+def job_estimates(all_jobs: list[Job], gpus: int = 1) -> dict[str, Estimate | None]:
+    """Each job's estimate (None where its model's config is not on this machine yet)."""
+    shapes: dict[str, ModelShape | None] = {}
+    found = {}
+    for job in all_jobs:
+        key = job.cell.recipe.model.model_dump_json()
+        if key not in shapes:
+            config = model_config(job.cell.recipe)
+            shapes[key] = shape_from_config(config) if config else None
+        found[job.id] = estimate(shapes[key], job.output, job.cell.recipe, gpus) if shapes[key] else None
+    return found
+
+
+def model_config(recipe: Recipe) -> dict | None:
+    """config.json of a recipe's model when it is on this machine without any download or conversion:
+    a local folder, a built-in model already converted, or a hub id in the local HF cache."""
+    from quantkit.sources.models import peek_config
+
+    return peek_config(recipe.model)
+
+
+def describe_plan(recipe: Recipe, output_dir: str | Path | None = None, only: list[str] | None = None,
+                  gpus: int = 1) -> list[dict]:
+    """The job graph as rows: each job with its model, calibration set, output, and estimates (None where
+    the model's config is not on this machine yet). Jobs of one cell share the resolved model and the
+    tokenized calibration set."""
+    from quantkit.engines import engine_for
+
+    selected = jobs(recipe, output_dir, only)
+    estimates = job_estimates(selected, gpus)
+    rows = []
+    for job in selected:
+        cell, est = job.cell, estimates[job.id]
+        out = job.output
+        rows.append({
+            "job": job.id, "model": cell.recipe.model.source, "calibration": cell.recipe.calibration.source
+            if engine_for(out.method).needs_calibration(out) else None,
+            "output": out.name, "method": out.method, "scheme": out.scheme, "destination": str(job.dest),
+            "params": est.params if est else None,
+            "host_bytes": est.host_bytes if est else None, "gpu_bytes": est.device_bytes if est else None,
+            "disk_bytes": est.disk_bytes if est else None,
+            "device": ("gpu preferred" if est.wants_gpu else "cpu") if est else
+            ("gpu preferred" if engine_for(out.method).in_process_torch else "cpu"),
+        })
+    return rows
