@@ -171,3 +171,42 @@ def describe_plan(recipe: Recipe, output_dir: str | Path | None = None, only: li
             ("gpu preferred" if engine_for(out.method).in_process_torch else "cpu"),
         })
     return rows
+
+
+def available_host_memory() -> int:
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def memory_problems(recipe: Recipe, outputs: list, config: dict, available: int) -> list[str]:
+    """Outputs whose estimated peak host memory exceeds what this machine has available, each with the
+    figures and the recipe change that would fit (a smaller load dtype, fewer calibration samples)."""
+    try:
+        shape = shape_from_config(config)
+    except QuantkitError:
+        return []  # an architecture the arithmetic does not know: not refused on a guess
+    problems = []
+    for out in outputs:
+        est = estimate(shape, out, recipe)
+        if est.host_bytes <= available:
+            continue
+        model_bytes = shape.params * DTYPE_BYTES[recipe.model.dtype]
+        fixes = []
+        if recipe.model.dtype == "float32" and est.wants_gpu:
+            half = recipe.model.model_copy(update={"dtype": "bfloat16"})
+            smaller = estimate(shape, out, recipe.model_copy(update={"model": half}))
+            fixes.append(f"model.dtype: bfloat16 (about {smaller.host_bytes / 1e9:.1f} GB)")
+        if est.wants_gpu:
+            per_sample = recipe.calibration.seq_len * shape.hidden * DTYPE_BYTES[recipe.model.dtype] * 2
+            spare = available - (est.host_bytes - recipe.calibration.num_samples * per_sample)
+            if per_sample and spare >= per_sample:
+                fixes.append(f"calibration.num_samples: {min(recipe.calibration.num_samples - 1, spare // per_sample)}")
+        problems.append(
+            f"output {out.name}: needs about {est.host_bytes / 1e9:.1f} GB of host memory "
+            f"(the {shape.params / 1e9:.2f}B-parameter model in {recipe.model.dtype}: {model_bytes / 1e9:.1f} GB, "
+            "plus one layer's calibration work and the libraries); "
+            f"this machine has {available / 1e9:.1f} GB available. "
+            + (f"What would fit: {' or '.join(fixes)}. " if fixes else "")
+            + "Pass --force-memory if the estimate is wrong (docs/scaling.md shows how it is computed)")
+    return problems

@@ -108,6 +108,19 @@ def check_free_space(jobs: list, model: ResolvedModel, dtype: str, root: Path) -
                             "another --output-dir, or pass --force-space if the estimate is wrong")
 
 
+def check_memory(recipe: Recipe, outputs: list, model: ResolvedModel) -> None:
+    """Refuse, before loading the model, outputs whose estimated peak host memory cannot fit."""
+    from quantkit.matrix import available_host_memory, memory_problems
+
+    try:
+        config = json.loads((model.path / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    problems = memory_problems(recipe, outputs, config, available_host_memory())
+    if problems:
+        raise QuantkitError("\n".join(problems))
+
+
 def plan(recipe: Recipe, output_dir: str | Path | None = None, only: list[str] | None = None) -> list[tuple[object, Path]]:
     """The outputs that will be written and where; validates `only` against the recipe."""
     root = Path(output_dir or recipe.output_dir)
@@ -127,6 +140,7 @@ def quantize(
     reporter: Reporter | None = None,
     keep_going: bool = True,
     force_space: bool = False,
+    force_memory: bool = False,
 ) -> list[Artifact]:
     """Produce every (or the `only`) outputs of `recipe`; returns the artifacts (written, or kept because
     their recorded input fingerprints match: `force` redoes those too).
@@ -136,7 +150,7 @@ def quantize(
     """
     reporter = reporter or NullReporter()
     if recipe.is_matrix:
-        return _quantize_cells(recipe, output_dir, only, force, reporter, keep_going, force_space)
+        return _quantize_cells(recipe, output_dir, only, force, reporter, keep_going, force_space, force_memory)
     problems = preflight_problems(recipe, output_dir)
     if problems:
         raise RecipeError(recipe.name, problems)
@@ -144,10 +158,11 @@ def quantize(
     for _, dest in jobs:  # what is there must be ours: an artifact is compared below, anything else is refused
         check_destination(dest, True, is_artifact)
     with exclusive_outputs([dest for _, dest in jobs]):  # a second run on the same outputs is refused now, not later
-        return _run(recipe, jobs, output_dir, force, force_space, keep_going, reporter)
+        return _run(recipe, jobs, output_dir, force, force_space, keep_going, reporter, force_memory)
 
 
-def _quantize_cells(recipe: Recipe, output_dir, only, force, reporter, keep_going, force_space) -> list[Artifact]:
+def _quantize_cells(recipe: Recipe, output_dir, only, force, reporter, keep_going, force_space,
+                    force_memory) -> list[Artifact]:
     """A matrix recipe in this process: cell after cell (a cell's outputs share its resolved model and
     tokenized calibration set), every cell checked before the first starts."""
     from quantkit.matrix import jobs as matrix_jobs
@@ -166,7 +181,7 @@ def _quantize_cells(recipe: Recipe, output_dir, only, force, reporter, keep_goin
         reporter.log(f"cell {n}/{len(cells)}: {cell.folder} ({cell.recipe.model.source}, {len(names)} output(s))")
         try:
             artifacts += quantize(cell.recipe, output_dir=root / cell.folder, only=names, force=force, reporter=reporter,
-                                  keep_going=keep_going, force_space=force_space)
+                                  keep_going=keep_going, force_space=force_space, force_memory=force_memory)
         except QuantizeFailed as e:
             artifacts += e.artifacts
             failures += [OutputFailure(f"{cell.folder}/{f.name}", f.error) for f in e.failures]
@@ -181,7 +196,7 @@ def _quantize_cells(recipe: Recipe, output_dir, only, force, reporter, keep_goin
 
 
 def _run(recipe: Recipe, jobs: list, output_dir, force: bool, force_space: bool, keep_going: bool,
-         reporter: Reporter) -> list[Artifact]:
+         reporter: Reporter, force_memory: bool = False) -> list[Artifact]:
     if any(engine_for(o.method).in_process_torch for o, _ in jobs) and not accelerator_available():
         reporter.log("no accelerator found: quantizing on CPU")
     model = resolve_model(recipe.model, reporter)
@@ -189,6 +204,8 @@ def _run(recipe: Recipe, jobs: list, output_dir, force: bool, force_space: bool,
         engine_for(output.method).preflight(output, model)
     if not force_space:
         check_free_space(jobs, model, recipe.model.dtype, Path(output_dir or recipe.output_dir))
+    if not force_memory:
+        check_memory(recipe, [o for o, dest in jobs if force or not is_artifact(dest)], model)
     engines = {engine_for(o.method) for o, _ in jobs}
     try:
         for output, dest in jobs:

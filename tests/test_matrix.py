@@ -284,3 +284,37 @@ def test_a_missing_model_of_a_matrix_is_named_before_any_job_starts(two_models, 
         r = run_cli("quantize", str(recipe), *extra)
         assert r.returncode == 2 and f"models[1].source: {tmp_path / 'nope'} does not exist" in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_memory_preflight_refuses_what_cannot_fit_with_the_figures_and_what_would():
+    from quantkit.matrix import memory_problems
+
+    recipe = parse_recipe("name: big\nmodel: org/llama-70b\ncalibration: {num_samples: 512, seq_len: 2048}\n"
+                          "outputs: [{method: gptq}, {method: gguf, types: [Q4_K_M]}]\n")
+    [problem] = memory_problems(recipe, recipe.outputs, LLAMA3_70B, available=250 * 10**9)
+    assert problem.startswith("output big-gptq-w4a16: needs about 3")  # the GGUF output streams: it fits
+    assert "the 70.55B-parameter model in float32: 282.2 GB" in problem and "this machine has 250.0 GB available" in problem
+    assert "What would fit: model.dtype: bfloat16 (about 1" in problem
+    # with room for part of the calibration set, fewer samples is offered too, and that many do fit
+    [problem] = memory_problems(recipe, recipe.outputs[:1], LLAMA3_70B, available=330 * 10**9)
+    samples = int(problem.split("calibration.num_samples: ")[1].split(".")[0])
+    assert 0 < samples < 512
+    fewer = recipe.model_copy(update={"calibration": recipe.calibration.model_copy(update={"num_samples": samples})})
+    assert memory_problems(fewer, fewer.outputs[:1], LLAMA3_70B, available=330 * 10**9) == []
+    bf16 = parse_recipe("name: big\nmodel: {source: org/llama-70b, dtype: bfloat16}\noutputs: [{method: gptq}]\n")
+    assert memory_problems(bf16, bf16.outputs, LLAMA3_70B, available=250 * 10**9) == []
+
+
+def test_quantize_refuses_before_loading_and_force_memory_overrides(two_models, tmp_path, monkeypatch):
+    import quantkit.matrix
+    from quantkit.errors import QuantkitError
+    from quantkit.quantize import quantize
+
+    recipe = parse_recipe(f"name: t\nmodel: {two_models[0]}\noutput_dir: {tmp_path / 'out'}\n"
+                          "outputs: [{method: rtn, name: r4, scheme: W4A16, group_size: 32}]\n")
+    monkeypatch.setattr(quantkit.matrix, "available_host_memory", lambda: 50 * 10**6)
+    with pytest.raises(QuantkitError, match=r"output r4: needs about 1\.\d GB of host memory .* has 0\.1 GB available"):
+        quantize(recipe)
+    assert not (tmp_path / "out").exists()
+    [art] = quantize(recipe, force_memory=True)
+    assert art.path == tmp_path / "out" / "r4"

@@ -19,6 +19,7 @@ def quantize_command(
     only: OnlyOpt = None,
     force: ForceOpt = False,
     force_space: Annotated[bool, typer.Option("--force-space", help="Start even when the estimated artifact size exceeds the free disk space.")] = False,
+    force_memory: Annotated[bool, typer.Option("--force-memory", help="Start even when the estimated peak memory exceeds the memory available.")] = False,
     progress: ProgressOpt = None,
     as_json: JsonOpt = False,
     executor: Annotated[str, typer.Option("--executor", help="Where the jobs run: local (this machine) or ray (a Ray cluster).")] = "local",
@@ -54,7 +55,7 @@ def quantize_command(
     with sigterm_as_exit(), make_reporter(progress) as reporter:
         try:
             artifacts = quantize(parsed, output_dir=output_dir, only=only, force=force, reporter=reporter,
-                                 force_space=force_space)
+                                 force_space=force_space, force_memory=force_memory)
         except QuantizeFailed as e:
             artifacts, failed = e.artifacts, e
     if as_json:
