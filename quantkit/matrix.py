@@ -14,6 +14,7 @@ from quantkit.errors import QuantkitError
 from quantkit.recipe import Cell, Recipe
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+CUDA_CONTEXT_BYTES = 1 << 29
 RUNTIME_BYTES = 1 << 30  # torch, transformers and llm-compressor themselves, measured ~0.9 GB RSS on CPU
 GGUF_METHODS = ("gguf",)
 
@@ -89,10 +90,13 @@ def estimate(shape: ModelShape, output, recipe: Recipe, gpus: int = 1) -> Estima
     calibrated = output.method not in ("fp8", "rtn") or getattr(output, "scheme", "") == "FP8"
     activations = cal.num_samples * cal.seq_len * shape.hidden * wbytes * 2 if calibrated else 0
     hessians = sum(n * n * 4 for n in shape.linear_inputs) if output.method in ("gptq", "int8") else 0
-    working = shape.layer_params * wbytes + activations + hessians
+    layer = shape.layer_params * wbytes
+    working = layer + activations + hessians
     bits = precision_bits(output.method, output.scheme, getattr(output, "bits", None))
     disk = int(shape.params * bits / 8 * 1.1)
-    return Estimate(model_bytes + working + RUNTIME_BYTES, working // max(gpus, 1) + (1 << 29), disk, True, shape.params)
+    # with N GPUs (distributed oneshot) each rank holds the layer and the Hessians, and 1/N of the samples
+    per_gpu = layer + hessians + activations // max(gpus, 1) + CUDA_CONTEXT_BYTES
+    return Estimate(model_bytes + working + RUNTIME_BYTES, per_gpu, disk, True, shape.params)
 
 
 @dataclass(frozen=True)
