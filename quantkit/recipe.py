@@ -42,6 +42,10 @@ class ModelSpec(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Precision the float model is loaded in before quantization."
     )
+    offload: Literal["none", "disk"] = Field(
+        "none", description=(
+            "Where the float weights wait while llm-compressor works layer by layer: `none` (host RAM) or `disk` "
+            "(compressed-tensors disk offload: host memory holds about one layer; for models larger than the RAM)."))
 
 
 class CalibrationSpec(_Strict):

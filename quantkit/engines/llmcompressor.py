@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from quantkit.engines.base import Engine, EngineJob, EngineResult
@@ -231,6 +233,10 @@ class LLMCompressorEngine(Engine):
         return METHODS[output.method].modifiers(output, {"group_0": resolved_scheme(output)}, list(output.ignore))
 
     def run(self, job: EngineJob) -> EngineResult:
+        with offload_folder(job) if job.model.spec.offload == "disk" else contextlib.nullcontext() as folder:
+            return self._quantize(job, folder)
+
+    def _quantize(self, job: EngineJob, offload_to: Path | None) -> EngineResult:
         from llmcompressor import oneshot
 
         from quantkit.sources.models import load_float_model, load_tokenizer
@@ -238,7 +244,7 @@ class LLMCompressorEngine(Engine):
         out, rep = job.output, job.reporter
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        model = load_float_model(job.model, rep)
+        model = load_float_model(job.model, rep, offload_to)
         tokenizer = load_tokenizer(job.model)
         timings["load_s"] = round(time.perf_counter() - t0, 3)
 
@@ -287,6 +293,7 @@ class LLMCompressorEngine(Engine):
                 "description": self.describe(out),
                 "modifiers": [type(m).__name__ for m in kwargs["recipe"]],
                 "pipeline": kwargs["pipeline"],
+                "offload": job.model.spec.offload,
                 "workarounds": patches,
             },
         )
@@ -307,6 +314,31 @@ def progress_from_tqdm(reporter: Reporter) -> Iterator[None]:
         for mod, original in saved:
             mod.tqdm = original
         bridge.close()
+
+
+@contextlib.contextmanager
+def offload_folder(job: EngineJob) -> Iterator[Path]:
+    """A folder of quantkit's for the disk offload (symlinks into the checkpoint and the weights llm-compressor
+    updates, about the model's size), removed when the output is done or fails. glibc is told to return
+    freed blocks of 128 kB and more to the system: without it freed layer copies stay in the heap and the
+    peak grows with the model (docs/decisions.md)."""
+    import ctypes
+    import shutil
+    import tempfile
+
+    from quantkit.files import cache_dir
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: the peak may grow with the model
+        pass
+    root = cache_dir() / "offload"
+    root.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{job.output.name[:60]}-{os.getpid()}-", dir=root))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def targeted_linear_shapes(path, targets, ignore, trust_remote_code=False) -> dict[str, tuple[int, int]]:

@@ -443,19 +443,32 @@ def _repair_tokenizer(gguf_path: Path, model, folder: Path) -> dict:
     return repairs
 
 
-def load_float_model(resolved: ResolvedModel, reporter: Reporter | None = None):
-    """Load the resolved float checkpoint and its tokenizer with transformers."""
+DISK_OFFLOAD_CPU_BYTES = 20_000_000  # what stays in RAM with `offload: disk` (buffers); every weight goes to disk
+
+
+def load_float_model(resolved: ResolvedModel, reporter: Reporter | None = None, offload_folder: Path | None = None):
+    """Load the resolved float checkpoint with transformers: into host RAM, or (model.offload: disk)
+    with compressed-tensors' disk offload into `offload_folder`, from where llm-compressor's sequential
+    pipeline onloads one layer at a time."""
     import torch
     from transformers import AutoModelForCausalLM
 
     reporter = reporter or NullReporter()
-    with reporter.task(f"loading {resolved.spec.source} ({resolved.weight_bytes / 1e6:.0f} MB)"):
-        model = AutoModelForCausalLM.from_pretrained(
-            str(resolved.path),
-            dtype=getattr(torch, resolved.spec.dtype),
-            trust_remote_code=resolved.spec.trust_remote_code,
-            use_safetensors=not resolved.spec.allow_pickle or None,
-        )
+    kwargs = dict(dtype=getattr(torch, resolved.spec.dtype), trust_remote_code=resolved.spec.trust_remote_code,
+                  use_safetensors=not resolved.spec.allow_pickle or None)
+    where = "" if resolved.spec.offload == "none" else f", offloaded to {offload_folder}"
+    with reporter.task(f"loading {resolved.spec.source} ({resolved.weight_bytes / 1e6:.0f} MB{where})"):
+        if resolved.spec.offload == "disk":
+            from compressed_tensors.offload import load_offloaded_model
+
+            if offload_folder is None:
+                raise ValueError("model.offload: disk needs an offload folder")
+            with load_offloaded_model():
+                model = AutoModelForCausalLM.from_pretrained(
+                    str(resolved.path), device_map="auto_offload", max_memory={"cpu": DISK_OFFLOAD_CPU_BYTES},
+                    offload_folder=str(offload_folder), **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(resolved.path), **kwargs)
     model.eval()
     return model
 
