@@ -73,30 +73,31 @@ class Estimate:
     params: int
 
 
-def estimate(shape: ModelShape, output, recipe: Recipe, gpus: int = 1) -> Estimate:
-    """Peak memory of a job. llm-compressor's sequential pipeline keeps the whole float model in host
-    RAM and onloads one decoder layer at a time; a calibrated method also holds the layer's inputs for
-    every calibration sample and, for GPTQ, one Hessian (in_features² floats) per linear layer."""
+def estimate(shape: ModelShape, output, recipe: Recipe) -> Estimate:
+    """Peak memory of a job. llm-compressor's sequential pipeline keeps the float model in host RAM (or
+    on disk with `model.offload: disk`) and onloads one decoder layer at a time to the device; the
+    layer's inputs for every calibration sample are cached in host RAM between layers; the device holds
+    the layer, one sample's activations and, for GPTQ, one Hessian (in_features² float32) per linear
+    layer. Distributed oneshot splits the samples over GPUs (time), not this per-GPU peak."""
     from quantkit.gates import precision_bits
     from quantkit.quantize import GGUF_BITS
 
     wbytes = DTYPE_BYTES[recipe.model.dtype]
-    model_bytes = shape.params * wbytes
     cal = recipe.calibration
     if output.method in GGUF_METHODS:
         # the converter streams tensors; llama-quantize maps the F16 file and writes the target
         disk = int(shape.params * (sum(GGUF_BITS.get(t.upper(), 8.5) for t in output.types) + 16) / 8)
         return Estimate(RUNTIME_BYTES // 2 + shape.layer_params * 4 * 2, 0, disk, False, shape.params)
     calibrated = output.method not in ("fp8", "rtn") or getattr(output, "scheme", "") == "FP8"
-    activations = cal.num_samples * cal.seq_len * shape.hidden * wbytes * 2 if calibrated else 0
+    cached_inputs = cal.num_samples * cal.seq_len * shape.hidden * wbytes * 2 if calibrated else 0
+    one_sample = cal.seq_len * (4 * shape.hidden + 2 * max(shape.linear_inputs)) * wbytes if calibrated else 0
     hessians = sum(n * n * 4 for n in shape.linear_inputs) if output.method in ("gptq", "int8") else 0
     layer = shape.layer_params * wbytes
-    working = layer + activations + hessians
+    resident = 0 if recipe.model.offload == "disk" else shape.params * wbytes
     bits = precision_bits(output.method, output.scheme, getattr(output, "bits", None))
     disk = int(shape.params * bits / 8 * 1.1)
-    # with N GPUs (distributed oneshot) each rank holds the layer and the Hessians, and 1/N of the samples
-    per_gpu = layer + hessians + activations // max(gpus, 1) + CUDA_CONTEXT_BYTES
-    return Estimate(model_bytes + working + RUNTIME_BYTES, per_gpu, disk, True, shape.params)
+    host = resident + layer + cached_inputs + hessians + RUNTIME_BYTES
+    return Estimate(host, layer + hessians + one_sample + CUDA_CONTEXT_BYTES, disk, True, shape.params)
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def jobs(recipe: Recipe, output_dir: str | Path | None = None, only: list[str] |
     return [j for j in all_jobs if listed[j.index] in only or j.id in only]
 
 
-def job_estimates(all_jobs: list[Job], gpus: int = 1) -> dict[str, Estimate | None]:
+def job_estimates(all_jobs: list[Job]) -> dict[str, Estimate | None]:
     """Each job's estimate (None where its model's config is not on this machine yet)."""
     shapes: dict[str, ModelShape | None] = {}
     found = {}
@@ -139,7 +140,7 @@ def job_estimates(all_jobs: list[Job], gpus: int = 1) -> dict[str, Estimate | No
         if key not in shapes:
             config = model_config(job.cell.recipe)
             shapes[key] = shape_from_config(config) if config else None
-        found[job.id] = estimate(shapes[key], job.output, job.cell.recipe, gpus) if shapes[key] else None
+        found[job.id] = estimate(shapes[key], job.output, job.cell.recipe) if shapes[key] else None
     return found
 
 
@@ -151,15 +152,14 @@ def model_config(recipe: Recipe) -> dict | None:
     return peek_config(recipe.model)
 
 
-def describe_plan(recipe: Recipe, output_dir: str | Path | None = None, only: list[str] | None = None,
-                  gpus: int = 1) -> list[dict]:
+def describe_plan(recipe: Recipe, output_dir: str | Path | None = None, only: list[str] | None = None) -> list[dict]:
     """The job graph as rows: each job with its model, calibration set, output, and estimates (None where
     the model's config is not on this machine yet). Jobs of one cell share the resolved model and the
     tokenized calibration set."""
     from quantkit.engines import engine_for
 
     selected = jobs(recipe, output_dir, only)
-    estimates = job_estimates(selected, gpus)
+    estimates = job_estimates(selected)
     rows = []
     for job in selected:
         cell, est = job.cell, estimates[job.id]
@@ -197,6 +197,10 @@ def memory_problems(recipe: Recipe, outputs: list, config: dict, available: int)
             continue
         model_bytes = shape.params * DTYPE_BYTES[recipe.model.dtype]
         fixes = []
+        if recipe.model.offload == "none" and est.wants_gpu:
+            offloaded = recipe.model.model_copy(update={"offload": "disk"})
+            fits = estimate(shape, out, recipe.model_copy(update={"model": offloaded}))
+            fixes.append(f"model.offload: disk (about {fits.host_bytes / 1e9:.1f} GB)")
         if recipe.model.dtype == "float32" and est.wants_gpu:
             half = recipe.model.model_copy(update={"dtype": "bfloat16"})
             smaller = estimate(shape, out, recipe.model_copy(update={"model": half}))

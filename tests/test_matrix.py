@@ -294,7 +294,7 @@ def test_memory_preflight_refuses_what_cannot_fit_with_the_figures_and_what_woul
     [problem] = memory_problems(recipe, recipe.outputs, LLAMA3_70B, available=250 * 10**9)
     assert problem.startswith("output big-gptq-w4a16: needs about 3")  # the GGUF output streams: it fits
     assert "the 70.55B-parameter model in float32: 282.2 GB" in problem and "this machine has 250.0 GB available" in problem
-    assert "What would fit: model.dtype: bfloat16 (about 1" in problem
+    assert "What would fit: model.offload: disk (about " in problem and "model.dtype: bfloat16 (about 1" in problem
     # with room for part of the calibration set, fewer samples is offered too, and that many do fit
     [problem] = memory_problems(recipe, recipe.outputs[:1], LLAMA3_70B, available=330 * 10**9)
     samples = int(problem.split("calibration.num_samples: ")[1].split(".")[0])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -17,7 +16,6 @@ def plan_command(
     set_: SetOpt = None,
     output_dir: OutputDirOpt = None,
     only: OnlyOpt = None,
-    gpus: Annotated[int, typer.Option("--gpus", help="GPUs one job's layer work is spread over (for the per-GPU estimate).")] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Print the job graph of RECIPE: one job per model × calibration set × output, each with its
@@ -25,14 +23,11 @@ def plan_command(
 
     Example: quantkit plan recipes/matrix-example.yaml
     """
-    from quantkit.errors import QuantkitError
     from quantkit.matrix import describe_plan
     from quantkit.recipe_loader import load_recipe
 
-    if gpus < 1:
-        raise QuantkitError(f"--gpus {gpus}: must be at least 1")
     parsed = load_recipe(recipe, set_ or [])
-    rows = describe_plan(parsed, output_dir, only, gpus)
+    rows = describe_plan(parsed, output_dir, only)
     if as_json:
         console.print_json(json.dumps(rows))
         return
