@@ -38,6 +38,12 @@ CLASS_DEFAULTS = {  # bits -> default thresholds
 }
 
 
+# bits per weight on disk, for size and memory estimates
+GGUF_BITS = {"Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_M": 5.7, "Q5_K_S": 5.5, "Q4_K_M": 4.9, "Q4_K_S": 4.6, "IQ4_XS": 4.3,
+             "Q3_K_M": 3.9, "Q2_K": 3.4, "F16": 16.0, "BF16": 16.0, "F32": 32.0}
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
 def precision_bits(method: str, scheme: str, bits: int | None = None) -> int:
     """Nominal bits of an output (compressed-tensors scheme or GGUF type)."""
     if bits:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantkit.errors import QuantkitError
+from quantkit.gates import DTYPE_BYTES, GGUF_BITS, precision_bits
 from quantkit.recipe import Cell, Recipe
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 CUDA_CONTEXT_BYTES = 1 << 29
 RUNTIME_BYTES = 1 << 30  # torch, transformers and llm-compressor themselves, measured ~0.9 GB RSS on CPU
 GGUF_METHODS = ("gguf",)
@@ -79,9 +79,6 @@ def estimate(shape: ModelShape, output, recipe: Recipe) -> Estimate:
     layer's inputs for every calibration sample are cached in host RAM between layers; the device holds
     the layer, one sample's activations and, for GPTQ, one Hessian (in_features² float32) per linear
     layer. Distributed oneshot splits the samples over GPUs (time), not this per-GPU peak."""
-    from quantkit.gates import precision_bits
-    from quantkit.quantize import GGUF_BITS
-
     wbytes = DTYPE_BYTES[recipe.model.dtype]
     cal = recipe.calibration
     if output.method in GGUF_METHODS:

@@ -20,7 +20,7 @@ from quantkit.device import accelerator_available
 from quantkit.engines import EngineJob, engine_for
 from quantkit.errors import ArtifactError, QuantkitError, RecipeError
 from quantkit.files import check_destination, exclusive_outputs, folder_size, remove_stale_partials, staged_folder
-from quantkit.gates import precision_bits
+from quantkit.gates import DTYPE_BYTES, GGUF_BITS, precision_bits
 from quantkit.memory import PeakRSS
 from quantkit.progress import NullReporter, Reporter
 from quantkit.recipe import Recipe
@@ -79,9 +79,6 @@ def preflight_problems(recipe: Recipe, output_dir: str | Path | None = None) -> 
     return problems
 
 
-GGUF_BITS = {"Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_M": 5.7, "Q5_K_S": 5.5, "Q4_K_M": 4.9, "Q4_K_S": 4.6, "IQ4_XS": 4.3,
-             "Q3_K_M": 3.9, "Q2_K": 3.4, "F16": 16.0, "BF16": 16.0, "F32": 32.0}
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def estimated_bytes(output, model: ResolvedModel, dtype: str) -> int:

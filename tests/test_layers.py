@@ -15,8 +15,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("quantkit.recipe_loader", "quantkit.sources", "quantkit.toolchains"),
     ("quantkit.engines", "quantkit.runtimes", "quantkit.tasks", "quantkit.serving"),
     ("quantkit.checks", "quantkit.publish"),
-    ("quantkit.quantize", "quantkit.validate", "quantkit.serve_test", "quantkit.testing", "quantkit.publishing"),
-    ("quantkit.report_html",),
+    ("quantkit.quantize", "quantkit.matrix", "quantkit.validate", "quantkit.serve_test", "quantkit.testing",
+     "quantkit.publishing"),
+    ("quantkit.report_html", "quantkit.executors"),
     ("quantkit.cli",),
     ("quantkit",),  # the package facade
 ]
