@@ -23,7 +23,7 @@ from pathlib import Path
 
 from quantkit.background import in_background
 from quantkit.errors import ModelSourceError
-from quantkit.files import atomic_write_text, cache_dir, cached_sha256, cached_sha256s, sha256_file, staged_folder
+from quantkit.files import cache_dir, cached_sha256, cached_sha256s, sha256_file, staged_folder
 from quantkit.progress import NullReporter, Reporter
 from quantkit.recipe import ModelSpec
 
@@ -208,6 +208,9 @@ def peek_config(spec: ModelSpec) -> dict | None:
 def check_config(path: Path, spec: ModelSpec) -> dict:
     """config.json must be a JSON object naming a model_type this transformers knows (a type it does not
     know would need the folder's own modelling code: only with model.trust_remote_code)."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
     where = path / "config.json"
     try:
         config = json.loads(where.read_bytes().decode("utf-8"))
@@ -216,46 +219,11 @@ def check_config(path: Path, spec: ModelSpec) -> dict:
     if not isinstance(config, dict):
         raise ModelSourceError(f"{where} is not a JSON object")
     model_type = config.get("model_type")
-    if spec.trust_remote_code and isinstance(model_type, str):
-        return config
-    version, known = known_model_types()
-    if not isinstance(model_type, str) or model_type not in known:
+    if not isinstance(model_type, str) or (model_type not in CONFIG_MAPPING and not spec.trust_remote_code):
         raise ModelSourceError(f"{where}: model_type {str(model_type)[:80]!r} is not one transformers "
-                               f"{version} knows; a folder with its own modelling code needs "
+                               f"{transformers.__version__} knows; a folder with its own modelling code needs "
                                "model.trust_remote_code: true (only if you trust that code)")
     return config
-
-
-def _transformers_mapping_files() -> list[Path]:
-    import importlib.util
-
-    # find_spec of a top-level package locates it without importing it
-    spec = importlib.util.find_spec("transformers")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelSourceError("transformers is not installed")
-    auto = Path(next(iter(spec.submodule_search_locations))) / "models" / "auto"
-    return sorted(auto.glob("*.py"))
-
-
-def known_model_types() -> tuple[str, frozenset[str]]:
-    """transformers' version and the model types it has a config class for. Importing transformers to ask
-    takes 2-4 s, on the path before the GGUF converter starts; the answer is kept in the cache, keyed by
-    the version and the paths, sizes and mtimes of its `models/auto` modules (where the table lives)."""
-    version = metadata.version("transformers")
-    key = [version, [[str(p), st.st_size, st.st_mtime_ns] for p in _transformers_mapping_files() for st in [p.stat()]]]
-    record = cache_dir() / "transformers-model-types" / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]}.json"
-    try:
-        cached = json.loads(record.read_text())
-        if cached.get("key") == key:
-            return version, frozenset(cached["model_types"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    known = frozenset(CONFIG_MAPPING.keys())
-    record.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(record, json.dumps({"key": key, "model_types": sorted(known)}) + "\n")
-    return version, known
 
 
 def _resolve_hub(spec: ModelSpec, reporter: Reporter) -> ResolvedModel:
