@@ -57,7 +57,8 @@ def main() -> None:
                   f"({row['none_s']:.1f} s), disk offload {row['disk_peak_bytes'] / 1e6:7.1f} MB ({row['disk_s']:.1f} s)",
                   flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = ["| layers | model (fp32) | peak RSS in RAM | peak RSS, disk offload | output time in RAM | output time, disk offload |",
+    lines = ["| layers | model (fp32) | peak RSS in RAM | peak RSS, disk offload | output time in RAM "
+             "| output time, disk offload |",
              "|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['layers']} | {r['model_bytes'] / 1e6:.0f} MB | {r['none_peak_bytes'] / 1e6:.0f} MB | "
               f"{r['disk_peak_bytes'] / 1e6:.0f} MB | {r['none_s']:.1f} s | {r['disk_s']:.1f} s |" for r in rows]

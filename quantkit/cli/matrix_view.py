@@ -10,7 +10,7 @@ from datetime import datetime
 from rich.live import Live
 from rich.table import Table
 
-from quantkit.cli.output import err_console, human_bytes, progress_mode  # noqa: F401
+from quantkit.cli.output import err_console, progress_mode
 from quantkit.executors import Board
 
 STYLES = {"queued": "dim", "running": "cyan", "made": "green", "kept": "green", "failed": "red"}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -119,7 +118,8 @@ class MatrixRun:
 def run_jobs(jobs: list[Job], executor: Executor, board: Board | None = None, retries: int = 1,
              validate: bool = False, python: str | None = None) -> MatrixRun:
     """Run `jobs` on `executor`; a failed job is retried up to `retries` times (a crash or a killed
-    worker; not bad input or a failed gate) and reported without stopping the others."""
+    worker; not bad input or a failed gate) and reported without stopping the others. `python` runs
+    each job under another interpreter (a worker's own environment); default: this one's."""
     if retries < 0:
         raise QuantkitError(f"--retries {retries}: must be 0 or more")
     board = board or Board.of([j.id for j in jobs])
@@ -180,7 +180,3 @@ def retrying(spec: dict, board: Board, retries: int, attempt_once) -> dict:
         board.log.append(f"{spec['id']}: attempt {attempt} failed; retrying")
     board.finish(result)
     return result
-
-
-def default_python() -> str:
-    return sys.executable
