@@ -129,24 +129,19 @@ def jobs(recipe: Recipe, output_dir: str | Path | None = None, only: list[str] |
 
 
 def job_estimates(all_jobs: list[Job]) -> dict[str, Estimate | None]:
-    """Each job's estimate (None where its model's config is not on this machine yet)."""
+    """Each job's estimate (None where its model's config is not on this machine yet: nothing is
+    downloaded or converted to find it)."""
+    from quantkit.sources.models import peek_config
+
     shapes: dict[str, ModelShape | None] = {}
     found = {}
     for job in all_jobs:
         key = job.cell.recipe.model.model_dump_json()
         if key not in shapes:
-            config = model_config(job.cell.recipe)
+            config = peek_config(job.cell.recipe.model)
             shapes[key] = shape_from_config(config) if config else None
         found[job.id] = estimate(shapes[key], job.output, job.cell.recipe) if shapes[key] else None
     return found
-
-
-def model_config(recipe: Recipe) -> dict | None:
-    """config.json of a recipe's model when it is on this machine without any download or conversion:
-    a local folder, a built-in model already converted, or a hub id in the local HF cache."""
-    from quantkit.sources.models import peek_config
-
-    return peek_config(recipe.model)
 
 
 def describe_plan(recipe: Recipe, output_dir: str | Path | None = None, only: list[str] | None = None) -> list[dict]:

@@ -304,6 +304,11 @@ METHODS: tuple[str, ...] = tuple(OUTPUT_CLASSES)
 OutputSpec = Annotated[Union[OUTPUT_MODELS], Field(discriminator="method")]
 
 
+def _label(text: str, fallback: str) -> str:
+    """A matrix entry's default label: its source's last part as a folder-safe slug."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", text).lstrip("._-")[:64] or fallback
+
+
 class MatrixModel(ModelSpec):
     """One model of a matrix recipe."""
 
@@ -318,8 +323,7 @@ class MatrixModel(ModelSpec):
     def label(self) -> str:
         if self.name:
             return self.name
-        last = self.source.rstrip("/").rsplit("/", 1)[-1].removesuffix(".gguf")
-        return re.sub(r"[^A-Za-z0-9._-]", "-", last).lstrip("._-")[:64] or "model"
+        return _label(self.source.rstrip("/").rsplit("/", 1)[-1].removesuffix(".gguf"), "model")
 
 
 class MatrixCalibration(CalibrationSpec):
@@ -331,8 +335,7 @@ class MatrixCalibration(CalibrationSpec):
     def label(self) -> str:
         if self.name:
             return self.name
-        last = self.source.rstrip("/").rsplit("/", 1)[-1].split(":")[-1].rsplit(".", 1)[0]
-        return re.sub(r"[^A-Za-z0-9._-]", "-", last).lstrip("._-")[:64] or "calibration"
+        return _label(self.source.rstrip("/").rsplit("/", 1)[-1].split(":")[-1].rsplit(".", 1)[0], "calibration")
 
 
 class Cell(BaseModel):

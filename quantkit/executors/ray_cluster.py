@@ -56,9 +56,8 @@ def _run_on_worker(spec: dict, stages) -> dict:
 class RayExecutor:
     name = "ray"
 
-    def __init__(self, address: str | None = None, jobs: int = 1, **_ignored) -> None:
+    def __init__(self, address: str | None = None, **_ignored) -> None:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
-        self.jobs = jobs
 
     def _connect(self, ray) -> bool:
         """Connect to the cluster; start a local one when no address is given. True if we started it."""

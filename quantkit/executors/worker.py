@@ -22,18 +22,21 @@ from typing import Callable
 EXIT_BAD_INPUT = 2  # quantkit's exit code for input that no retry can fix
 
 
-def _die_with_parent() -> None:
+def _parent_death_signal():
+    """The child's preexec_fn, prepared here in the parent: between fork and exec the child of a
+    threaded process (the local executor's) may only make the foreign call, not load a library."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except (OSError, AttributeError):  # not Linux: the child outlives a killed worker, the lock still holds
-        pass
+        return None
+    return lambda: prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _stream(cmd: list[str], env: dict, cwd: str, on_stage: Callable[[str], None]) -> tuple[int, list[str]]:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd,
-                            preexec_fn=_die_with_parent, errors="replace")
+                            preexec_fn=_parent_death_signal(), errors="replace")
     tail: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:

@@ -186,7 +186,7 @@ def peek_config(spec: ModelSpec) -> dict | None:
     if src in BUILTIN_MODELS:
         builtin = BUILTIN_MODELS[src]
         stem = Path(builtin.member).stem
-        where = cache_dir() / "models" / f"{stem}-{builtin.sha256[:12]}-{spec.dtype}-{CONVERSION_VERSION}" / "config.json"
+        where = float_folder(stem, builtin.sha256, spec.dtype) / "config.json"
     elif Path(os.path.expanduser(src)).is_dir():
         where = Path(os.path.expanduser(src)) / "config.json"
     elif src.count("/") == 1 and not src.startswith((".", "/", "~")):
@@ -308,12 +308,17 @@ def _source_sha(folder: Path) -> str | None:
     return json.loads(info.read_text()).get("gguf_sha256") if info.is_file() else None
 
 
+def float_folder(gguf_stem: str, gguf_sha: str, dtype: str) -> Path:
+    """Where the float checkpoint dequantized from a GGUF is cached."""
+    # bump CONVERSION_VERSION when the conversion changes, so old cached folders are not reused
+    return cache_dir() / "models" / f"{gguf_stem}-{gguf_sha[:12]}-{dtype}-{CONVERSION_VERSION}"
+
+
 def gguf_to_float_folder(gguf_path: Path, dtype: str, reporter: Reporter, expected_sha: str | None = None) -> Path:
     """Dequantize a GGUF file (through transformers + gguf) into a cached safetensors folder."""
     gguf_path = Path(gguf_path)
     sha = expected_sha or cached_sha256(gguf_path)
-    # bump the suffix when the conversion changes, so old cached folders are not reused
-    dest = cache_dir() / "models" / f"{gguf_path.stem}-{sha[:12]}-{dtype}-{CONVERSION_VERSION}"
+    dest = float_folder(gguf_path.stem, sha, dtype)
     if (dest / SOURCE_INFO).is_file():
         return dest
     import torch
