@@ -104,20 +104,26 @@ class Job:
     id: str  # `<cell folder>/<output name>`, or the output name for a plain recipe
     cell: Cell
     index: int  # position of the output in the recipe
-    dest: Path
+    dest: Path | str  # a folder, or a URL when the output root is one (quantkit.output_roots)
 
     @property
     def output(self):
         return self.cell.recipe.outputs[self.index]
 
+    @property
+    def remote(self) -> bool:
+        return isinstance(self.dest, str)
+
 
 def jobs(recipe: Recipe, output_dir: str | Path | None = None, only: list[str] | None = None) -> list[Job]:
     """Every job of the recipe, model-major. `only` names outputs as the recipe lists them (each applies
     to every cell), or job ids."""
-    root = Path(output_dir or recipe.output_dir)
+    from quantkit.output_roots import under
+
+    root = output_dir or recipe.output_dir
     cells = recipe.cells()
     listed = [o.name for o in recipe.outputs]
-    all_jobs = [Job(f"{c.folder}/{o.name}" if c.folder else o.name, c, i, root / c.folder / o.name if c.folder else root / o.name)
+    all_jobs = [Job(f"{c.folder}/{o.name}" if c.folder else o.name, c, i, under(root, c.folder, o.name))
                 for c in cells for i, o in enumerate(c.recipe.outputs)]
     if not only:
         return all_jobs

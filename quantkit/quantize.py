@@ -22,6 +22,7 @@ from quantkit.errors import ArtifactError, QuantkitError, RecipeError
 from quantkit.files import check_destination, exclusive_outputs, folder_size, remove_stale_partials, staged_folder
 from quantkit.gates import DTYPE_BYTES, GGUF_BITS, precision_bits
 from quantkit.memory import PeakRSS
+from quantkit.output_roots import is_url, join, read_remote, root_problems, under
 from quantkit.progress import NullReporter, Reporter
 from quantkit.recipe import Recipe
 from quantkit.sources.calibration import CalibrationSet, build_calibration
@@ -50,11 +51,11 @@ def preflight_problems(recipe: Recipe, output_dir: str | Path | None = None) -> 
     """What can be known wrong in seconds, before any model is loaded: a local model or calibration
     file that is not there, an output folder that is a file or cannot be written. A matrix: every cell's."""
     if recipe.is_matrix:
-        root = Path(output_dir or recipe.output_dir)
+        root = output_dir or recipe.output_dir
         per_model = len(recipe.calibrations or [None])
         found = []
         for n, cell in enumerate(recipe.cells()):
-            for problem in preflight_problems(cell.recipe, root / cell.folder):
+            for problem in preflight_problems(cell.recipe, under(root, cell.folder)):
                 # name the matrix entry, not the cell's expanded field
                 if recipe.models is not None:
                     problem = problem.replace("model.source:", f"models[{n // per_model}].source:", 1)
@@ -70,6 +71,8 @@ def preflight_problems(recipe: Recipe, output_dir: str | Path | None = None) -> 
     cal = recipe.calibration.source
     if not cal.startswith(("builtin:", "hf:")) and not Path(cal).expanduser().is_file():
         problems.append(f"calibration.source: calibration file not found: {Path(cal).expanduser()}")
+    if is_url(output_dir or recipe.output_dir):
+        return problems + root_problems(output_dir or recipe.output_dir, "local")
     root = Path(output_dir or recipe.output_dir)
     existing = next((p for p in [root, *root.parents] if p.exists()), None)
     if existing is not None and not existing.is_dir():
@@ -145,6 +148,9 @@ def quantize(
     Raises QuantkitError before any heavy work for bad input, and QuantizeFailed after the
     run if some outputs failed (the others are complete and on disk).
     """
+    if is_url(output_dir or recipe.output_dir):
+        raise QuantkitError(f"output_dir {output_dir or recipe.output_dir}: quantize() writes to a folder; a URL root is "
+                            "published to by the executors (`quantkit quantize RECIPE -o URL`, or quantkit.executors.run_jobs)")
     reporter = reporter or NullReporter()
     if recipe.is_matrix:
         return _quantize_cells(recipe, output_dir, only, force, reporter, keep_going, force_space, force_memory)
@@ -295,15 +301,28 @@ def output_state(dest: Path, inputs: dict) -> OutputState:
         art = Artifact.load(dest)
     except ArtifactError as e:
         return OutputState(False, False, f"damaged ({str(e).splitlines()[-1].strip()})")
-    recorded = art.manifest.inputs
-    if art.manifest.failures:
-        return OutputState(False, False, f"incomplete (failed: {', '.join(art.manifest.failures)})", art)
-    if not recorded:
-        return OutputState(False, False, "made by an older quantkit (no input fingerprints)", art)
-    changed = [k for k in inputs if k != "all" and recorded.get(k) != inputs[k]]
-    if changed:
-        return OutputState(False, False, f"inputs changed: {', '.join(changed)}", art)
-    return OutputState(False, True, "", art)
+    reason = stale_reason(art.manifest, inputs)
+    return OutputState(False, not reason, reason, art)
+
+
+def stale_reason(manifest, inputs: dict) -> str:
+    """Why an artifact with `manifest` is not what `inputs` would make now ("" when it is)."""
+    if manifest.failures:
+        return f"incomplete (failed: {', '.join(manifest.failures)})"
+    if not manifest.inputs:
+        return "made by an older quantkit (no input fingerprints)"
+    changed = [k for k in inputs if k != "all" and manifest.inputs.get(k) != inputs[k]]
+    return f"inputs changed: {', '.join(changed)}" if changed else ""
+
+
+def expected_inputs(recipe: Recipe, reporter: Reporter | None = None) -> dict[str, dict]:
+    """The input fingerprints each output of `recipe` would be made from now (output name -> inputs).
+    Resolves the model and tokenizes the calibration set; loads no model weights."""
+    model = resolve_model(recipe.model, reporter or NullReporter())
+    calibration = None
+    if any(engine_for(o.method).needs_calibration(o) for o in recipe.outputs):
+        calibration = build_calibration(recipe.calibration, load_tokenizer(model))
+    return {o.name: input_fingerprints(recipe, o, model, calibration) for o in recipe.outputs}
 
 
 def status(recipe: Recipe, output_dir: str | Path | None = None, reporter: Reporter | None = None) -> list[dict]:
@@ -312,18 +331,17 @@ def status(recipe: Recipe, output_dir: str | Path | None = None, reporter: Repor
     decide), loads no model weights."""
     from quantkit.files import PARTIAL_MARK, pid_alive
 
-    reporter = reporter or NullReporter()
+    root = output_dir or recipe.output_dir
+    if is_url(root):
+        return remote_status(recipe, root, reporter)
     jobs = plan(recipe, output_dir)
-    model = resolve_model(recipe.model, reporter)
-    calibration = None
-    if any(engine_for(o.method).needs_calibration(o) for o, _ in jobs):
-        calibration = build_calibration(recipe.calibration, load_tokenizer(model))
+    inputs = expected_inputs(recipe, reporter)
     rows = []
     for output, dest in jobs:
         if dest.exists() and not is_artifact(dest):
             state = OutputState(False, False, "not a quantkit artifact: left alone; quantize refuses to replace it")
         else:
-            state = output_state(dest, input_fingerprints(recipe, output, model, calibration))
+            state = output_state(dest, inputs[output.name])
         staging = sorted(dest.parent.glob(f".{dest.name}{PARTIAL_MARK}*")) if dest.parent.is_dir() else []
         runs = []
         for p in staging:
@@ -333,6 +351,21 @@ def status(recipe: Recipe, output_dir: str | Path | None = None, reporter: Repor
         label = "up to date" if state.current else "not made" if state.missing else "to redo"
         rows.append({"output": output.name, "path": str(dest), "state": label, "reason": state.reason,
                      "running": [r for r in runs if r["alive"]], "stale_partials": [r for r in runs if not r["alive"]]})
+    return rows
+
+
+def remote_status(recipe: Recipe, root: str, reporter: Reporter | None = None) -> list[dict]:
+    """status() for an output root given as a URL: read each output's manifest there (no staging
+    folders: the builds happen on the workers)."""
+    inputs = expected_inputs(recipe, reporter)
+    rows = []
+    for output in recipe.outputs:
+        url = join(root, output.name)
+        there = read_remote(url)
+        reason = there.problem or stale_reason(there.manifest, inputs[output.name])
+        label = "up to date" if not reason else "not made" if there.problem == "not made yet" else "to redo"
+        rows.append({"output": output.name, "path": url, "state": label, "reason": reason, "running": [],
+                     "stale_partials": []})
     return rows
 
 

@@ -11,7 +11,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("quantkit.errors", "quantkit.files", "quantkit.cache_store", "quantkit.device", "quantkit.progress", "quantkit.memory",
      "quantkit.background"),
     ("quantkit.gates",),
-    ("quantkit.recipe", "quantkit.artifact"),
+    ("quantkit.recipe", "quantkit.artifact", "quantkit.output_roots"),
     ("quantkit.recipe_loader", "quantkit.sources", "quantkit.toolchains"),
     ("quantkit.engines", "quantkit.runtimes", "quantkit.tasks", "quantkit.serving"),
     ("quantkit.checks", "quantkit.publish"),

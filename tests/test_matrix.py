@@ -318,3 +318,100 @@ def test_quantize_refuses_before_loading_and_force_memory_overrides(two_models, 
     assert not (tmp_path / "out").exists()
     [art] = quantize(recipe, force_memory=True)
     assert art.path == tmp_path / "out" / "r4"
+
+
+def remote_digests(fs, root: str) -> dict[str, dict]:
+    """artifact_digests for an output root on an fsspec file system (what a reader of the store sees)."""
+    found = {}
+    for manifest in sorted(p for p in fs.find(root) if p.endswith("/quantkit.json")):
+        files = json.loads(fs.cat_file(manifest))["files"]
+        rel = manifest[len(root.rstrip("/")) + 1:].rsplit("/", 1)[0]
+        found[rel] = {p: f["sha256"] for p, f in files.items() if p.endswith(".safetensors")}
+        for p, f in files.items():  # what the store holds is what the manifest lists
+            assert fs.info(f"{manifest.rsplit('/', 1)[0]}/{p}")["size"] == f["bytes"]
+    return found
+
+
+def test_a_url_output_root_gets_every_artifact_manifest_last_and_a_resubmission_keeps_them(local_run, two_models, tmp_path,
+                                                                                           monkeypatch):
+    import fsspec
+
+    from quantkit.executors import run_jobs
+    from quantkit.executors.local import LocalExecutor
+    from quantkit.matrix import jobs as matrix_jobs
+
+    _, reference, _ = local_run
+    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cache"))
+    fs = fsspec.filesystem("memory")
+    uploads: list[str] = []
+    put_file = type(fs).put_file
+    monkeypatch.setattr(type(fs), "put_file", lambda self, lpath, rpath, **kw: (uploads.append(rpath),
+                                                                                put_file(self, lpath, rpath, **kw))[1])
+    root = f"memory://qk-{os.getpid()}/out"
+    recipe = parse_recipe(matrix_text(two_models, tmp_path / "unused"))
+    run = run_jobs(matrix_jobs(recipe, root), LocalExecutor(jobs=2))
+    assert run.summary()["counts"] == {"made": 4, "kept": 0, "failed": 0}, run.failed
+    assert remote_digests(fs, f"/qk-{os.getpid()}/out") == artifact_digests(reference)
+    for artifact in ("m1/f8", "m2/r4"):  # the manifest, the commit mark, is the last file of each artifact sent
+        mine = [u for u in uploads if f"/out/{artifact}/" in u]
+        assert mine[-1].endswith(f"/out/{artifact}/quantkit.json") and len(mine) > 2
+    assert not list((tmp_path / "cache" / "published-builds").iterdir())  # the build folders are gone
+
+    fs.rm_file(f"/qk-{os.getpid()}/out/m2/f8/model.safetensors")  # damaged in the store: redone, the others kept
+    from quantkit.quantize import status
+
+    rows = {r["output"]: (r["state"], r["reason"]) for r in status(recipe.cells()[1].recipe, f"{root}/m2")}
+    assert rows == {"f8": ("to redo", "damaged (missing: model.safetensors)"), "r4": ("up to date", "")}
+    again = run_jobs(matrix_jobs(recipe, root), LocalExecutor(jobs=2))
+    assert {r["id"]: r["status"] for r in again.results} == {"m1/f8": "kept", "m1/r4": "kept", "m2/f8": "made", "m2/r4": "kept"}
+    assert remote_digests(fs, f"/qk-{os.getpid()}/out") == artifact_digests(reference)
+
+
+def test_a_file_url_root_from_the_cli_runs_under_the_worker_python_and_leaves_foreign_folders_alone(two_models, tmp_path):
+    out = tmp_path / "store"
+    recipe = tmp_path / "m.yaml"
+    recipe.write_text(matrix_text(two_models, tmp_path / "unused"))
+    (out / "m2" / "f8").mkdir(parents=True)
+    (out / "m2" / "f8" / "notes.txt").write_text("not ours")
+    log = tmp_path / "python.log"
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    r = run_cli("quantize", str(recipe), "-o", f"file://{out}", "--only", "f8", "--worker-python", str(wrapper), "--json",
+                env={**os.environ, "QUANTKIT_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 1, r.stderr
+    summary = json.loads(r.stdout)
+    assert {j["id"]: j["status"] for j in summary["jobs"]} == {"m1/f8": "made", "m2/f8": "failed"}
+    failed = next(j for j in summary["jobs"] if j["status"] == "failed")
+    assert f"file://{out}/m2/f8 exists and is not a quantkit artifact: left alone" in failed["error"] and failed["attempts"] == 1
+    assert (out / "m2" / "f8" / "notes.txt").read_text() == "not ours" and len(list((out / "m2" / "f8").iterdir())) == 1
+    assert sorted(artifact_digests(out)) == ["m1/f8"]
+    assert log.read_text().count("quantkit.cli.main quantize") == 2  # each job ran under the given interpreter
+
+    r = run_cli("quantize", str(recipe), "-o", f"file://{out}", "--worker-python", str(tmp_path / "nope"))
+    assert r.returncode == 2 and f"--worker-python {tmp_path / 'nope'}: cannot run it" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("root, executor, message", [
+    ("memory://x/out", "ray", "'memory://' lives in this process only; the workers of --executor ray cannot see it"),
+    ("nope://x/out", "local", "'nope://' is not a file system fsspec knows"),
+])
+def test_an_output_root_no_worker_could_reach_is_refused_before_any_job(two_models, tmp_path, root, executor, message):
+    recipe = tmp_path / "m.yaml"
+    recipe.write_text(matrix_text(two_models, tmp_path / "unused"))
+    r = run_cli("quantize", str(recipe), "-o", root, "--executor", executor)
+    assert r.returncode == 2 and f"output_dir {root}: {message}" in r.stderr, r.stderr
+
+
+def test_ray_caps_jobs_in_flight_and_publishes_to_a_url_root(ray_cluster, local_run, two_models, tmp_path):
+    address, env = ray_cluster
+    _, reference, _ = local_run
+    out = tmp_path / "store"
+    recipe = tmp_path / "m.yaml"
+    recipe.write_text(matrix_text(two_models, tmp_path / "unused"))
+    r = run_cli("quantize", str(recipe), "--executor", "ray", "--ray-address", address, "--jobs", "1", "-o", f"file://{out}",
+                "--json", env={**env, "QUANTKIT_CACHE": str(tmp_path / "cache")}, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ran = sorted((j["started_at"], j["ended_at"]) for j in json.loads(r.stdout)["jobs"])
+    assert len(ran) == 4 and all(end <= start for (_, end), (start, _) in zip(ran, ran[1:])), ran  # one at a time
+    assert artifact_digests(out) == artifact_digests(reference)

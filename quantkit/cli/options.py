@@ -41,7 +41,9 @@ SetOpt = Annotated[
     ),
 ]
 OutputDirOpt = Annotated[
-    Optional[Path], typer.Option("--output-dir", "-o", help="Folder for the artifacts (default: the recipe's output_dir).", show_default=False)
+    Optional[str],
+    typer.Option("--output-dir", "-o", help="Folder for the artifacts, or a URL fsspec knows (s3://BUCKET/PREFIX, file:///PATH); "
+                 "default: the recipe's output_dir.", show_default=False),
 ]
 OnlyOpt = Annotated[
     Optional[list[str]], typer.Option("--only", help="Produce only this output (by name). Repeatable.", show_default=False)

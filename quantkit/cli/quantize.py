@@ -23,10 +23,11 @@ def quantize_command(
     progress: ProgressOpt = None,
     as_json: JsonOpt = False,
     executor: Annotated[str, typer.Option("--executor", help="Where the jobs run: local (this machine) or ray (a Ray cluster).")] = "local",
-    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Jobs at once, each in its own worker process (default: all in this process, one after another).", show_default=False)] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Jobs at once, each in its own worker process (default: all in this process, one after another; with --executor ray: as many as the cluster has room for).", show_default=False)] = None,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", help="Ray cluster to submit to (default: $RAY_ADDRESS, else a local one started for this run).", show_default=False)] = None,
     retries: Annotated[int, typer.Option("--retries", help="Retries of a job that crashed or whose worker died (not of bad input or a failed gate).")] = 1,
     validate_: Annotated[bool, typer.Option("--validate", help="Validate each artifact in its job, right after it is made (gates fail the job).")] = False,
+    worker_python: Annotated[Optional[str], typer.Option("--worker-python", help="Python interpreter each job runs under, on the worker (an environment with quantkit installed; default: this one's).", show_default=False)] = None,
     gpus: Annotated[Optional[int], typer.Option("--gpus", help="GPUs for one model's calibration (checked against this machine's CUDA devices).", show_default=False)] = None,
 ) -> None:
     """Quantize a model (or a matrix of models × calibration sets) into every output of RECIPE
@@ -43,15 +44,16 @@ def quantize_command(
       quantkit quantize recipes/matrix.yaml --executor ray --ray-address 10.0.0.1:6379 --validate
     """
     from quantkit.engines import engine_for
+    from quantkit.output_roots import is_url
     from quantkit.quantize import QuantizeFailed, quantize
     from quantkit.recipe_loader import load_recipe
 
     parsed = load_recipe(recipe, set_ or [])
     if gpus is not None:
         check_gpus(gpus)
-    if executor != "local" or jobs is not None or validate_:
+    if executor != "local" or jobs is not None or validate_ or worker_python or is_url(output_dir or parsed.output_dir):
         return _run_matrix(parsed, str(recipe), output_dir, only, executor, jobs, ray_address, retries, validate_,
-                           progress, as_json)
+                           progress, as_json, worker_python)
     if any(engine_for(o.method).in_process_torch for o in parsed.outputs):
         library_logs_to_stderr()  # imports llm-compressor: only for a recipe that will run it
     artifacts, failed = [], None
@@ -145,22 +147,28 @@ def status_command(
 
 
 def _run_matrix(parsed, recipe_path: str, output_dir, only, executor: str, jobs, ray_address, retries: int,
-                validate: bool, progress, as_json: bool) -> None:
+                validate: bool, progress, as_json: bool, worker_python: str | None = None) -> None:
     from quantkit.cli.matrix_view import watch
     from quantkit.errors import JobsFailed, RecipeError
     from quantkit.executors import Board, executor_for, run_jobs
     from quantkit.matrix import jobs as matrix_jobs
+    from quantkit.output_roots import is_url, root_problems
     from quantkit.quantize import preflight_problems
 
     selected = matrix_jobs(parsed, output_dir, only)
     problems = preflight_problems(parsed, output_dir)
+    root = output_dir or parsed.output_dir
+    if is_url(root):
+        problems += [p for p in root_problems(root, executor) if p not in problems]
     if problems:
         raise RecipeError(recipe_path, problems)
-    runner = executor_for(executor, jobs=jobs or 1, address=ray_address)
+    runner = executor_for(executor, jobs=jobs, address=ray_address)
+    if worker_python:
+        check_worker_python(worker_python, executor)
     board = Board.of([j.id for j in selected])
     title = f"quantkit quantize {recipe_path} ({executor}{f', {jobs} at once' if jobs else ''})"
     with sigterm_as_exit():
-        run = watch(board, title, lambda: run_jobs(selected, runner, board, retries, validate), progress)
+        run = watch(board, title, lambda: run_jobs(selected, runner, board, retries, validate, worker_python), progress)
     if as_json:
         console.print_json(json.dumps(run.summary()))
     else:
@@ -178,6 +186,25 @@ def _summary_table(run, title: str) -> Table:
         table.add_row(r["id"], r["status"], str(r.get("attempts", 1)), f"{r.get('seconds') or 0:.1f} s",
                       r.get("host") or "", r.get("dest") or "")
     return table
+
+
+def check_worker_python(python: str, executor: str) -> None:
+    """--worker-python must be an interpreter with quantkit, checked here for the local executor (a
+    Ray worker checks its own: the path is one on the nodes, not necessarily on this machine)."""
+    import subprocess
+
+    from quantkit.errors import QuantkitError
+
+    if executor != "local":
+        return
+    try:
+        probe = subprocess.run([python, "-c", "import quantkit.cli.main"], capture_output=True, text=True, timeout=120)
+    except OSError as e:
+        raise QuantkitError(f"--worker-python {python}: cannot run it ({e.strerror or e})") from None
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+        raise QuantkitError(f"--worker-python {python}: it cannot import quantkit ({last}); "
+                            "install quantkit in that environment, or leave the option out")
 
 
 def check_gpus(requested: int) -> None:

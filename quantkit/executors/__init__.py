@@ -34,7 +34,8 @@ def job_spec(job: Job, validate: bool = False, python: str | None = None) -> dic
         if local.exists():
             recipe[key]["source"] = str(local.resolve())
     return {
-        "id": job.id, "recipe": json.dumps(recipe), "output": job.output.name, "dest": str(job.dest.resolve()),
+        "id": job.id, "recipe": json.dumps(recipe), "output": job.output.name,
+        "dest": job.dest if job.remote else str(Path(job.dest).resolve()), "remote": job.remote,
         "validate": validate, "cwd": os.getcwd(), "python": python,
         "env": {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)},
     }
@@ -145,23 +146,30 @@ def run_jobs(jobs: list[Job], executor: Executor, board: Board | None = None, re
 def up_to_date(jobs: list[Job], board: Board) -> set[str]:
     """Jobs whose artifact is already in the output root and current (quantize's input fingerprints:
     same model, calibration, output settings and tools), whichever worker made it: not submitted again.
-    Only cells with an artifact on disk are checked (a check resolves the cell's model here)."""
+    Only cells with an artifact there are checked (a check resolves the cell's model here)."""
     from quantkit.artifact import is_artifact
-    from quantkit.quantize import status
+    from quantkit.output_roots import read_remote
+    from quantkit.quantize import expected_inputs, output_state, stale_reason
 
+    there = {j.id: read_remote(j.dest) for j in jobs if j.remote}
     cells: dict[str, list[Job]] = {}
     for job in jobs:
-        if is_artifact(job.dest):
+        if (there[job.id].manifest is not None and not there[job.id].problem) if job.remote else is_artifact(job.dest):
             cells.setdefault(job.cell.folder, []).append(job)
     current: set[str] = set()
     for group in cells.values():
         try:
-            rows = status(group[0].cell.recipe, group[0].dest.parent)
+            inputs = expected_inputs(group[0].cell.recipe)
         except QuantkitError as e:  # the workers check again when they run the job
             board.log.append(f"{group[0].cell.folder or group[0].id}: could not check for finished jobs here ({e})")
             continue
-        done = {r["output"] for r in rows if r["state"] == "up to date"}
-        current |= {j.id for j in group if j.output.name in done}
+        for job in group:
+            if job.remote:
+                fresh = not stale_reason(there[job.id].manifest, inputs[job.output.name])
+            else:
+                fresh = output_state(Path(job.dest), inputs[job.output.name]).current
+            if fresh:
+                current.add(job.id)
     return current
 
 

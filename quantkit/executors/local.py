@@ -12,7 +12,8 @@ from quantkit.executors.worker import run_job
 class LocalExecutor:
     name = "local"
 
-    def __init__(self, jobs: int = 1, **_ignored) -> None:
+    def __init__(self, jobs: int | None = None, **_ignored) -> None:
+        jobs = 1 if jobs is None else jobs
         if jobs < 1:
             raise QuantkitError(f"--jobs {jobs}: must be at least 1")
         self.jobs = jobs

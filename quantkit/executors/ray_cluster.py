@@ -56,8 +56,11 @@ def _run_on_worker(spec: dict, stages) -> dict:
 class RayExecutor:
     name = "ray"
 
-    def __init__(self, address: str | None = None, **_ignored) -> None:
+    def __init__(self, address: str | None = None, jobs: int | None = None, **_ignored) -> None:
+        if jobs is not None and jobs < 1:
+            raise QuantkitError(f"--jobs {jobs}: must be at least 1")
         self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.max_running = jobs  # a cap on jobs in flight (None: as many as the cluster's resources allow)
 
     def _connect(self, ray) -> bool:
         """Connect to the cluster; start a local one when no address is given. True if we started it."""
@@ -124,6 +127,7 @@ class RayExecutor:
                 options["memory"] = spec["host_bytes"]
             pending[task.options(**options).remote(spec, stages)] = spec
 
+        waiting = []
         for spec in specs:
             need = spec.get("host_bytes") or 0
             if node_memory and need > node_memory:
@@ -133,8 +137,10 @@ class RayExecutor:
                 board.finish(result)
                 results.append(result)
                 continue
-            submit(spec)
-        while pending:
+            waiting.append(spec)
+        while pending or waiting:
+            while waiting and (self.max_running is None or len(pending) < self.max_running):
+                submit(waiting.pop(0))
             done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             for job_id, stage in ray.get(stages.drain.remote()):
                 if stage == "starting":

@@ -10,6 +10,7 @@ when a worker is killed its job dies with it, leaving only a staging folder that
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,8 +50,11 @@ def _stream(cmd: list[str], env: dict, cwd: str, on_stage: Callable[[str], None]
 
 
 def run_job(spec: dict, on_stage: Callable[[str], None] = lambda s: None) -> dict:
-    """Run one job described by `spec` (made by executors.job_spec); returns its result record."""
-    dest = Path(spec["dest"])
+    """Run one job described by `spec` (made by executors.job_spec); returns its result record. A job
+    whose destination is a URL builds in a folder of this machine, then publishes the artifact there."""
+    from quantkit.output_roots import build_folder
+
+    dest = build_folder(spec["dest"]) / spec["output"] if spec.get("remote") else Path(spec["dest"])
     manifest = dest / "quantkit.json"
     before = manifest.stat().st_mtime_ns if manifest.is_file() else None
     started = time.time()
@@ -70,9 +74,30 @@ def run_job(spec: dict, on_stage: Callable[[str], None] = lambda s: None) -> dic
             failed_at = "validate" if code else None
     after = manifest.stat().st_mtime_ns if manifest.is_file() else None
     status = "failed" if code != 0 else "kept" if before is not None and before == after else "made"
+    if spec.get("remote") and failed_at != "quantize":
+        on_stage("publish")
+        code, tail, failed_at = _publish(dest, spec["dest"], code, tail, failed_at)
+        status = "failed" if code != 0 else "made"
     return {"id": spec["id"], "status": status, "exit_code": code, "seconds": round(time.time() - started, 2),
-            "host": socket.gethostname(), "pid": os.getpid(), "dest": str(dest),
+            "started_at": round(started, 3), "ended_at": round(time.time(), 3),
+            "host": socket.gethostname(), "pid": os.getpid(), "dest": spec["dest"] if spec.get("remote") else str(dest),
             "error": "\n".join(line for line in tail if line.strip())[-2000:] if code != 0 else None,
             "failed_at": failed_at,
             # a gate that failed fails again; bad input stays bad; a crash or a killed process may not recur
-            "retryable": failed_at == "quantize" and code != EXIT_BAD_INPUT}
+            "retryable": failed_at in ("quantize", "publish") and code != EXIT_BAD_INPUT}
+
+
+def _publish(local: Path, url: str, code: int, tail: list[str], failed_at: str | None) -> tuple[int, list[str], str | None]:
+    """Publish the artifact built in `local` (even when its validation failed: the report travels with
+    it, as it stays beside an artifact in a folder), then drop the build folder."""
+    from quantkit.errors import QuantkitError
+    from quantkit.output_roots import publish
+
+    try:
+        publish(local, url)
+    except QuantkitError as e:  # the destination holds something that is not ours: no retry changes that
+        return EXIT_BAD_INPUT, [str(e)], "publish"
+    except OSError as e:  # the store or the network: worth another attempt
+        return 1, [f"publishing to {url} failed: {type(e).__name__}: {e}"], "publish"
+    shutil.rmtree(local.parent, ignore_errors=True)  # this job's own build folder under quantkit's cache
+    return code, tail, failed_at
