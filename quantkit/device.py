@@ -24,6 +24,26 @@ def gpu_available() -> bool:
         return False
 
 
+CPU_RANKS_ENV = "QUANTKIT_CPU_RANKS"  # 1: `--gpus N` runs N CPU ranks over gloo where there is no GPU (tests)
+
+
+def gpus_problem(requested: int, label: str = "--gpus") -> str | None:
+    """Why `--gpus requested` cannot run here (None when it can): each rank of llm-compressor's
+    distributed oneshot takes one CUDA device."""
+    import os
+
+    import torch
+
+    if requested < 1:
+        return f"{label} {requested}: must be at least 1"
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if found >= requested or (found == 0 and requested > 1 and os.environ.get(CPU_RANKS_ENV) == "1"):
+        return None
+    return (f"{label} {requested}: this machine has {found} CUDA GPU(s) (torch.cuda.device_count()); run without "
+            f"--gpus (quantize then uses {'the GPU' if found else 'the CPU'}), on a machine with {requested}, or spread "
+            "a matrix's jobs over several machines' GPUs with --executor ray (docs/scaling.md)")
+
+
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 

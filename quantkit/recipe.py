@@ -46,6 +46,11 @@ class ModelSpec(_Strict):
         "none", description=(
             "Where the float weights wait while llm-compressor works layer by layer: `none` (host RAM) or `disk` "
             "(compressed-tensors disk offload: host memory holds about one layer; for models larger than the RAM)."))
+    gpus: int = Field(
+        1, ge=1, le=64, description=(
+            "GPUs for one model's calibration: above 1, llm-compressor's distributed oneshot runs as that many "
+            "torchrun ranks, one GPU each (calibration data split across them; GPTQ compresses layers in parallel). "
+            "`quantkit quantize --gpus N` sets it."))
 
 
 class CalibrationSpec(_Strict):
@@ -406,6 +411,12 @@ class Recipe(_Strict):
     @property
     def is_matrix(self) -> bool:
         return self.models is not None or self.calibrations is not None
+
+    def with_gpus(self, gpus: int) -> "Recipe":
+        """This recipe with `model.gpus` (or every `models[i].gpus`) set to `gpus` (`--gpus N`)."""
+        if self.models is not None:
+            return self.model_copy(update={"models": [m.model_copy(update={"gpus": gpus}) for m in self.models]})
+        return self.model_copy(update={"model": self.model.model_copy(update={"gpus": gpus})})
 
     def cells(self) -> list[Cell]:
         """The single-model recipes a matrix expands into (model-major), each with its own folder and a name

@@ -28,7 +28,7 @@ def quantize_command(
     retries: Annotated[int, typer.Option("--retries", help="Retries of a job that crashed or whose worker died (not of bad input or a failed gate).")] = 1,
     validate_: Annotated[bool, typer.Option("--validate", help="Validate each artifact in its job, right after it is made (gates fail the job).")] = False,
     worker_python: Annotated[Optional[str], typer.Option("--worker-python", help="Python interpreter each job runs under, on the worker (an environment with quantkit installed; default: this one's).", show_default=False)] = None,
-    gpus: Annotated[Optional[int], typer.Option("--gpus", help="GPUs for one model's calibration (checked against this machine's CUDA devices).", show_default=False)] = None,
+    gpus: Annotated[Optional[int], typer.Option("--gpus", help="GPUs for one model's calibration: N > 1 runs llm-compressor's distributed oneshot as N torchrun ranks (sets model.gpus).", show_default=False)] = None,
 ) -> None:
     """Quantize a model (or a matrix of models × calibration sets) into every output of RECIPE
     (AWQ, GPTQ, INT8, FP8, RTN, GGUF).
@@ -51,6 +51,7 @@ def quantize_command(
     parsed = load_recipe(recipe, set_ or [])
     if gpus is not None:
         check_gpus(gpus)
+        parsed = parsed.with_gpus(gpus)
     if executor != "local" or jobs is not None or validate_ or worker_python or is_url(output_dir or parsed.output_dir):
         return _run_matrix(parsed, str(recipe), output_dir, only, executor, jobs, ray_address, retries, validate_,
                            progress, as_json, worker_python)
@@ -208,21 +209,9 @@ def check_worker_python(python: str, executor: str) -> None:
 
 
 def check_gpus(requested: int) -> None:
-    """--gpus N needs N CUDA devices here. One is what quantize uses anyway; several would need
-    llm-compressor's distributed oneshot under torchrun, which quantkit does not launch yet."""
+    from quantkit.device import gpus_problem
     from quantkit.errors import QuantkitError
 
-    if requested < 1:
-        raise QuantkitError(f"--gpus {requested}: must be at least 1")
-    import torch
-
-    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if found < requested:
-        raise QuantkitError(f"--gpus {requested}: this machine has {found} CUDA GPU(s) (torch.cuda.device_count()); "
-                            f"run without --gpus (quantize then uses {'the GPU' if found else 'the CPU'}), or on a machine "
-                            f"with {requested}")
-    if requested > 1:
-        raise QuantkitError(f"--gpus {requested}: spreading one model over several GPUs (llm-compressor's distributed "
-                            "oneshot under torchrun) is not wired into quantkit yet; use --gpus 1 with model.offload: disk "
-                            "for a model larger than one GPU's memory, or run a matrix's jobs on several GPUs with "
-                            "--executor ray (docs/scaling.md)")
+    problem = gpus_problem(requested)
+    if problem:
+        raise QuantkitError(problem)

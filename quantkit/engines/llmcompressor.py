@@ -190,6 +190,12 @@ class LLMCompressorEngine(Engine):
     # ------------------------------------------------------------ preflight
 
     def preflight(self, output, model) -> None:
+        if model.spec.gpus > 1 and self.needs_calibration(output):
+            from quantkit.device import gpus_problem
+
+            problem = gpus_problem(model.spec.gpus, "model.gpus")
+            if problem:
+                raise SchemeConstraintError(problem)
         layers = targeted_linear_shapes(model.path, output.targets, output.ignore, model.spec.trust_remote_code)
         if not layers:
             raise SchemeConstraintError(
@@ -232,9 +238,82 @@ class LLMCompressorEngine(Engine):
     def modifiers(self, output) -> list:
         return METHODS[output.method].modifiers(output, {"group_0": resolved_scheme(output)}, list(output.ignore))
 
+    def oneshot_arguments(self, output, calibration) -> dict:
+        """`oneshot`'s arguments for an output, less the model and the processor."""
+        kwargs: dict = dict(recipe=self.modifiers(output), log_dir=None)
+        if not self.needs_calibration(output):
+            return {**kwargs, "pipeline": "datafree"}
+        assert calibration is not None, "quantize() builds the calibration set for methods that need it"
+        return {**kwargs, "dataset": calibration.to_dataset(), "num_calibration_samples": len(calibration.input_ids),
+                "max_seq_length": calibration.spec.seq_len, "shuffle_calibration_samples": False, "pipeline": "sequential"}
+
+    def details(self, output, kwargs: dict, offload: str, patches: list, ranks: int = 1) -> dict:
+        """What the manifest records under `engine` for an output made with `kwargs`."""
+        return {"algorithm": self.algorithm(output), "description": self.describe(output),
+                "modifiers": [type(m).__name__ for m in kwargs["recipe"]], "pipeline": kwargs["pipeline"],
+                "offload": offload, "ranks": ranks, "workarounds": patches}
+
     def run(self, job: EngineJob) -> EngineResult:
-        with offload_folder(job) if job.model.spec.offload == "disk" else contextlib.nullcontext() as folder:
-            return self._quantize(job, folder)
+        ranks = job.model.spec.gpus
+        if ranks > 1 and not self.needs_calibration(job.output):
+            job.reporter.log(f"{job.output.name}: no calibration to split over {ranks} GPUs: quantized in this process")
+        distributed = ranks > 1 and self.needs_calibration(job.output)
+        with offload_folder(job) if job.model.spec.offload == "disk" or distributed else contextlib.nullcontext() as folder:
+            return self._quantize_ranks(job, ranks, folder) if distributed else self._quantize(job, folder)
+
+    def _quantize_ranks(self, job: EngineJob, ranks: int, offload_to: Path | None) -> EngineResult:
+        """llm-compressor's distributed oneshot: `ranks` torchrun processes, each running
+        engines/llmcompressor_ranks.py on its share of the calibration set; they write the checkpoint
+        into the staging folder and rank 0 reports its timings."""
+        import json
+        import signal
+        import subprocess
+        import sys
+        import tempfile
+
+        from quantkit.errors import QuantkitError
+
+        out, cal = job.output, job.calibration
+        assert cal is not None, "quantize() builds the calibration set for methods that need it"
+        with tempfile.TemporaryDirectory(prefix="quantkit-ranks-") as tmp:
+            spec = Path(tmp) / "job.json"
+            spec.write_text(json.dumps({
+                "model": {"spec": job.model.spec.model_dump(mode="json"), "path": str(job.model.path),
+                          "weight_bytes": job.model.weight_bytes},
+                "output": out.model_dump(mode="json"),
+                "calibration": {"spec": cal.spec.model_dump(mode="json"), "input_ids": cal.input_ids,
+                                "fingerprint": cal.fingerprint, "num_texts": cal.num_texts,
+                                "available_tokens": cal.available_tokens},
+                "staging": str(job.staging_dir), "offload_folder": str(offload_to) if offload_to else None,
+                "result": str(Path(tmp) / "result.json"),
+            }))
+            log = Path(tmp) / "ranks.log"
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
+                   "-m", "quantkit.engines.llmcompressor_ranks", str(spec)]
+            t0 = time.perf_counter()
+            with job.reporter.task(f"{out.method}: {self.algorithm(out)} over {ranks} ranks (torchrun)", tokens=cal.num_tokens), \
+                    open(log, "w") as sink:
+                # its own process group: an interrupt here stops torchrun and every rank, not just torchrun
+                proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                try:
+                    code = proc.wait()
+                except BaseException:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    try:
+                        proc.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    raise
+            if code != 0:
+                errors = sorted(Path(tmp).glob("rank*.error"))
+                text = (errors[0] if errors else log).read_text(errors="replace")
+                tail = [line for line in text.splitlines() if line.strip()][-15:]
+                raise QuantkitError(f"output '{out.name}': llm-compressor's distributed oneshot over {ranks} ranks failed "
+                                    f"(torchrun exit {code}); its last lines:\n  " + "\n  ".join(tail))
+            result = json.loads((Path(tmp) / "result.json").read_text())
+        timings = {**result["timings_s"], "ranks_wall_s": round(time.perf_counter() - t0, 3)}
+        return EngineResult(format="compressed-tensors", timings_s=timings, details=result["details"])
 
     def _quantize(self, job: EngineJob, offload_to: Path | None) -> EngineResult:
         from llmcompressor import oneshot
@@ -248,21 +327,8 @@ class LLMCompressorEngine(Engine):
         tokenizer = load_tokenizer(job.model)
         timings["load_s"] = round(time.perf_counter() - t0, 3)
 
-        kwargs: dict = dict(model=model, processor=tokenizer, recipe=self.modifiers(out), log_dir=None)
-        cal_tokens = None
-        if self.needs_calibration(out):
-            cal = job.calibration
-            assert cal is not None, "quantize() builds the calibration set for methods that need it"
-            cal_tokens = sum(len(ids) for ids in cal.input_ids)
-            kwargs.update(
-                dataset=cal.to_dataset(),
-                num_calibration_samples=len(cal.input_ids),
-                max_seq_length=cal.spec.seq_len,
-                shuffle_calibration_samples=False,
-                pipeline="sequential",
-            )
-        else:
-            kwargs.update(pipeline="datafree")
+        kwargs: dict = dict(model=model, processor=tokenizer, **self.oneshot_arguments(out, job.calibration))
+        cal_tokens = job.calibration.num_tokens if self.needs_calibration(out) else None
 
         from llmcompressor.core import reset_session
 
@@ -285,18 +351,8 @@ class LLMCompressorEngine(Engine):
             reset_session()
             release_traced_model(model)
             del model, kwargs["model"]  # what cycles still hold is collected before the next output (quantize._make)
-        return EngineResult(
-            format="compressed-tensors",
-            timings_s=timings,
-            details={
-                "algorithm": self.algorithm(out),
-                "description": self.describe(out),
-                "modifiers": [type(m).__name__ for m in kwargs["recipe"]],
-                "pipeline": kwargs["pipeline"],
-                "offload": job.model.spec.offload,
-                "workarounds": patches,
-            },
-        )
+        return EngineResult(format="compressed-tensors", timings_s=timings,
+                            details=self.details(out, kwargs, job.model.spec.offload, patches))
 
 
 @contextlib.contextmanager

@@ -132,7 +132,8 @@ def run_jobs(jobs: list[Job], executor: Executor, board: Board | None = None, re
     for job in jobs:
         est = estimates[job.id]
         specs.append({**job_spec(job, validate, python), "host_bytes": est.host_bytes if est else None,
-                      "wants_gpu": est.wants_gpu if est else engine_for(job.output.method).in_process_torch})
+                      "wants_gpu": est.wants_gpu if est else engine_for(job.output.method).in_process_torch,
+                      "gpus": job.cell.recipe.model.gpus})
     started = time.perf_counter()
     finished = up_to_date(jobs, board)
     for job_id in finished:

@@ -120,7 +120,7 @@ class RayExecutor:
         results: list[dict] = []
 
         def submit(spec: dict) -> None:
-            options = {"num_cpus": 1, "num_gpus": 1 if (has_gpu and spec.get("wants_gpu")) else 0,
+            options = {"num_cpus": 1, "num_gpus": spec.get("gpus", 1) if (has_gpu and spec.get("wants_gpu")) else 0,
                        "max_retries": retries, "retry_exceptions": False,
                        "runtime_env": {"env_vars": dict(spec.get("env", {}))}}
             if spec.get("host_bytes"):

@@ -419,10 +419,24 @@ def _repair_tokenizer(gguf_path: Path, model, folder: Path) -> dict:
 DISK_OFFLOAD_CPU_BYTES = 20_000_000  # what stays in RAM with `offload: disk` (buffers); every weight goes to disk
 
 
-def load_float_model(resolved: ResolvedModel, reporter: Reporter | None = None, offload_folder: Path | None = None):
+def shared_memory_budget() -> int:
+    """Bytes of weights the ranks of a distributed run may share in memory: 90% of what /dev/shm has free.
+    compressed-tensors' own default keeps 5 GB back, which leaves nothing on a machine with a small
+    /dev/shm and sends a model that fits to disk."""
+    import shutil
+
+    try:
+        return int(shutil.disk_usage("/dev/shm").free * 0.9)
+    except OSError:
+        return DISK_OFFLOAD_CPU_BYTES
+
+
+def load_float_model(resolved: ResolvedModel, reporter: Reporter | None = None, offload_folder: Path | None = None,
+                     distributed: bool = False):
     """Load the resolved float checkpoint with transformers: into host RAM, or (model.offload: disk)
     with compressed-tensors' disk offload into `offload_folder`, from where llm-compressor's sequential
-    pipeline onloads one layer at a time."""
+    pipeline onloads one layer at a time. `distributed`: in a rank of a torchrun job, through
+    compressed-tensors' `load_offloaded_model`, which loads the weights once for all ranks."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -431,15 +445,18 @@ def load_float_model(resolved: ResolvedModel, reporter: Reporter | None = None, 
                   use_safetensors=not resolved.spec.allow_pickle or None)
     where = "" if resolved.spec.offload == "none" else f", offloaded to {offload_folder}"
     with reporter.task(f"loading {resolved.spec.source} ({resolved.weight_bytes / 1e6:.0f} MB{where})"):
-        if resolved.spec.offload == "disk":
+        if resolved.spec.offload == "disk" or distributed:
             from compressed_tensors.offload import load_offloaded_model
 
             if offload_folder is None:
-                raise ValueError("model.offload: disk needs an offload folder")
+                raise ValueError("disk offload and distributed loading need an offload folder")
+            kwargs["offload_folder"] = str(offload_folder)
+            if resolved.spec.offload == "disk":
+                kwargs["max_memory"] = {"cpu": DISK_OFFLOAD_CPU_BYTES}
+            else:  # the ranks share rank 0's copy through /dev/shm; what does not fit there waits on disk
+                kwargs["max_memory"] = {"cpu": shared_memory_budget()}
             with load_offloaded_model():
-                model = AutoModelForCausalLM.from_pretrained(
-                    str(resolved.path), device_map="auto_offload", max_memory={"cpu": DISK_OFFLOAD_CPU_BYTES},
-                    offload_folder=str(offload_folder), **kwargs)
+                model = AutoModelForCausalLM.from_pretrained(str(resolved.path), device_map="auto_offload", **kwargs)
         else:
             model = AutoModelForCausalLM.from_pretrained(str(resolved.path), **kwargs)
     model.eval()
