@@ -12,6 +12,7 @@ same path for tests on machines without GPUs) the ranks join over gloo instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -54,7 +55,7 @@ def _quantize(job: dict, rank: int, world: int) -> None:
     from pydantic import TypeAdapter
 
     from quantkit.engines.llmcompressor import LLMCompressorEngine
-    from quantkit.engines.llmcompressor_workarounds import cpu_compat
+    from quantkit.engines.llmcompressor_workarounds import cpu_compat, cpu_ranks_broadcast
     from quantkit.recipe import CalibrationSpec, ModelSpec, OutputSpec
     from quantkit.sources.calibration import CalibrationSet
     from quantkit.sources.models import ResolvedModel, load_float_model, load_tokenizer
@@ -70,14 +71,18 @@ def _quantize(job: dict, rank: int, world: int) -> None:
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    # on CPU each rank loads its own copy: with compressed-tensors' shared copy a layer came out as
+    # noise in our tests (docs/decisions.md)
     model = load_float_model(model_src, None, offload, distributed=torch.cuda.is_available())
     tokenizer = load_tokenizer(model_src)
     timings["load_s"] = round(time.perf_counter() - t0, 3)
     kwargs = engine.oneshot_arguments(output, calibration)
     try:
         t0 = time.perf_counter()
-        with cpu_compat() as patches:
+        on_cpu = not torch.cuda.is_available()
+        with cpu_compat() as patches, cpu_ranks_broadcast() if on_cpu else contextlib.nullcontext([]) as more:
             oneshot(model=model, processor=tokenizer, **kwargs)
+        patches = patches + more
         timings["quantize_s"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
         model.save_pretrained(job["staging"], save_compressed=True)  # every rank: llm-compressor gathers to rank 0

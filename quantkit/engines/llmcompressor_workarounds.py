@@ -8,6 +8,11 @@ find, test and delete once fixed upstream.
   module namespace holding `self` (the model) and calls `torch.fx.wrap` there, which files
   that namespace in torch.fx's global `_wrapped_fns_to_patch` for good. Every calibrated
   run thus kept its whole model alive; `release_traced_model` drops those entries.
+- Distributed oneshot on CPU ranks: after weight-parallel compression, each rank broadcasts the
+  layers it compressed, except layers that execute on the CPU (`skip_cpu=True`: upstream assumes
+  CPU means offloaded memory shared by every rank). Ranks with their own copies on CPU (the path
+  quantkit tests `--gpus N` on without GPUs) then keep other ranks' layers uncompressed or with
+  unset scales; `cpu_ranks_broadcast` makes them broadcast, as they do from a GPU.
 """
 
 from __future__ import annotations
@@ -51,3 +56,23 @@ def release_traced_model(model) -> int:
     for key in stale:
         del registry[key]
     return len(stale)
+
+
+@contextlib.contextmanager
+def cpu_ranks_broadcast() -> Iterator[list[str]]:
+    """Make GPTQ and the quantization modifier broadcast CPU-executed layers between ranks."""
+    import functools
+    import importlib
+
+    from llmcompressor.utils.dist import broadcast_qparams_and_cleanup
+
+    users = [importlib.import_module(m) for m in ("llmcompressor.modifiers.gptq.base",
+                                                   "llmcompressor.modifiers.quantization.quantization.base")]
+    patched = functools.partial(broadcast_qparams_and_cleanup, skip_cpu=False)
+    for module in users:
+        module.broadcast_qparams_and_cleanup = patched
+    try:
+        yield ["broadcast_qparams_and_cleanup(skip_cpu=False) (ranks with their own copies on CPU)"]
+    finally:
+        for module in users:
+            module.broadcast_qparams_and_cleanup = broadcast_qparams_and_cleanup
