@@ -42,6 +42,8 @@ def quantize_command(
       quantkit quantize recipes/smollm2-135m.yaml --set calibration.num_samples=16 -o /tmp/out
 
       quantkit quantize recipes/matrix.yaml --executor ray --ray-address 10.0.0.1:6379 --validate
+
+      quantkit quantize recipes/matrix.yaml --executor ray -o s3://bucket/release-7 --jobs 8
     """
     from quantkit.engines import engine_for
     from quantkit.output_roots import is_url
