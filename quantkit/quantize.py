@@ -332,6 +332,9 @@ def status(recipe: Recipe, output_dir: str | Path | None = None, reporter: Repor
     from quantkit.files import PARTIAL_MARK, pid_alive
 
     root = output_dir or recipe.output_dir
+    if recipe.is_matrix:  # each cell's outputs, named by job id
+        return [{**row, "output": f"{cell.folder}/{row['output']}"} for cell in recipe.cells()
+                for row in status(cell.recipe, under(root, cell.folder), reporter)]
     if is_url(root):
         return remote_status(recipe, root, reporter)
     jobs = plan(recipe, output_dir)

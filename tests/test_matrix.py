@@ -135,6 +135,10 @@ def test_local_workers_make_every_artifact_once_and_a_resubmission_makes_none(lo
     again = run_cli("quantize", str(recipe), "--jobs", "2", "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["counts"] == {"made": 0, "kept": 4, "failed": 0}
     assert {p: p.stat().st_mtime_ns for p in out.rglob("quantkit.json")} == before
+    r = run_cli("status", str(recipe), "--json")
+    assert r.returncode == 0, r.stderr
+    assert {row["output"]: row["state"] for row in json.loads(r.stdout)} == {
+        "m1/f8": "up to date", "m1/r4": "up to date", "m2/f8": "up to date", "m2/r4": "up to date"}
 
 
 def test_a_matrix_in_this_process_writes_the_same_artifacts(local_run, two_models, tmp_path):
