@@ -155,7 +155,8 @@ def up_to_date(jobs: list[Job], board: Board) -> set[str]:
     there = {j.id: read_remote(j.dest) for j in jobs if j.remote}
     cells: dict[str, list[Job]] = {}
     for job in jobs:
-        if (there[job.id].manifest is not None and not there[job.id].problem) if job.remote else is_artifact(job.dest):
+        present = not there[job.id].problem if job.remote else is_artifact(job.dest)
+        if present:
             cells.setdefault(job.cell.folder, []).append(job)
     current: set[str] = set()
     for group in cells.values():
