@@ -4,20 +4,26 @@ A thread samples the process RSS every 10 ms while the step runs. It is the proc
 memory, so whatever earlier steps still hold is included. (Resetting the kernel's VmHWM via
 /proc/self/clear_refs was tried first; on this machine it reported peaks above the process's
 own ru_maxrss, so it is not used.)
+
+A step whose work runs in child processes (llama.cpp's tools) is measured with `tools=True`:
+this process sampled every 0.5 s, and the largest child's own peak (`ru_maxrss` of the waited-for
+children, which the kernel keeps for free). Sampling every 10 ms beside a tool that keeps every
+core busy made llama-imatrix about 9% slower (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 
 
 class PeakRSS:
-    interval_s = 0.01
-
-    def __init__(self) -> None:
+    def __init__(self, tools: bool = False) -> None:
         self.bytes: int | None = None
-        self.method = "sampled"
+        self.tools = tools
+        self.interval_s = 0.5 if tools else 0.01
+        self.method = "sampled, and the largest child process's ru_maxrss" if tools else "sampled"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._peak = 0
@@ -38,7 +44,7 @@ class PeakRSS:
 
     def read(self) -> int:
         """Peak so far in this step."""
-        self.bytes = self._peak
+        self.bytes = max(self._peak, largest_child_rss()) if self.tools else self._peak
         return self.bytes
 
     def __exit__(self, *exc) -> None:
@@ -47,6 +53,17 @@ class PeakRSS:
             self._thread.join()
         self.read()
 
+
+
+def largest_child_rss() -> int:
+    """The peak RSS of the largest child process waited for so far (grandchildren included when their
+    parents waited for them), in bytes; 0 where the platform keeps none."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
+    maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB on Linux
 
 
 @functools.lru_cache(maxsize=1)

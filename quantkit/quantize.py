@@ -403,7 +403,7 @@ def _produce(
     engine = engine_for(output.method)
     started = time.perf_counter()
     # replaces only a quantkit artifact (stale, damaged or --force); never a folder of the user's
-    with staged_folder(dest, force=True, replaceable=is_artifact) as staging, PeakRSS() as peak:
+    with staged_folder(dest, force=True, replaceable=is_artifact) as staging, PeakRSS(engine.work_in_subprocesses) as peak:
         uses_cal = engine.needs_calibration(output)
         result = engine.run(EngineJob(recipe, output, model, calibration if uses_cal else None, staging, reporter))
         total = round(time.perf_counter() - started, 3)

@@ -5,6 +5,7 @@ without importing torch. Timings themselves live in benchmarks/, never in assert
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -222,3 +223,49 @@ def test_hashing_holds_a_few_buffers_not_the_file(tmp_path):
     grown_kb = int(subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, check=True,
                                   cwd=REPO).stdout)
     assert grown_kb < 24 * 1024, f"peak RSS grew {grown_kb / 1024:.0f} MB hashing two 96 MB files"
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("code", [0, 2, 143, None])
+def test_exit_now_keeps_code_output_and_atexit(code):
+    """The CLI skips the interpreter's teardown (1.2-1.6 s once transformers is imported) but keeps what
+    a normal exit guarantees: the exit code, buffered output (more than a pipe holds) and atexit handlers."""
+    big = "x" * 200_000
+    proc = _run_python(
+        "import atexit, logging, sys\n"
+        "from quantkit.cli.main import exit_now\n"
+        "logging.basicConfig(stream=sys.stderr)\n"
+        "atexit.register(lambda: sys.stdout.write('atexit ran'))\n"
+        f"sys.stdout.write('x' * {len(big)}); logging.getLogger('q').warning('logged')\n"
+        f"exit_now({code!r})\n"
+        "print('not reached')\n")
+    assert proc.returncode == (code or 0), proc.stderr
+    assert proc.stdout == big + "atexit ran"
+    assert "logged" in proc.stderr
+
+
+def test_exit_now_waits_for_a_running_thread():
+    """A non-daemon thread still at work gets Python's own exit, which waits for it to finish."""
+    proc = _run_python(
+        "import threading, time, sys\n"
+        "from quantkit.cli.main import exit_now\n"
+        "t = threading.Thread(target=lambda: (time.sleep(0.5), sys.stdout.write('thread finished')))\n"
+        "t.start()\n"
+        "exit_now(3)\n")
+    assert (proc.returncode, proc.stdout) == (3, "thread finished"), proc.stderr
+
+
+def test_cli_exit_codes_through_exit_now(tmp_path):
+    """The installed entry point (`main`) keeps its exit codes: 0 with the whole output, 2 with the one-line error."""
+    ok = subprocess.run([sys.executable, "-m", "quantkit.cli.main", "recipes", "schema"], cwd=REPO, capture_output=True,
+                        text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["title"] == "Recipe"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel: smollm2-135m\noutputs: [{name: a, method: nope}]\n")
+    proc = subprocess.run([sys.executable, "-m", "quantkit.cli.main", "recipes", "validate", str(bad)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "nope" in proc.stderr, proc.stdout + proc.stderr

@@ -48,3 +48,21 @@ def test_peak_rss_sees_an_allocation():
         time.sleep(1.0)  # the sampler runs every 10 ms; a loaded machine may delay it
         del block
     assert peak.bytes - base.bytes > 150_000_000
+
+
+def test_peak_rss_of_a_step_run_by_tools():
+    """A step whose work runs in a child process (llama.cpp's tools) reports that child's peak, read
+    from the kernel, not only this process's (measured in a fresh interpreter: pytest's own RSS is large)."""
+    import subprocess
+    import sys
+
+    child = "b = bytearray(400_000_000); b[::4096] = b'x' * len(b[::4096])"
+    code = ("import subprocess, sys\nfrom quantkit.memory import PeakRSS\n"
+            "for tools in (False, True):\n"
+            "    with PeakRSS(tools=tools) as peak:\n"
+            f"        subprocess.run([sys.executable, '-c', {child!r}], check=True)\n"
+            "    print(peak.bytes, peak.method)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout
+    (own, own_method), (tools, tools_method) = [(int(line.split()[0]), line.split(" ", 1)[1]) for line in out.splitlines()]
+    assert own < 200_000_000 and own_method == "sampled"
+    assert tools > 400_000_000 and "child" in tools_method

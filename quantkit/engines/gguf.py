@@ -41,6 +41,7 @@ class GGUFEngine(Engine):
     name = "llama.cpp"
     methods = ("gguf",)
     in_process_torch = False  # llama.cpp's converter imports torch in its own process
+    work_in_subprocesses = True
 
     def needs_calibration(self, output) -> bool:
         return output.imatrix
