@@ -1,14 +1,15 @@
 """Peak resident memory of one step inside a long-lived process.
 
-A thread samples the process RSS every 10 ms while the step runs. It is the process's
+The kernel keeps the process's high-water mark (`ru_maxrss`) for free. When a step raises it, the
+step's peak is exactly that mark. When it does not (an earlier step of the same process peaked
+higher), a thread's samples of the RSS, every 0.1 s, give the step's own peak. It is the process's
 memory, so whatever earlier steps still hold is included. (Resetting the kernel's VmHWM via
-/proc/self/clear_refs was tried first; on this machine it reported peaks above the process's
-own ru_maxrss, so it is not used.)
+/proc/self/clear_refs was tried first; on this machine it reported peaks above the process's own
+ru_maxrss, so it is not used.) Sampling every 10 ms, as quantkit did before, cost GPTQ on 2 cores
+and llama.cpp's tools up to 9% of their time (benchmarks/README.md).
 
-A step whose work runs in child processes (llama.cpp's tools) is measured with `tools=True`:
-this process sampled every 0.5 s, and the largest child's own peak (`ru_maxrss` of the waited-for
-children, which the kernel keeps for free). Sampling every 10 ms beside a tool that keeps every
-core busy made llama-imatrix about 9% slower (benchmarks/README.md).
+A step whose work runs in child processes (llama.cpp's tools) also counts the largest child's own
+peak (`ru_maxrss` of the waited-for children), and samples this process every 0.5 s.
 """
 
 from __future__ import annotations
@@ -21,17 +22,27 @@ import threading
 class PeakRSS:
     def __init__(self, tools: bool = False) -> None:
         self.bytes: int | None = None
-        self.tools = tools
-        self.interval_s = 0.5 if tools else 0.01
-        self.method = "sampled, and the largest child process's ru_maxrss" if tools else "sampled"
+        self.method: str | None = None  # which measure gave `bytes`
+        self.tools = False
+        self.interval_s = 0.1
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._peak = 0
+        self._mark_before = 0
+        if tools:
+            self.watch_tools()
+
+    def watch_tools(self) -> None:
+        """From now on the work runs in child processes: count the largest child's own peak and sample
+        this process every 0.5 s."""
+        self.tools = True
+        self.interval_s = 0.5
 
     def __enter__(self) -> "PeakRSS":
         import psutil
 
         proc = psutil.Process()
+        self._mark_before = high_water_mark()
         self._peak = proc.memory_info().rss
 
         def sample() -> None:
@@ -44,8 +55,17 @@ class PeakRSS:
 
     def read(self) -> int:
         """Peak so far in this step."""
-        self.bytes = max(self._peak, largest_child_rss()) if self.tools else self._peak
-        return self.bytes
+        mark = high_water_mark()
+        if mark > self._mark_before:
+            own, self.method = mark, "ru_maxrss"
+        else:
+            own, self.method = self._peak, f"sampled every {self.interval_s:g} s"
+        if self.tools:
+            child = largest_child_rss()
+            if child > own:
+                own, self.method = child, "ru_maxrss of the largest child process"
+        self.bytes = own
+        return own
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
@@ -54,16 +74,24 @@ class PeakRSS:
         self.read()
 
 
+def _maxrss(who: str) -> int:
+    try:
+        import resource
+    except ImportError:  # Windows: the samples alone
+        return 0
+    maxrss = resource.getrusage(getattr(resource, who)).ru_maxrss
+    return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB on Linux
+
+
+def high_water_mark() -> int:
+    """This process's peak RSS since it started, in bytes (0 where the platform keeps none)."""
+    return _maxrss("RUSAGE_SELF")
+
 
 def largest_child_rss() -> int:
     """The peak RSS of the largest child process waited for so far (grandchildren included when their
     parents waited for them), in bytes; 0 where the platform keeps none."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return 0
-    maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB on Linux
+    return _maxrss("RUSAGE_CHILDREN")
 
 
 @functools.lru_cache(maxsize=1)

@@ -177,11 +177,14 @@ def validate(
         checks = build_checks(tasks=tasks, task_limit=task_limit, serve=serve, device=device, dtype=dtype, **check_options)
         base_folder = _base_folder(art)
         runtime = runtime_for(art.manifest.format)
+        if runtime.work_in_subprocesses:
+            peak.watch_tools()
         scored = runtime.evaluate(art, base_folder, texts, EvaluationSettings(context, stride, max_tokens, device, dtype),
                                   reporter)
         targets = _check_targets(art, scored, base_folder, checks, recipe_gates, gate_overrides, reporter)
     resources = {"wall_s": round(time.perf_counter() - started, 1), "peak_rss_bytes": peak.bytes,
-                 "peak_rss_note": "resident memory of the validating process, sampled every 10 ms"}
+                 "peak_rss_note": ("the validating process and its largest child process (llama.cpp's tools)" if peak.tools
+                                   else "the validating process") + f"; this figure: {peak.method}"}
     if device != "cpu":
         import torch
 

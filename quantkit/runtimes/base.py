@@ -66,6 +66,9 @@ class Runtime(ABC):
     `quantkit.runtimes.RUNTIMES` under the format it evaluates."""
 
     name: str
+    # scores in child processes (llama.cpp's tools): validation then reads their peak memory from the
+    # kernel instead of sampling its own process every 10 ms beside them (quantkit.memory)
+    work_in_subprocesses: bool = False
 
     @abstractmethod
     def evaluate(self, artifact: "Artifact", base_folder: Path, texts: dict[str, str], settings: EvaluationSettings,

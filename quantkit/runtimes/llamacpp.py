@@ -41,6 +41,7 @@ class LlamaCppRuntime(Runtime):
     """GGUF files: reference logits of the base's F32 conversion once per text, then each type against them."""
 
     name = "llama.cpp"
+    work_in_subprocesses = True
 
     def evaluate(self, artifact, base_folder, texts, settings: EvaluationSettings, reporter) -> list[ScoredTarget]:
         from quantkit.recipe import ModelSpec
