@@ -57,6 +57,13 @@ def precision_bits(method: str, scheme: str, bits: int | None = None) -> int:
     return int(m.group(1)) if m else 4
 
 
+def stored_bits(output) -> float:
+    """Bits per parameter an output's files hold: its nominal bits, summed over the files of a GGUF output."""
+    if output.method == "gguf":
+        return sum(GGUF_BITS.get(t.upper(), 8.5) for t in output.types)
+    return precision_bits(output.method, output.scheme, getattr(output, "bits", None))
+
+
 def class_defaults(method: str, scheme: str, bits: int | None = None) -> dict[str, float]:
     """KLD and perplexity thresholds of the output's precision class (the nearest class defined)."""
     b = precision_bits(method, scheme, bits)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantkit.errors import QuantkitError
-from quantkit.gates import DTYPE_BYTES, GGUF_BITS, precision_bits
+from quantkit.gates import DTYPE_BYTES, stored_bits
 from quantkit.recipe import Cell, Recipe
 
 CUDA_CONTEXT_BYTES = 1 << 29
@@ -83,7 +83,7 @@ def estimate(shape: ModelShape, output, recipe: Recipe) -> Estimate:
     cal = recipe.calibration
     if output.method in GGUF_METHODS:
         # the converter streams tensors; llama-quantize maps the F16 file and writes the target
-        disk = int(shape.params * (sum(GGUF_BITS.get(t.upper(), 8.5) for t in output.types) + 16) / 8)
+        disk = int(shape.params * (stored_bits(output) + 16) / 8)  # the types and the F16 file they are made from
         return Estimate(RUNTIME_BYTES // 2 + shape.layer_params * 4 * 2, 0, disk, False, shape.params)
     calibrated = output.method not in ("fp8", "rtn") or getattr(output, "scheme", "") == "FP8"
     cached_inputs = cal.num_samples * cal.seq_len * shape.hidden * wbytes * 2 if calibrated else 0
@@ -91,8 +91,7 @@ def estimate(shape: ModelShape, output, recipe: Recipe) -> Estimate:
     hessians = sum(n * n * 4 for n in shape.linear_inputs) if output.method in ("gptq", "int8") else 0
     layer = shape.layer_params * wbytes
     resident = 0 if recipe.model.offload == "disk" else shape.params * wbytes
-    bits = precision_bits(output.method, output.scheme, getattr(output, "bits", None))
-    disk = int(shape.params * bits / 8 * 1.1)
+    disk = int(shape.params * stored_bits(output) / 8 * 1.1)
     host = resident + layer + cached_inputs + hessians + RUNTIME_BYTES
     return Estimate(host, layer + hessians + one_sample + CUDA_CONTEXT_BYTES, disk, True, shape.params)
 

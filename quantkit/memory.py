@@ -5,8 +5,8 @@ step's peak is exactly that mark. When it does not (an earlier step of the same 
 higher), a thread's samples of the RSS, every 0.1 s, give the step's own peak. It is the process's
 memory, so whatever earlier steps still hold is included. (Resetting the kernel's VmHWM via
 /proc/self/clear_refs was tried first; on this machine it reported peaks above the process's own
-ru_maxrss, so it is not used.) Sampling every 10 ms, as quantkit did before, cost GPTQ on 2 cores
-and llama.cpp's tools up to 9% of their time (benchmarks/README.md).
+ru_maxrss, so it is not used.) Sampling every 10 ms, as quantkit did before, made llama-imatrix
+9% slower on 2 cores (benchmarks/README.md).
 
 A step whose work runs in child processes (llama.cpp's tools) also counts the largest child's own
 peak (`ru_maxrss` of the waited-for children), and samples this process every 0.5 s.

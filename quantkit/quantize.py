@@ -20,7 +20,7 @@ from quantkit.device import accelerator_available
 from quantkit.engines import EngineJob, engine_for
 from quantkit.errors import ArtifactError, QuantkitError, RecipeError
 from quantkit.files import check_destination, exclusive_outputs, folder_size, remove_stale_partials, staged_folder
-from quantkit.gates import DTYPE_BYTES, GGUF_BITS, precision_bits
+from quantkit.gates import DTYPE_BYTES, stored_bits
 from quantkit.memory import PeakRSS
 from quantkit.output_roots import is_url, join, read_remote, root_problems, under
 from quantkit.progress import NullReporter, Reporter
@@ -88,11 +88,7 @@ def estimated_bytes(output, model: ResolvedModel, dtype: str) -> int:
     """What an output will take on disk, from the float model's size (a generous estimate: quantized
     layers at their bits plus 10% for scales, everything else as if quantized too)."""
     params = model.weight_bytes / DTYPE_BYTES.get(dtype, 4)
-    if output.method == "gguf":
-        bits = sum(GGUF_BITS.get(t.upper(), 8.5) for t in output.types)
-    else:
-        bits = precision_bits(output.method, output.scheme, getattr(output, "bits", None))
-    return int(params * bits / 8 * 1.1)
+    return int(params * stored_bits(output) / 8 * 1.1)
 
 
 def check_free_space(jobs: list, model: ResolvedModel, dtype: str, root: Path) -> None:

@@ -46,7 +46,7 @@ class Engine(ABC):
     # import (5 s) and the accelerator probe
     in_process_torch: bool = True
     # its heavy work runs in child processes (llama.cpp's tools): their peak memory is read from the
-    # kernel instead of sampling this process every 10 ms, which slowed those tools by about 9%
+    # kernel, and this process is sampled only every 0.5 s (sampling beside them slowed them: quantkit.memory)
     work_in_subprocesses: bool = False
 
     @abstractmethod

@@ -67,7 +67,7 @@ class Runtime(ABC):
 
     name: str
     # scores in child processes (llama.cpp's tools): validation then reads their peak memory from the
-    # kernel instead of sampling its own process every 10 ms beside them (quantkit.memory)
+    # kernel, and samples its own process only every 0.5 s beside them (quantkit.memory)
     work_in_subprocesses: bool = False
 
     @abstractmethod
