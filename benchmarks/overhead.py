@@ -147,7 +147,17 @@ def compare(method: str, args, tmp: Path, sources: dict[str, Path]) -> dict:
                            for k in ("wall_s", "quantize_s", "peak_rss_bytes")}
         print(f"ratio {variant} / oneshot: wall {ratios[variant]['wall_s']:.3f}  oneshot phase "
               f"{ratios[variant]['quantize_s']:.3f}  peak RSS {ratios[variant]['peak_rss_bytes']:.3f}")
-    return {"runs": runs, "medians": table, "ratios": ratios}
+    paired = {variant: paired_ratios([m["wall_s"] for m in runs[variant]], [m["wall_s"] for m in runs["oneshot"]])
+              for variant in sources}
+    for variant, per_round in paired.items():
+        print(f"paired wall ratio {variant} / oneshot (each round's pair, run back to back): {spread(per_round).strip()}")
+    return {"runs": runs, "medians": table, "ratios": ratios, "paired_wall_ratios": paired}
+
+
+def paired_ratios(values: list[float], baseline: list[float]) -> list[float]:
+    """Each round's ratio: the variants of a round run back to back, so a slow spell of a shared host
+    weighs on both sides of a pair, where it widens the spread of each median."""
+    return [round(v / b, 3) for v, b in zip(values, baseline)]
 
 
 def main() -> None:
