@@ -8,6 +8,10 @@ memory, so whatever earlier steps still hold is included. (Resetting the kernel'
 ru_maxrss, so it is not used.) Sampling every 10 ms, as quantkit did before, made llama-imatrix
 9% slower on 2 cores (benchmarks/README.md).
 
+Linux carries a parent's peak into a child's `ru_maxrss` (across fork and exec): a quantkit started by
+a large process starts with that process's mark, and its steps fall back to their samples until one
+exceeds it. Either way the figure is the step's own.
+
 A step whose work runs in child processes (llama.cpp's tools) also counts the largest child's own
 peak (`ru_maxrss` of the waited-for children), and samples this process every 0.5 s.
 """
