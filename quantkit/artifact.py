@@ -8,7 +8,9 @@ library versions) and what came out (sha256 and size of every file), so `validat
 from __future__ import annotations
 
 import datetime as _dt
+import fnmatch
 import json
+import os
 import platform
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -31,6 +33,13 @@ LOCAL_NAME = "quantkit.local.json"
 ADDED_LATER = ("validation.json", "validation.md", "validation.html", "README.md", ATTESTATION_NAME, ".gitattributes",
                LOCAL_NAME)
 SERVE_LOGS = "serve-logs"  # vLLM server logs of the serving check, written after the manifest
+# Files every artifact may hold whatever its format (quantkit's own side file); each engine names the rest
+# (Engine.artifact_patterns): an allow-list, so what a model folder ships beyond them never travels.
+OWN_FILES = (LOCAL_NAME,)
+# Executable content: never part of an artifact, even when a manifest lists it (a forged manifest)
+CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".pyd", ".so", ".dylib", ".dll", ".exe", ".sh", ".bat", ".ps1", ".pth")
+# keys of config.json / tokenizer_config.json that point a loader at a folder's own code
+CODE_POINTERS = ("auto_map",)
 
 TRACKED_LIBRARIES = (
     "quantkit",
@@ -47,7 +56,8 @@ TRACKED_LIBRARIES = (
 
 
 def file_checksums(folder: Path) -> dict[str, dict]:
-    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and _is_content(p.relative_to(folder).as_posix())]
+    files = [p for p in sorted(folder.rglob("*"))
+             if p.is_file() and not p.is_symlink() and _is_content(p.relative_to(folder).as_posix())]
     return {p.relative_to(folder).as_posix(): {"sha256": digest, "bytes": p.stat().st_size}
             for p, digest in zip(files, sha256_files(files))}
 
@@ -65,6 +75,13 @@ def library_versions(names: tuple[str, ...] = TRACKED_LIBRARIES) -> dict[str, st
         except metadata.PackageNotFoundError:
             pass
     return versions
+
+
+def json_digest(obj) -> str:
+    """sha256 of a JSON value in one canonical spelling (the input fingerprints of quantize)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def utc_now() -> str:
@@ -127,6 +144,10 @@ class Manifest(BaseModel):
     # sha256 of each input that decides the output (model, calibration tokens, output spec, libraries,
     # tools) and of all of them: a re-run skips an output whose inputs are unchanged (quantize resume)
     inputs: dict[str, str | None] = Field(default_factory=dict)
+    # what the engine wrote that is not part of the format (a model folder's code copied by save_pretrained),
+    # left out of the artifact, and the code pointers (auto_map) removed from its configs
+    dropped_files: list[str] = Field(default_factory=list)
+    dropped_keys: list[str] = Field(default_factory=list)
 
     @property
     def method(self) -> str:
@@ -218,10 +239,14 @@ class Artifact:
             rel = p.relative_to(self.path).as_posix()
             if (p.is_file() or p.is_symlink()) and rel not in listed and _is_content(rel):
                 problems.append(f"not in {MANIFEST_NAME}: {rel}")
+            if p.name.lower().endswith(CODE_SUFFIXES) and not rel.startswith(SERVE_LOGS + "/"):
+                problems.append(f"code file: {rel} (a quantkit artifact never carries code)")
         to_hash = []
         for rel, info in self.manifest.files.items():
             f = self.path / rel
-            if not f.is_file():
+            if f.is_symlink():
+                problems.append(f"symlink: {rel} (an artifact holds regular files only)")
+            elif not f.is_file():
                 problems.append(f"missing: {rel}")
             elif f.stat().st_size != info.bytes:
                 problems.append(f"modified: {rel} (size differs from {MANIFEST_NAME})")
@@ -249,7 +274,109 @@ class Artifact:
         for rel in m.files:
             if rel.startswith("/") or ".." in Path(rel).parts:
                 out.append(f"files names a path outside the artifact: {rel!r}")
+        # the recipe output (gates included) as quantize fingerprinted it: an edited threshold shows here
+        if m.inputs.get("output") and m.inputs["output"] != json_digest(m.output):
+            out.append("output (method, scheme or gates) differs from what quantize recorded in inputs.output: edited by hand")
         return out
+
+
+def admit_files(staging: Path, patterns: tuple[str, ...], keep_code_pointers: bool = False) -> tuple[list[str], list[str]]:
+    """Make a staging folder hold only what its format defines: remove every file (and folder) no pattern
+    of the engine's allow-list names (transformers' save_pretrained copies a model folder's `*.py` beside
+    the weights when its config has `auto_map`), and the `auto_map` code pointers from the configs unless
+    the recipe trusts the model's code (a model type transformers lacks cannot load without them).
+    Returns (removed files, removed keys) for the manifest. Only quantkit's own staging folder is touched."""
+    allowed = (*patterns, *OWN_FILES)
+    dropped: list[str] = []
+    for p in sorted(staging.rglob("*"), reverse=True):  # children before their folder
+        rel = p.relative_to(staging).as_posix()
+        if p.is_dir() and not p.is_symlink():
+            if not any(p.iterdir()):
+                p.rmdir()
+            continue
+        if p.is_symlink() or p.name.lower().endswith(CODE_SUFFIXES) or not any(fnmatch.fnmatchcase(rel, pat) for pat in allowed):
+            p.unlink()
+            dropped.append(rel)
+    keys: list[str] = []
+    for name in ("config.json", "tokenizer_config.json"):
+        f = staging / name
+        if keep_code_pointers or not f.is_file():
+            continue
+        data = json.loads(f.read_text(encoding="utf-8"))
+        found = [k for k in CODE_POINTERS if isinstance(data, dict) and k in data]
+        if found:
+            for k in found:
+                del data[k]
+            f.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            keys += [f"{name}:{k}" for k in found]
+    return sorted(dropped), keys
+
+
+def own_entries(path: Path, manifest: Manifest) -> set[str]:
+    """The entries of an artifact folder quantkit wrote: the files its manifest lists, the manifest, the files
+    quantkit adds later (reports, card, attestation, the local side file, serve logs)."""
+    own = {MANIFEST_NAME, *manifest.files, *ADDED_LATER}
+    logs = path / SERVE_LOGS
+    if logs.is_dir() and not logs.is_symlink():
+        own |= {p.relative_to(path).as_posix() for p in logs.rglob("*") if not p.is_dir() or p.is_symlink()}
+    return own
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """What an artifact folder holds that quantkit did not write (a user's notes, an experiments folder):
+    replacing the artifact would lose them, so quantkit refuses to. [] when the folder is not an artifact."""
+    try:
+        manifest = Manifest.model_validate_json((Path(path) / MANIFEST_NAME).read_bytes())
+    except (OSError, ValidationError, ValueError):
+        return []
+    own = own_entries(path, manifest)
+    found = []
+    for root, dirs, files in os.walk(path):
+        rel_root = Path(root).relative_to(path)
+        for name in files + [d for d in dirs if (Path(root) / d).is_symlink()]:
+            rel = (rel_root / name).as_posix()
+            if rel not in own:
+                found.append(rel)
+        for d in list(dirs):
+            rel = (rel_root / d).as_posix()
+            if not any(o == rel or o.startswith(rel + "/") for o in own):
+                found.append(rel + "/")  # a folder of the user's: named once, not walked
+                dirs.remove(d)
+    return sorted(found)
+
+
+def remove_own_files(path: Path) -> list[str]:
+    """Delete from an artifact folder only what quantkit wrote (own_entries), then the folders left empty;
+    anything else stays where it is. Returns what was left (empty when the folder is gone)."""
+    try:
+        manifest = Manifest.model_validate_json((Path(path) / MANIFEST_NAME).read_bytes())
+    except (OSError, ValidationError, ValueError):
+        return sorted(p.name for p in Path(path).iterdir())
+    for rel in sorted(own_entries(path, manifest), key=lambda r: r != MANIFEST_NAME):  # the manifest last
+        f = path / rel
+        if f.is_symlink() or f.is_file():
+            f.unlink()
+    for root, _dirs, _files in sorted(os.walk(path), key=lambda w: len(w[0]), reverse=True):
+        if not os.listdir(root):
+            os.rmdir(root)
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*")) if path.exists() else []
+
+
+def replace_problem(dest: Path) -> str | None:
+    """Why quantize may not replace what is at `dest` (None: nothing there, or a quantkit artifact holding
+    only quantkit's files)."""
+    dest = Path(dest)
+    if not (dest.exists() or dest.is_symlink()):
+        return None
+    if not is_artifact(dest):
+        return (f"{dest} exists and is not a quantkit artifact (no valid quantkit.json); quantkit replaces only "
+                "artifacts, so it was left as it is: move it away or give the output another name")
+    foreign = foreign_entries(dest)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        return (f"{dest} is a quantkit artifact that also holds files quantkit did not write ({shown}); replacing it "
+                "would delete them, so it was left as it is: move them out of the folder")
+    return None
 
 
 def is_artifact(path: Path) -> bool:

@@ -143,8 +143,11 @@ def cached_sha256s(paths: list[Path]) -> list[str]:
     todo = [i for i, d in enumerate(digests) if d is None]
     for i, digest in zip(todo, sha256_files([paths[i] for i in todo])):
         digests[i] = digest
-        records[i].parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(records[i], json.dumps({"key": keys[i], "sha256": digest}) + "\n")
+        try:
+            records[i].parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(records[i], json.dumps({"key": keys[i], "sha256": digest}) + "\n")
+        except OSError:  # a full or read-only cache: the record only spares a later re-hash, the digest is exact
+            pass
     return digests  # type: ignore[return-value]
 
 
@@ -208,18 +211,20 @@ def check_destination(dest: Path, force: bool, replaceable: Callable[[Path], boo
     if not (dest.exists() or dest.is_symlink()):
         return
     if not force:
-        raise ArtifactError(f"{dest} already exists; pass --force (force=True) to replace it")
+        raise ArtifactError(f"{dest} already exists; pass --force to replace it")
     if replaceable is not None and not replaceable(dest):
         raise ArtifactError(f"{dest} exists and is not a quantkit artifact (no valid quantkit.json); --force replaces only "
                             "artifacts, so it was left as it is: move it away or give the output another name")
 
 
 @contextlib.contextmanager
-def staged_folder(dest: Path, force: bool = False, replaceable: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+def staged_folder(dest: Path, force: bool = False, replaceable: Callable[[Path], bool] | None = None,
+                  discard: Callable[[Path], object] | None = None) -> Iterator[Path]:
     """Yield a hidden staging folder beside `dest`; move it into place only if the block succeeds.
 
     Any exception, Ctrl-C or SIGTERM (both KeyboardInterrupt in the CLI) removes the staging folder, so
-    `dest` either holds a complete folder or is untouched.
+    `dest` either holds a complete folder or is untouched. The folder it replaces is moved aside and then
+    removed by `discard` (artifacts: only the files quantkit wrote; what is left stays in the moved-aside folder).
     """
     dest = Path(dest)
     check_destination(dest, force, replaceable)
@@ -234,7 +239,10 @@ def staged_folder(dest: Path, force: bool = False, replaceable: Callable[[Path],
             trash = dest.parent / f".{dest.name}.replaced-{uuid.uuid4().hex[:8]}"
             os.rename(dest, trash)
             os.rename(staging, dest)
-            shutil.rmtree(trash, ignore_errors=True)
+            if discard is None:
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                discard(trash)
         else:
             os.rename(staging, dest)
     except BaseException:

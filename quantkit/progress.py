@@ -3,6 +3,9 @@
 The library reports through a `Reporter`; the CLI passes a rich one in a terminal and a plain,
 timestamped one where output is a log (CI), library callers get silence by default. Engines
 never import rich directly.
+
+Step descriptions and messages are plain text, printed as written: they carry user values (paths,
+output and domain names), so no reporter reads markup in them. A message's colour is `style`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ class Reporter(Protocol):
     # `total` is also given advances in tokens, and its bar or heartbeat shows tokens/s and an ETA
     def task(self, description: str, total: float | None = None, transient: bool = False,
              tokens: int | None = None) -> contextlib.AbstractContextManager[Task]: ...
-    def log(self, message: str) -> None: ...
+    # style: a rich style for the whole line ("red" for a failure); reporters without colour ignore it
+    def log(self, message: str, style: str | None = None) -> None: ...
 
 
 class _NullTask:
@@ -51,7 +55,7 @@ class NullReporter:
         self.steps.append(description)
         yield _NullTask()
 
-    def log(self, message: str) -> None:
+    def log(self, message: str, style: str | None = None) -> None:
         self.messages.append(message)
 
 
@@ -64,19 +68,27 @@ class RichReporter:
             BarColumn,
             MofNCompleteColumn,
             Progress,
+            ProgressColumn,
             SpinnerColumn,
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
+        from rich.text import Text
+
+        class DescriptionColumn(ProgressColumn):
+            """The step's description as written; red once the step failed."""
+
+            def render(self, task) -> Text:
+                return Text(task.description, style="red" if task.fields.get("failed") else "progress.description")
 
         self.console = console or Console(stderr=True)
         self.progress = Progress(
             SpinnerColumn(),
-            TextColumn("[progress.description]{task.description}"),
+            DescriptionColumn(),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.fields[rate]}", markup=False),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=self.console,
@@ -124,11 +136,13 @@ class RichReporter:
                 # a spinner-only step becomes a full bar when it finishes
                 progress.update(task_id, total=t.total or 1, completed=t.total or 1)
             else:
-                progress.update(task_id, description=f"[red]{description} (failed)")
+                progress.update(task_id, description=f"{description} (failed)", failed=True)
                 progress.stop_task(task_id)
 
-    def log(self, message: str) -> None:
-        self.progress.console.print(message)
+    def log(self, message: str, style: str | None = None) -> None:
+        from rich.text import Text
+
+        self.progress.console.print(Text(message, style=style or ""), soft_wrap=True)
 
 
 @dataclass
@@ -140,17 +154,6 @@ class _Step:
     completed: float = 0.0
     transient: bool = False
     counts_tokens: bool = False  # completed/total are tokens: heartbeats show tokens/s and an ETA
-
-
-def plain_text(message: str) -> str:
-    """A message without rich markup ("[red]...[/]")."""
-    from rich.errors import MarkupError
-    from rich.text import Text
-
-    try:
-        return Text.from_markup(message).plain
-    except MarkupError:  # brackets that are not markup: printed as they are
-        return message
 
 
 class PlainReporter:
@@ -218,7 +221,7 @@ class PlainReporter:
         self, description: str, total: float | None = None, transient: bool = False, tokens: int | None = None
     ) -> Iterator[Task]:
         self.steps.append(description)
-        description = plain_text(description).strip()
+        description = description.strip()
         with self._lock:
             depth = len([s for s in self._active if not s.transient])
             step = _Step(description, depth, self.clock(), total, 0.0, transient, tokens is not None and total is not None)
@@ -236,7 +239,7 @@ class PlainReporter:
                 if total is not None:
                     step.total = total
                 if description is not None:
-                    step.description = plain_text(description).strip()
+                    step.description = description.strip()
 
         ok = False
         try:
@@ -250,8 +253,8 @@ class PlainReporter:
                 rate = f", {tokens / seconds:,.0f} tokens/s" if tokens and seconds > 0 else ""
                 self._line(f"{'done ' if ok else 'FAILED'} {description} ({_duration(seconds)}{rate})", depth)
 
-    def log(self, message: str) -> None:
-        self._line(plain_text(message))
+    def log(self, message: str, style: str | None = None) -> None:
+        self._line(message)
 
 
 def _duration(seconds: float) -> str:

@@ -33,6 +33,7 @@ from quantkit.publish.bundle import (
     read_validation,
     scrub_text,
     validation_problem,
+    verdict_problems,
     without_local_paths,
 )
 from quantkit.publish.card import CardContext, base_license, base_model_id, render
@@ -61,7 +62,9 @@ def prepare(artifact: str | Path | Artifact, destination: Destination, settings:
     prefixes = local_prefixes(art)
     problem = validation_problem(art, report)
     if problem:
-        failed_gates = report is not None and report.get("manifest_sha256") == sha256_file(art.path / MANIFEST_NAME)
+        # a report for this manifest whose figures hold together failed its gates; anything else is unvalidated
+        failed_gates = (report is not None and report.get("manifest_sha256") == sha256_file(art.path / MANIFEST_NAME)
+                        and not verdict_problems(report))
         allowed = settings.allow_failed if failed_gates else settings.allow_unvalidated
         flag = "--allow-failed" if failed_gates else "--allow-unvalidated"
         if not allowed:
@@ -110,7 +113,8 @@ def predicate(art: Artifact, report: dict | None, bundle: Bundle, prefixes: list
         base["uri"] = f"https://huggingface.co/{hub_id}"
     deps = [base]
     if m.calibration:
-        deps.append({"name": f"calibration:{m.calibration.source}", "digest": {"sha256": m.calibration.fingerprint},
+        deps.append({"name": f"calibration:{without_local_paths(m.calibration.source, prefixes)}",
+                     "digest": {"sha256": m.calibration.fingerprint},
                      "annotations": {"num_tokens": m.calibration.num_tokens, "num_samples": m.calibration.num_samples,
                                      "seq_len": m.calibration.seq_len}})
     byproducts = []
@@ -248,13 +252,20 @@ def _inside(folder: Path, p: Path) -> bool:
     return True
 
 
-def pull(ref: str, dest: str | Path, *, reporter: Reporter | None = None) -> Path:
-    """Bring a pushed artifact back into `dest` (a new folder), digests checked against the attestation;
-    the result is an artifact `validate` accepts."""
+def pull(ref: str, dest: str | Path, *, force: bool = False, reporter: Reporter | None = None) -> Path:
+    """Bring a pushed artifact back into `dest` (a new folder; with `force`, an existing quantkit artifact is
+    replaced, never another folder), digests checked against the attestation; the result is an artifact
+    `validate` accepts. Everything is written in a staging folder beside `dest`, renamed into place only
+    once every file is complete and verified: a failure leaves `dest` as it was."""
+    from quantkit.artifact import remove_own_files, replace_problem
+
     reporter = reporter or NullReporter()
     destination = destination_for(ref)
     dest = Path(dest)
-    with staged_folder(dest) as stage:
+    if force and replace_problem(Path(dest)):  # an artifact holding a user's files, or not an artifact at all
+        raise ArtifactError(replace_problem(Path(dest)))
+    # --force replaces only a quantkit artifact, and deletes only the files quantkit wrote there
+    with staged_folder(dest, force, lambda p: replace_problem(p) is None, discard=remove_own_files) as stage:
         destination.download(stage, reporter)
         _verify_folder(stage, ref, None, reporter)
     return dest

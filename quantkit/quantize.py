@@ -8,18 +8,28 @@ calibration pass, so a typo or an impossible group size fails in seconds, not mi
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantkit.artifact import LOCAL_NAME, Artifact, is_artifact, library_versions, utc_now, write_manifest
+from quantkit.artifact import (
+    LOCAL_NAME,
+    Artifact,
+    admit_files,
+    is_artifact,
+    json_digest,
+    library_versions,
+    remove_own_files,
+    replace_problem,
+    utc_now,
+    write_manifest,
+)
 from quantkit.device import accelerator_available
 from quantkit.engines import EngineJob, engine_for
 from quantkit.errors import ArtifactError, QuantkitError, RecipeError
-from quantkit.files import check_destination, exclusive_outputs, folder_size, remove_stale_partials, staged_folder
+from quantkit.files import exclusive_outputs, folder_size, remove_stale_partials, staged_folder
 from quantkit.gates import DTYPE_BYTES, stored_bits
 from quantkit.memory import PeakRSS
 from quantkit.output_roots import is_url, join, read_remote, root_problems, under
@@ -154,8 +164,10 @@ def quantize(
     if problems:
         raise RecipeError(recipe.name, problems)
     jobs = plan(recipe, output_dir, only)
-    for _, dest in jobs:  # what is there must be ours: an artifact is compared below, anything else is refused
-        check_destination(dest, True, is_artifact)
+    for _, dest in jobs:  # what is there must be ours (an artifact holding only quantkit's files), else refused
+        problem = replace_problem(dest)
+        if problem:
+            raise ArtifactError(problem)
     with exclusive_outputs([dest for _, dest in jobs]):  # a second run on the same outputs is refused now, not later
         return _run(recipe, jobs, output_dir, force, force_space, keep_going, reporter, force_memory)
 
@@ -188,7 +200,7 @@ def _quantize_cells(recipe: Recipe, output_dir, only, force, reporter, keep_goin
             if not keep_going:
                 raise
             failures += [OutputFailure(f"{cell.folder}/{name}", str(e)) for name in names]
-            reporter.log(f"[red]{cell.folder} failed: {e}")
+            reporter.log(f"{cell.folder} failed: {e}", style="red")
     if failures:
         raise QuantizeFailed(artifacts, failures)
     return artifacts
@@ -256,7 +268,7 @@ def _make(recipe: Recipe, jobs: list, model: ResolvedModel, force: bool, keep_go
             if not keep_going:
                 raise
             failures.append(OutputFailure(output.name, f"{type(e).__name__}: {e}"))
-            reporter.log(f"[red]{output.name} failed: {type(e).__name__}: {e}")
+            reporter.log(f"{output.name} failed: {type(e).__name__}: {e}", style="red")
     if failures:
         raise QuantizeFailed(artifacts, failures)
     return artifacts
@@ -265,9 +277,7 @@ def _make(recipe: Recipe, jobs: list, model: ResolvedModel, force: bool, keep_go
 def input_fingerprints(recipe: Recipe, output, model: ResolvedModel, calibration: CalibrationSet | None) -> dict:
     """sha256 of everything that decides an output, one entry per input and `all` over them."""
 
-    def digest(obj) -> str:
-        return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
+    digest = json_digest  # Manifest.manifest_problems recomputes the output's digest the same way
     engine = engine_for(output.method)
     uses_cal = engine.needs_calibration(output)
     parts = {
@@ -337,8 +347,9 @@ def status(recipe: Recipe, output_dir: str | Path | None = None, reporter: Repor
     inputs = expected_inputs(recipe, reporter)
     rows = []
     for output, dest in jobs:
-        if dest.exists() and not is_artifact(dest):
-            state = OutputState(False, False, "not a quantkit artifact: left alone; quantize refuses to replace it")
+        if replace_problem(dest):
+            state = OutputState(False, False, "holds files quantkit did not write: left alone; quantize refuses to replace it"
+                                if is_artifact(dest) else "not a quantkit artifact: left alone; quantize refuses to replace it")
         else:
             state = output_state(dest, inputs[output.name])
         staging = sorted(dest.parent.glob(f".{dest.name}{PARTIAL_MARK}*")) if dest.parent.is_dir() else []
@@ -377,6 +388,10 @@ def _relative(value: str, root: Path) -> str:
 def _relative_sources(recipe: dict, root: Path) -> dict:
     recipe["model"]["source"] = _relative(recipe["model"]["source"], root)
     recipe["calibration"]["source"] = _relative(recipe["calibration"]["source"], root)
+    for matrix_field in ("models", "calibrations"):  # a matrix cell's recipe keeps its lists' sources
+        for entry in recipe.get(matrix_field) or []:
+            if isinstance(entry, dict) and isinstance(entry.get("source"), str):
+                entry["source"] = _relative(entry["source"], root)
     recipe["output_dir"] = _relative(recipe["output_dir"], root)
     return recipe
 
@@ -398,13 +413,29 @@ def _produce(
 ) -> tuple[Artifact, list[str]]:
     engine = engine_for(output.method)
     started = time.perf_counter()
-    # replaces only a quantkit artifact (stale, damaged or --force); never a folder of the user's
-    with staged_folder(dest, force=True, replaceable=is_artifact) as staging, PeakRSS(engine.work_in_subprocesses) as peak:
+
+    def discard_replaced(old: Path) -> None:  # the artifact replaced: only the files quantkit wrote go
+        left = remove_own_files(old)
+        if left:
+            reporter.log(f"kept {len(left)} file(s) quantkit did not write in {old} ({', '.join(left[:3])})")
+
+    # replaces only a quantkit artifact holding only quantkit's files (stale, damaged or --force)
+    with (staged_folder(dest, force=True, replaceable=lambda p: replace_problem(p) is None, discard=discard_replaced)
+          as staging, PeakRSS(engine.work_in_subprocesses) as peak):
         uses_cal = engine.needs_calibration(output)
         result = engine.run(EngineJob(recipe, output, model, calibration if uses_cal else None, staging, reporter))
+        dropped_files, dropped_keys = admit_files(staging, engine.artifact_patterns(output),
+                                                  keep_code_pointers=model.spec.trust_remote_code)
+        if dropped_files or dropped_keys:
+            reporter.log(f"{output.name}: left out of the artifact (not part of {result.format}): "
+                         f"{', '.join(dropped_files + dropped_keys)}")
         total = round(time.perf_counter() - started, 3)
         inputs = inputs or input_fingerprints(recipe, output, model, calibration)
         base_entry, local = _without_local_paths(model, dest.parent)
+        calibration_entry = calibration.manifest_entry() if (uses_cal and calibration) else None
+        if calibration_entry is not None and Path(calibration_entry["source"]).expanduser().is_absolute():
+            local["calibration_source"] = calibration_entry["source"]
+            calibration_entry["source"] = _relative(calibration_entry["source"], dest.parent)
         (staging / LOCAL_NAME).write_text(json.dumps(local, indent=2) + "\n")
         manifest = {
             "name": output.name,
@@ -415,7 +446,9 @@ def _produce(
             "description": engine.describe(output),
             "recipe": _relative_sources(recipe.model_dump(mode="json"), dest.parent),
             "base_model": base_entry,
-            "calibration": calibration.manifest_entry() if (uses_cal and calibration) else None,
+            "calibration": calibration_entry,
+            "dropped_files": dropped_files,
+            "dropped_keys": dropped_keys,
             "libraries": library_versions(),
             "engine": {"name": engine.name, **result.details},
             "failures": result.failures,

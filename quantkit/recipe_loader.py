@@ -7,6 +7,8 @@ Each problem becomes one message naming the field path, its YAML line and what i
 from __future__ import annotations
 
 import difflib
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,37 @@ SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_DEPTH = 32  # recipes nest 4 deep; a deeper document is an attack or an accident
 MAX_PROBLEMS = 20  # reported per recipe; the rest are counted
 MAX_SHOWN = 80  # characters of a bad value quoted in a message
+# a number literal's length: far past any recipe value, far below Python's 4,300-digit int parsing limit
+# (and a hex literal of 100 characters is about 120 decimal digits, still printable in a message)
+MAX_NUMBER_CHARS = 100
+
+# YAML 1.1 (PyYAML) reads these plain scalars as something other than what was written
+_LEADING_ZERO = re.compile(r"[-+]?0[0-9_]+")  # octal when every digit is below 8 (010 is 8), else a string ('08')
+_BASE_60 = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")  # 1:04 is 64
+_NUMBER = re.compile(r"[-+]?(?:0b[0-1_]+|0x[0-9a-fA-F_]+|[0-9][0-9_]*(?:\.[0-9_]*)?(?:[eE][-+][0-9]+)?"
+                     r"|\.[0-9_]+(?:[eE][-+][0-9]+)?)")
+_NUMBER_TAGS = (None, "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
+class _RecipeLoader(SafeLoader):
+    """SafeLoader whose scalar constructors raise a YAML error at the value's line where they would raise
+    a bare ValueError (`2024-13-45` is a timestamp of month 13)."""
+
+
+def _at_its_line(construct):
+    def construct_or_say_where(loader, node):
+        try:
+            return construct(loader, node)
+        except ValueError as e:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{_short(node.value)} cannot be read as a {node.tag.rsplit(':', 1)[-1]} ({e})", node.start_mark,
+            ) from None
+
+    return construct_or_say_where
+
+
+for _tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp"):
+    _RecipeLoader.add_constructor(_tag, _at_its_line(SafeLoader.yaml_constructors[_tag]))
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -49,7 +82,7 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | tup
         raise RecipeError(source, problems)
     try:
         root_node = yaml.compose(text, Loader=SafeLoader)
-        data = yaml.load(text, Loader=SafeLoader)
+        data = yaml.load(text, Loader=_RecipeLoader)
     except yaml.YAMLError as e:
         raise RecipeError(source, [_yaml_error(e)]) from None
     if not isinstance(data, dict):
@@ -75,40 +108,97 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | tup
     return recipe
 
 
-def structure_problems(text: str) -> list[str]:
+@dataclass
+class _Open:
+    """A mapping or sequence being read, with the path of the field it is."""
+
+    kind: str  # "map" | "seq"
+    path: str
+    keys: dict[str, int] = field(default_factory=dict)  # key -> its line
+    expecting_key: bool = True
+    key: str = ""  # the key whose value comes next
+    items: int = 0
+
+    def value_path(self) -> str:
+        """The path of the value that comes next; moves on past it."""
+        if self.kind == "seq":
+            self.items += 1
+            return f"{self.path}[{self.items - 1}]"
+        self.expecting_key = True
+        key = _short(self.key, 40)
+        return f"{self.path}.{key}" if self.path else key
+
+
+def structure_problems(text: str, root: str = "", lines: bool = True) -> list[str]:
     """What a recipe's YAML may not hold, found from the event stream before anything is built
     (iterative: no recursion, no alias expansion): aliases (a "billion laughs" of anchors expands
     exponentially), nesting deeper than MAX_DEPTH, duplicate keys (YAML would keep the last one
-    silently), keys that are not plain scalars."""
-    stack: list[list] = []  # per open collection: [kind, {key: line}, expecting a key]
+    silently), keys that are not plain scalars; and what YAML 1.1 would read as other than written
+    (`_as_written_problem`). `root`: the field path of the document (an override's key); `lines`:
+    whether messages give YAML line numbers (not for a one-line override)."""
+    stack: list[_Open] = []
+    problems: list[str] = []
+
+    def where(path: str, line: int) -> str:
+        path = path or "(recipe)"
+        return f"{path} (line {line})" if lines else path
+
     try:
         for ev in yaml.parse(text, Loader=SafeLoader):
-            line = ev.start_mark.line + 1 if ev.start_mark else None
+            line = ev.start_mark.line + 1 if ev.start_mark else 0
             if isinstance(ev, yaml.AliasEvent):
-                return [f"line {line}: YAML aliases (*{ev.anchor}) are not allowed in recipes; write the value out"]
+                return problems + [f"line {line}: YAML aliases (*{ev.anchor}) are not allowed in recipes; write the value out"]
             top = stack[-1] if stack else None
             if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-                if top and top[0] == "map":
-                    if top[2]:
-                        return [f"line {line}: a mapping key must be a plain value, not a list or mapping"]
-                    top[2] = True  # this collection is the value; the parent expects a key after it
-                stack.append(["map" if isinstance(ev, yaml.MappingStartEvent) else "seq", {}, True])
+                if top and top.kind == "map" and top.expecting_key:
+                    return problems + [f"line {line}: a mapping key must be a plain value, not a list or mapping"]
+                path = top.value_path() if top else root
+                stack.append(_Open("map" if isinstance(ev, yaml.MappingStartEvent) else "seq", path))
                 if len(stack) > MAX_DEPTH:
-                    return [f"line {line}: nested more than {MAX_DEPTH} levels deep"]
+                    return problems + [f"line {line}: nested more than {MAX_DEPTH} levels deep"]
             elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
                 stack.pop()
-            elif isinstance(ev, yaml.ScalarEvent) and top and top[0] == "map":
-                if top[2]:
-                    if ev.value in top[1]:
-                        return [f"line {line}: key '{_short(ev.value)}' appears twice in one mapping "
-                                f"(first on line {top[1][ev.value]}); YAML would silently keep only the last"]
-                    top[1][ev.value] = line
-                    if len(top[1]) > MAX_KEYS:
-                        return [f"line {line}: more than {MAX_KEYS} keys in one mapping"]
-                top[2] = not top[2]
+            elif isinstance(ev, yaml.ScalarEvent):
+                plain = ev.style in (None, "")  # libyaml says "" for a plain scalar, PyYAML None
+                if top and top.kind == "map" and top.expecting_key:
+                    if ev.value in top.keys:
+                        return problems + [f"line {line}: key '{_short(ev.value)}' appears twice in one mapping "
+                                           f"(first on line {top.keys[ev.value]}); YAML would silently keep only the last"]
+                    if plain and ev.value == "<<":
+                        problems.append(f"{where(top.path, line)}: '<<' is a YAML merge key, which would set the keys "
+                                        "of the mapping after it silently (and past the duplicate-key check); "
+                                        "write the keys out, or quote it ('<<') for a key of that name")
+                    top.keys[ev.value] = line
+                    if len(top.keys) > MAX_KEYS:
+                        return problems + [f"line {line}: more than {MAX_KEYS} keys in one mapping"]
+                    top.key, top.expecting_key = ev.value, False
+                    continue
+                path = top.value_path() if top else root
+                if plain and ev.tag in _NUMBER_TAGS and (problem := _as_written_problem(ev.value, ev.tag)):
+                    problems.append(f"{where(path, line)}: {problem}")
     except yaml.YAMLError as e:
-        return [_yaml_error(e)]
-    return []
+        return problems + [_yaml_error(e)]
+    return _capped(problems)
+
+
+def _as_written_problem(value: str, tag: str | None = None) -> str | None:
+    """Why a plain scalar (with its explicit tag, if any) would not be read as written (YAML 1.1), or None."""
+    if len(value) > MAX_NUMBER_CHARS and (_NUMBER.fullmatch(value) or _BASE_60.fullmatch(value)):
+        return (f"a number of {len(value)} characters ({value[:20]}…); numbers in a recipe are at most "
+                f"{MAX_NUMBER_CHARS} characters")
+    quote = f"or quote it as a string ('{value}')"
+    tagged = f"!<{tag}> {value}" if tag else value
+    if _LEADING_ZERO.fullmatch(value):
+        read = yaml.load(tagged, Loader=SafeLoader)
+        decimal = int(value.replace("_", ""), 10)
+        if tag == "tag:yaml.org,2002:float":  # `!!float 010` is 10.0, as written
+            return None
+        read_as = f"{read} (octal)" if isinstance(read, int) else repr(read)
+        return f"{value} has a leading zero, which YAML 1.1 reads as {read_as}; write {decimal}, {quote}"
+    if _BASE_60.fullmatch(value):
+        read = yaml.load(tagged, Loader=SafeLoader)
+        return f"{value} is a YAML 1.1 base-60 number, which reads as {read}; write {read}, {quote}"
+    return None
 
 
 def _yaml_error(e: yaml.YAMLError) -> str:
@@ -135,11 +225,11 @@ def _apply_override(data: dict, override: str) -> None:
     key, sep, raw = override.partition("=")
     if not sep or not key:
         raise ValueError(f"override '{_short(override)}' must look like KEY=VALUE, e.g. calibration.num_samples=16")
-    problems = structure_problems(raw)
+    problems = structure_problems(raw, root=key, lines=False)
     if problems:
         raise ValueError(f"override '{_short(override)}': {problems[0]}")
     try:
-        value = yaml.load(raw, Loader=SafeLoader)
+        value = yaml.load(raw, Loader=_RecipeLoader)
     except yaml.YAMLError as e:
         raise ValueError(f"override '{_short(override)}': {_yaml_error(e)}") from None
     parts = key.split(".")
@@ -164,12 +254,12 @@ def _child(node: Any, part: str, path: str) -> Any:
         return node[_index(node, part, path)]
     if isinstance(node, dict):
         return node.get(part)
-    raise ValueError(f"override path '{path}' goes through a scalar")
+    raise ValueError(f"override path '{_short(path)}' goes through a scalar")
 
 
 def _index(node: list, part: str, path: str) -> int:
-    if not part.isdigit() or int(part) >= len(node):
-        raise ValueError(f"override path '{path}': '{part}' is not an index of a list of {len(node)} items")
+    if not (part.isascii() and part.isdigit()) or len(part) > 9 or int(part) >= len(node):
+        raise ValueError(f"override path '{_short(path)}': '{_short(part, 20)}' is not an index of a list of {len(node)} items")
     return int(part)
 
 

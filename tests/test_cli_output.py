@@ -26,7 +26,7 @@ class FakeClock:
 def test_plain_reporter_lines_durations_rates_and_heartbeat():
     buf, clock = io.StringIO(), FakeClock()
     rep = PlainReporter(buf, heartbeat=0, clock=clock)
-    rep.log("[red]a message[/] without markup")
+    rep.log("a message without markup", style="red")
     with rep.task("scoring prose", tokens=4096):
         with rep.task("calibrating layers", total=30) as t:
             t.update(completed=12, description="calibrating layers (calibrating 13/30)")

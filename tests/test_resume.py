@@ -12,6 +12,8 @@ import time
 import pytest
 from conftest import run_cli, tiny_recipe_text
 
+from quantkit.artifact import Artifact
+
 OUTPUTS = ("  - {method: rtn, name: t-rtn, scheme: W8A16}\n"  # no calibration
            "  - {method: gptq, name: t-gptq, group_size: 64}\n")  # calibrated
 
@@ -46,12 +48,14 @@ def test_rerun_keeps_current_outputs_and_redoes_what_an_input_change_invalidates
     assert r.returncode == 0 and "t-gptq (gptq W4A16); inputs changed: calibration: redoing it" in r.stderr, r.stderr
     assert created(out, "t-rtn") == first["t-rtn"] and created(out, "t-gptq") != first["t-gptq"]
 
-    # a damaged artifact is redone; --force redoes what is current
-    (out / "t-rtn" / "stray.py").write_text("x = 1")
+    # a damaged artifact (one of its own files changed) is redone; --force redoes what is current
+    config = out / "t-rtn" / "generation_config.json"
+    config.write_text(config.read_text() + " ")
     r = run_cli("status", str(recipe), "--set", "calibration.num_samples=4", "--json")
     assert json.loads(r.stdout)[0]["reason"].startswith("damaged")
-    assert run_cli("quantize", str(recipe), "--set", "calibration.num_samples=4").returncode == 0
-    assert not (out / "t-rtn" / "stray.py").exists()
+    r = run_cli("quantize", str(recipe), "--set", "calibration.num_samples=4")
+    assert r.returncode == 0 and "t-rtn (rtn W8A16); damaged" in r.stderr, r.stderr
+    assert Artifact.load(out / "t-rtn")  # remade whole
     r = run_cli("quantize", str(recipe), "--set", "calibration.num_samples=4", "--force")
     assert r.returncode == 0 and r.stderr.count("--force: redoing it") == 2
 

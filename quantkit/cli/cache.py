@@ -6,10 +6,9 @@ import json
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from quantkit.cli.options import JsonOpt
-from quantkit.cli.output import console, human_bytes, print_table
+from quantkit.cli.output import Table, console, human_bytes, print_table, say
 
 app = typer.Typer(help="List and prune quantkit's cached base references, llama.cpp reference logits and lm-eval base scores.",
                   no_args_is_help=True)
@@ -35,7 +34,7 @@ def list_command(as_json: JsonOpt = False) -> None:
         table.add_row(store.name, e.path.name[:12], human_bytes(e.bytes),
                       datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M"), what)
     print_table(table)
-    console.print(f"{len(rows)} entries, {human_bytes(sum(e.bytes for _, e in rows))}", highlight=False)
+    say(f"{len(rows)} entries, {human_bytes(sum(e.bytes for _, e in rows))}")
 
 
 @app.command("prune")
@@ -56,7 +55,7 @@ def prune_command(
         console.print_json(json.dumps({"removed": [{"store": s, "path": str(e.path), "bytes": e.bytes} for s, e in removed],
                                        "bytes": sum(e.bytes for _, e in removed)}))
         return
-    console.print(f"removed {len(removed)} entries, {human_bytes(sum(e.bytes for _, e in removed))}", highlight=False)
+    say(f"removed {len(removed)} entries, {human_bytes(sum(e.bytes for _, e in removed))}")
 
 
 def register(app_: typer.Typer) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from quantkit.cli.options import JsonOpt, ProgressOpt
-from quantkit.cli.output import console, make_reporter
+from quantkit.cli.output import console, make_reporter, say
 
 app = typer.Typer(help="Show the environment; build the llama.cpp toolchain and the vLLM environment.", invoke_without_command=True)
 
@@ -39,21 +39,16 @@ def show(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         console.print_json(json.dumps(doc))
         return
     for k, v in doc["libraries"].items():
-        console.print(f"{k}: {v}", highlight=False)
-    console.print(f"accelerator: {'yes' if doc['accelerator'] else 'none (CPU only)'}", highlight=False)
-    console.print(f"cache: {doc['cache']}", highlight=False)
-    console.print(
-        f"llama.cpp: {tc.version} in {tc.root}" if tc else f"llama.cpp: not built (expected in {toolchain_dir()}; run `quantkit env llama.cpp`)",
-        highlight=False,
-    )
+        say(f"{k}: {v}")
+    say(f"accelerator: {'yes' if doc['accelerator'] else 'none (CPU only)'}")
+    say(f"cache: {doc['cache']}")
+    say(f"llama.cpp: {tc.version} in {tc.root}" if tc
+        else f"llama.cpp: not built (expected in {toolchain_dir()}; run `quantkit env llama.cpp`)")
     if vllm_error:
-        console.print(f"vLLM: {vllm_error}", highlight=False)
+        say(f"vLLM: {vllm_error}")
     else:
-        console.print(
-            f"vLLM: {venv.version} (torch {venv.info.get('torch')}, compressed-tensors {venv.info.get('compressed_tensors')}) at {venv.python}"
-            if venv else f"vLLM: no environment (expected in {environment_dir()}; run `quantkit env vllm`)",
-            highlight=False,
-        )
+        say(f"vLLM: {venv.version} (torch {venv.info.get('torch')}, compressed-tensors {venv.info.get('compressed_tensors')}) at {venv.python}"
+            if venv else f"vLLM: no environment (expected in {environment_dir()}; run `quantkit env vllm`)")
 
 
 @app.command("llama.cpp")
@@ -79,9 +74,9 @@ def llamacpp_command(
     if as_json:
         console.print_json(json.dumps({"version": tc.version, "root": str(tc.root), "built_now": existing is None, **tc.info}))
     elif existing is not None:
-        console.print(f"llama.cpp toolchain ready: {tc.version} in {tc.root}", highlight=False)
+        say(f"llama.cpp toolchain ready: {tc.version} in {tc.root}")
     else:
-        console.print(f"built {tc.version} in {tc.info['build_seconds']} s → {tc.root}", highlight=False)
+        say(f"built {tc.version} in {tc.info['build_seconds']} s → {tc.root}")
 
 
 @app.command("vllm")
@@ -111,10 +106,9 @@ def vllm_command(
                                        "kernel_probe": probe, "serves_here": servable_here(probe) if probe else None}))
         return
     if existing is not None:
-        console.print(f"vLLM environment ready: {venv.version} at {venv.python}", highlight=False)
+        say(f"vLLM environment ready: {venv.version} at {venv.python}")
     else:
-        console.print(f"created {venv.version} (torch {venv.info['torch']}) in {venv.info['build_seconds']} s → {venv.python}",
-                      highlight=False)
+        say(f"created {venv.version} (torch {venv.info['torch']}) in {venv.info['build_seconds']} s → {venv.python}")
     if probe:
-        console.print(f"kernels on this CPU ({isa_label(probe)}): {probe.get('kernel_library') or 'none found'}; "
-                      f"serves {', '.join(servable_here(probe))}", highlight=False)
+        say(f"kernels on this CPU ({isa_label(probe)}): {probe.get('kernel_library') or 'none found'}; "
+            f"serves {', '.join(servable_here(probe))}")

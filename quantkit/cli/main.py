@@ -25,7 +25,7 @@ from quantkit.cli import recipes as recipes_cli  # noqa: E402
 from quantkit.cli import serve_test as serve_test_cli  # noqa: E402
 from quantkit.cli import validate as validate_cli  # noqa: E402
 from quantkit.cli.options import ArtifactArg, JsonOpt, VerboseOpt  # noqa: E402
-from quantkit.cli.output import configure, console, fail, human_bytes  # noqa: E402
+from quantkit.cli.output import configure, console, fail, human_bytes, say, styled  # noqa: E402
 
 app = typer.Typer(
     name="quantkit",
@@ -62,13 +62,12 @@ def inspect_command(artifact: ArtifactArg, as_json: JsonOpt = False) -> None:
     if as_json:
         console.print_json(json.dumps(m.to_json()))
         return
-    console.print(f"[bold]{a.path}[/]: {len(m.files)} files match {a.path.name}/quantkit.json", highlight=False)
-    console.print(f"  {m.method} {m.scheme} ({m.format}): {m.description}", highlight=False)
-    console.print(f"  base: {m.base_model.source} fingerprint {m.base_model.fingerprint[:16]}", highlight=False)
+    say(styled("[bold]{}[/]", a.path), f": {len(m.files)} files match {a.path.name}/quantkit.json")
+    say(f"  {m.method} {m.scheme} ({m.format}): {m.description}")
+    say(f"  base: {m.base_model.source} fingerprint {m.base_model.fingerprint[:16]}")
     cal = m.calibration
-    console.print(f"  calibration: {cal.source} {cal.num_tokens} tokens, fingerprint {cal.fingerprint[:16]}" if cal else "  calibration: none",
-                  highlight=False)
-    console.print(f"  size {human_bytes(m.size_bytes)} ({m.compression_ratio}x smaller than float)", highlight=False)
+    say(f"  calibration: {cal.source} {cal.num_tokens} tokens, fingerprint {cal.fingerprint[:16]}" if cal else "  calibration: none")
+    say(f"  size {human_bytes(m.size_bytes)} ({m.compression_ratio}x smaller than float)")
 
 
 def main() -> None:

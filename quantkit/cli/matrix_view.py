@@ -8,9 +8,9 @@ import time
 from datetime import datetime
 
 from rich.live import Live
-from rich.table import Table
+from rich.text import Text
 
-from quantkit.cli.output import err_console, progress_mode
+from quantkit.cli.output import Table, err_console, progress_mode, say
 from quantkit.executors import Board
 
 STYLES = {"queued": "dim", "running": "cyan", "made": "green", "kept": "green", "failed": "red"}
@@ -24,7 +24,7 @@ def board_table(board: Board, title: str) -> Table:
     with board.lock:
         states = list(board.jobs.values())
     for s in states:
-        table.add_row(s.id, f"[{STYLES.get(s.state, '')}]{s.state}[/]", s.stage, str(s.attempts or ""),
+        table.add_row(s.id, Text(s.state, style=STYLES.get(s.state, "")), s.stage, str(s.attempts or ""),
                       f"{s.seconds:.1f} s" if s.seconds is not None else "", s.host or "")
     return table
 
@@ -62,11 +62,11 @@ def watch(board: Board, title: str, work, progress=None):
                     state, stage, attempts = value
                     detail = f" ({stage})" if stage else ""
                     retry = f", attempt {attempts}" if attempts > 1 else ""
-                    err_console.print(f"{datetime.now():%H:%M:%S} {i}: {state}{detail}{retry}", highlight=False, soft_wrap=True)
+                    say(f"{datetime.now():%H:%M:%S} {i}: {state}{detail}{retry}", target=err_console)
             seen = current
             for line in board.log[shown_log:]:
                 if mode == "plain":
-                    err_console.print(f"{datetime.now():%H:%M:%S} {line}", highlight=False, soft_wrap=True)
+                    say(f"{datetime.now():%H:%M:%S} {line}", target=err_console)
             shown_log = len(board.log)
             if not alive:
                 break

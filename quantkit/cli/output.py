@@ -1,13 +1,23 @@
-"""Where the CLI prints: errors, tables and sizes are formatted here and nowhere else."""
+"""Where the CLI prints: errors, tables and sizes are formatted here and nowhere else.
+
+User values (paths, names, sources, messages) are printed as written: a `str` given to `say`, `Table`
+or `fail` is never read as rich markup, so `[/bold]` in a folder name prints as `[/bold]` instead of
+crashing the command. The CLI's own colours are written with `styled(template, **values)`, the one
+place markup is parsed, and the values it fills in are escaped there.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import string
 import sys
 from typing import Iterator
 
+from rich import table as rich_table
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from quantkit.files import human_bytes  # noqa: F401 (the CLI modules import it from here)
 
@@ -15,6 +25,49 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+class _EscapingFormatter(string.Formatter):
+    def format_field(self, value, format_spec: str) -> str:
+        return escape(super().format_field(value, format_spec))
+
+
+_ESCAPING = _EscapingFormatter()
+
+
+def styled(template: str, *args, **values) -> Text:
+    """`template` is the CLI's own markup ("[bold]{path}[/]: ok"); every value is filled in as written."""
+    return Text.from_markup(_ESCAPING.format(template, *args, **values))
+
+
+def literal(value):
+    """A str as written (no markup, emoji or highlighting); a Text or other renderable unchanged."""
+    return Text(value) if isinstance(value, str) else value
+
+
+def say(*parts, target: Console | None = None) -> None:
+    """Print one line made of strs (as written) and Texts (from styled()); rich does not wrap it, so a
+    long path in a log stays on one line."""
+    line = Text()
+    for part in parts:
+        line.append(literal(part))
+    (target or console).print(line, soft_wrap=True)
+
+
+class Table(rich_table.Table):
+    """rich's Table with its str title, caption, headers and cells printed as written (cells hold user
+    values); a cell the CLI colours is a Text from styled()."""
+
+    def __init__(self, *headers, title=None, caption=None, **kwargs) -> None:
+        if isinstance(title, str):
+            title = Text(title, style=kwargs.get("title_style") or "table.title")
+        if isinstance(caption, str):
+            caption = Text(caption, style=kwargs.get("caption_style") or "table.caption")
+        super().__init__(*headers, title=title, caption=caption, **kwargs)
+
+    def add_column(self, header="", footer="", **kwargs) -> None:
+        super().add_column(literal(header), literal(footer), **kwargs)
+
+    def add_row(self, *cells, **kwargs) -> None:
+        super().add_row(*(literal(c) for c in cells), **kwargs)
 
 
 VERBOSE = False  # set once by the app callback (quantkit -v COMMAND)
@@ -123,7 +176,9 @@ def make_reporter(requested=None) -> Iterator:
 
 
 def print_table(table, target: Console | None = None) -> None:
-    """A table at full width where output is not a terminal: identifiers are never cut to 80 columns."""
+    """A table at full width where output is not a terminal: identifiers are never cut to 80 columns,
+    and the title and caption are lines of their own (rich wraps them to the table's width, which
+    would cut a recipe path in a title in two)."""
     target = target or console
     if target.is_terminal:
         target.print(table)
@@ -134,14 +189,19 @@ def print_table(table, target: Console | None = None) -> None:
     width = Measurement.get(target, wide, table).maximum
     previous = target.width  # print(width=) is capped at the console's width, so widen the console
     target.width = max(width, previous)
+    title, caption = table.title, table.caption
+    table.title = table.caption = None
     try:
+        if title:
+            say(title, target=target)
         target.print(table)
+        if caption:
+            say(caption, target=target)
     finally:
         target.width = previous
+        table.title, table.caption = title, caption
 
 
 def fail(message: str, code: int = 2) -> None:
-    from rich.text import Text
-
-    err_console.print(Text("error: ", style="bold red") + Text(message), highlight=False, soft_wrap=True)
+    err_console.print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
     sys.exit(code)

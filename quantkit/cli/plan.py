@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.table import Table
 
 from quantkit.cli.options import JsonOpt, OnlyOpt, OutputDirOpt, RecipeArg, SetOpt
-from quantkit.cli.output import console, human_bytes, print_table
+from quantkit.cli.output import Table, console, human_bytes, print_table
 
 
 def plan_command(

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from quantkit.cli.options import JsonOpt, ProgressOpt
-from quantkit.cli.output import console, human_bytes, make_reporter, print_table, sigterm_as_exit
+from quantkit.cli.output import Table, console, human_bytes, make_reporter, print_table, say, sigterm_as_exit, styled
 
 
 def register(app: typer.Typer) -> None:
@@ -72,11 +71,11 @@ def push_command(
             table.add_row(f.path, human_bytes(f.size), f.sha256[:16], "made for the push" if f.data is not None else f.role)
         print_table(table)
         for note in o.bundle.notes:
-            console.print(f"  [yellow]card says first:[/] {note}", highlight=False)
+            say(styled("  [yellow]card says first:[/] "), note)
         if o.result is not None:
             r = o.result
             where = r.pr_url or r.url or r.ref
-            console.print(f"  done: {where}" + (f" (manifest {r.digest})" if r.digest else ""), highlight=False)
+            say(f"  done: {where}" + (f" (manifest {r.digest})" if r.digest else ""))
     if dry_run:
         card = outcomes[0].bundle.file("README.md") if len(outcomes) == 1 else None
         if card is not None:
@@ -115,10 +114,9 @@ def verify_command(
                                        "files": report.files, "predicate": pred}))
         return
     signed = f"signature verified (key id {report.key_id[:16]})" if report.key_id else "signature NOT checked (--digests-only)"
-    console.print(f"[bold green]verified[/] {report.source}: {signed}; {len(report.files)} files match their sha256",
-                  highlight=False)
+    say(styled("[bold green]verified[/] "), f"{report.source}: {signed}; {len(report.files)} files match their sha256")
     for line in provenance_lines(pred):
-        console.print(f"  {line}", highlight=False)
+        say(f"  {line}")
 
 
 def provenance_lines(pred: dict) -> list[str]:
@@ -143,12 +141,14 @@ def provenance_lines(pred: dict) -> list[str]:
 
 def pull_command(
     ref: Annotated[str, typer.Argument(help="oci://HOST/NAME:TAG (or @sha256:DIGEST).", show_default=False)],
-    dest: Annotated[Path, typer.Argument(help="New folder for the artifact (must not exist).", show_default=False)],
+    dest: Annotated[Path, typer.Argument(help="New folder for the artifact (must not exist, unless --force).", show_default=False)],
+    force: Annotated[bool, typer.Option("--force", help="Replace DEST if it is a quantkit artifact (a folder with a valid quantkit.json); any other folder is left alone.")] = False,
     progress: ProgressOpt = None,
 ) -> None:
-    """Bring a pushed artifact back as a local artifact (digests checked) that `quantkit validate` accepts."""
+    """Bring a pushed artifact back as a local artifact (digests checked) that `quantkit validate` accepts.
+    Requests time out after $QUANTKIT_REGISTRY_TIMEOUT seconds of silence (default 60)."""
     from quantkit.publishing import pull
 
     with sigterm_as_exit(), make_reporter(progress) as reporter:
-        out = pull(ref, dest, reporter=reporter)
-    console.print(f"pulled {ref} into {out}; every file matches the attestation's sha256", highlight=False)
+        out = pull(ref, dest, force=force, reporter=reporter)
+    say(f"pulled {ref} into {out}; every file matches the attestation's sha256")

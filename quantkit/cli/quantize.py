@@ -6,10 +6,9 @@ import json
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from quantkit.cli.options import ForceOpt, JsonOpt, OnlyOpt, OutputDirOpt, ProgressOpt, RecipeArg, SetOpt
-from quantkit.cli.output import console, human_bytes, library_logs_to_stderr, make_reporter, print_table, sigterm_as_exit
+from quantkit.cli.output import Table, console, human_bytes, library_logs_to_stderr, make_reporter, print_table, sigterm_as_exit
 
 
 def quantize_command(

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from quantkit.cli.options import JsonOpt, OutputDirOpt, RecipeArg, SetOpt
-from quantkit.cli.output import console, print_table
+from quantkit.cli.output import Table, console, print_table, say, styled
 
 app = typer.Typer(help="Validate recipes, list the shipped ones, print the JSON schema.", no_args_is_help=True)
 
@@ -39,23 +38,19 @@ def validate_command(recipe: RecipeArg, set_: SetOpt = None, output_dir: OutputD
                     "description": engine_for(j.output.method).describe(j.output)} for j in selected]
         console.print_json(json.dumps({"recipe": str(recipe), "valid": True, "parsed": r.model_dump(mode="json"), "outputs": outputs}))
         return
-    console.print(f"[bold]{recipe}[/]: recipe '{r.name}' is well-formed.", highlight=False)
+    say(styled("[bold]{}[/]", recipe), f": recipe '{r.name}' is well-formed.")
     for m in r.models or [r.model]:
-        console.print(f"model: {m.source} ({m.dtype}{', trust_remote_code' if m.trust_remote_code else ''})", highlight=False)
+        say(f"model: {m.source} ({m.dtype}{', trust_remote_code' if m.trust_remote_code else ''})")
     for cal in r.calibrations or [r.calibration]:
-        console.print(
-            f"calibration: {cal.source} (split {cal.split}), {cal.num_samples} × {cal.seq_len} tokens, "
-            f"shuffle seed {cal.shuffle_seed}, chat template {'on' if cal.chat_template else 'off'}",
-            highlight=False,
-        )
+        say(f"calibration: {cal.source} (split {cal.split}), {cal.num_samples} × {cal.seq_len} tokens, "
+            f"shuffle seed {cal.shuffle_seed}, chat template {'on' if cal.chat_template else 'off'}")
     if r.is_matrix:
-        console.print(f"a matrix: {len(selected)} jobs in {len(r.cells())} cells (quantkit plan shows their estimates)",
-                      highlight=False)
+        say(f"a matrix: {len(selected)} jobs in {len(r.cells())} cells (quantkit plan shows their estimates)")
     for j in selected:
         eng = engine_for(j.output.method)
         calibrated = "calibrated" if eng.needs_calibration(j.output) else "no calibration"
-        console.print(f"• [bold]{j.output.name}[/] → {j.dest}", highlight=False)
-        console.print(f"    {j.output.method} {j.output.scheme}, {calibrated}: {eng.describe(j.output)}", highlight=False)
+        say("• ", styled("[bold]{}[/]", j.output.name), f" → {j.dest}")
+        say(f"    {j.output.method} {j.output.scheme}, {calibrated}: {eng.describe(j.output)}")
 
 
 @app.command("schema")
@@ -73,7 +68,7 @@ def schema_command(
             output.write_text(text)
         except OSError as e:
             raise QuantkitError(f"--output {output}: cannot write it ({e.strerror or e})") from None
-        console.print(f"wrote {output}")
+        say(f"wrote {output}")
     else:
         typer.echo(text, nl=False)
 
@@ -106,5 +101,5 @@ def list_command(
         if row["valid"]:
             table.add_row(row["recipe"], row["model"], ", ".join(row["outputs"]))
         else:
-            table.add_row(row["recipe"], "[red]invalid[/]", row["error"])
+            table.add_row(row["recipe"], styled("[red]invalid[/]"), row["error"])
     print_table(table)

@@ -72,6 +72,12 @@ class Engine(ABC):
     @abstractmethod
     def run(self, job: EngineJob) -> EngineResult: ...
 
+    @abstractmethod
+    def artifact_patterns(self, output) -> tuple[str, ...]:
+        """The files (fnmatch patterns of paths in the artifact) the output's format defines: an allow-list.
+        Whatever else a run leaves in the staging folder (a model folder's code that save_pretrained copied)
+        is left out of the artifact and named in the manifest (`dropped_files`)."""
+
     def tool_versions(self) -> dict:
         """Versions of tools outside the Python libraries that decide the output (llama.cpp's build);
         part of an output's input fingerprint, so a new toolchain redoes what it made."""

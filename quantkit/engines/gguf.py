@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from concurrent.futures import Future, wait
 from pathlib import Path
@@ -42,6 +43,11 @@ class GGUFEngine(Engine):
     methods = ("gguf",)
     in_process_torch = False  # llama.cpp's converter imports torch in its own process
     work_in_subprocesses = True
+
+    def artifact_patterns(self, output) -> tuple[str, ...]:
+        # one file per type, and the importance matrix they were quantized with (never the calibration text:
+        # compute_imatrix keeps it outside the staging folder)
+        return (f"{output.name}-*.gguf", "imatrix.gguf")
 
     def needs_calibration(self, output) -> bool:
         return output.imatrix
@@ -138,7 +144,7 @@ class GGUFEngine(Engine):
             except (ToolchainError, subprocess.SubprocessError, OSError) as e:
                 target.unlink(missing_ok=True)
                 failures.append(f"{qtype}: {e}")
-                rep.log(f"[red]{qtype} failed: {str(e).splitlines()[0]}")
+                rep.log(f"{qtype} failed: {str(e).splitlines()[0]}", style="red")
                 continue
             types[qtype]["seconds"] = round(time.perf_counter() - t0, 3)
             timings[f"quantize_{qtype}_s"] = types[qtype]["seconds"]
@@ -162,22 +168,24 @@ def compute_imatrix(tc: LlamaCpp, base: Path, job: EngineJob, target: Path, tok)
     cal = job.calibration
     assert cal is not None
     # llama-imatrix reads text: the calibration tokens, decoded; it re-tokenizes them identically
-    # (tokenizer fidelity is checked above) and cuts them into the same seq_len chunks
-    text_path = target.parent / "imatrix-calibration.txt"
-    text_path.write_text("".join(tok.decode(ids) for ids in cal.input_ids), encoding="utf-8")
-    args = ["-m", str(base), "-f", str(text_path), "-o", str(target), "-c", str(cal.spec.seq_len),
-            "--chunks", str(len(cal.input_ids)), "-t", str(threads()), "--no-ppl", "--no-escape"]
-    with job.reporter.task(
-        "llama-imatrix (chunks)", total=len(cal.input_ids), tokens=len(cal.input_ids) * cal.spec.seq_len
-    ) as task:
-        output = _stream_chunks(tc, "llama-imatrix", args, task)
+    # (tokenizer fidelity is checked above) and cuts them into the same seq_len chunks. The text is the
+    # user's calibration data: it lives in a private temporary folder for the tool's run, never in the
+    # staging folder that becomes the artifact (and would be pushed with it)
+    with tempfile.TemporaryDirectory(prefix="quantkit-imatrix-") as tmp:
+        text_path = Path(tmp) / "calibration.txt"
+        text_path.write_text("".join(tok.decode(ids) for ids in cal.input_ids), encoding="utf-8")
+        args = ["-m", str(base), "-f", str(text_path), "-o", str(target), "-c", str(cal.spec.seq_len),
+                "--chunks", str(len(cal.input_ids)), "-t", str(threads()), "--no-ppl", "--no-escape"]
+        with job.reporter.task(
+            "llama-imatrix (chunks)", total=len(cal.input_ids), tokens=len(cal.input_ids) * cal.spec.seq_len
+        ) as task:
+            output = _stream_chunks(tc, "llama-imatrix", args, task)
     chunks = _IMATRIX_CHUNKS.search(output)
     return {
         "file": target.name,
         "calibration_fingerprint": cal.fingerprint,
         "chunks": int(chunks.group(1)) if chunks else None,
         "chunk_tokens": cal.spec.seq_len,
-        "text_file": text_path.name,
     }
 
 

@@ -171,9 +171,21 @@ METHODS: dict[str, LLMCompressorMethod] = {
 }
 
 
+# A compressed-tensors checkpoint as transformers and vLLM load it: weights (sharded or not), configs,
+# llm-compressor's recipe, the tokenizer in any of the forms transformers saves
+CHECKPOINT_FILES = (
+    "config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json", "recipe.yaml",
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+)
+
+
 class LLMCompressorEngine(Engine):
     name = "llmcompressor"
     methods = tuple(METHODS)
+
+    def artifact_patterns(self, output) -> tuple[str, ...]:
+        return CHECKPOINT_FILES
 
     def needs_calibration(self, output) -> bool:
         return METHODS[output.method].needs_calibration(output)

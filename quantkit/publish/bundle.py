@@ -12,7 +12,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quantkit.artifact import MANIFEST_NAME, SERVE_LOGS, Artifact
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from quantkit.artifact import LOCAL_NAME, MANIFEST_NAME, SERVE_LOGS, Artifact
 from quantkit.errors import ArtifactError
 from quantkit.files import cache_dir, sha256_file
 
@@ -74,13 +76,33 @@ def role_of(rel: str) -> str:
     return CONFIG
 
 
+def _absolute_paths(value) -> set[str]:
+    """Every absolute path string in parsed JSON (keys too), with the folder that holds it."""
+    if isinstance(value, dict):
+        return set().union(set(), *(_absolute_paths(k) | _absolute_paths(v) for k, v in value.items()))
+    if isinstance(value, list):
+        return set().union(set(), *(_absolute_paths(v) for v in value))
+    if isinstance(value, str) and value.startswith(("/", "~/")) and "\n" not in value and len(value) < 4096:
+        path = Path(value).expanduser()
+        return {str(path), str(path.parent)}
+    return set()
+
+
 def local_prefixes(art: Artifact) -> list[str]:
-    """Absolute paths of this machine that an uploaded file must not contain, longest first."""
+    """Absolute paths of this machine that an uploaded file must not contain, longest first: the artifact,
+    its output root, the cache, home, the working folder, and every absolute path the manifest, the local
+    side file and the validation report mention (a calibration or domain file, the base model's folder)."""
     home = os.path.expanduser("~")
     found = {str(art.path.resolve()), str(art.path.resolve().parent), str(cache_dir().resolve()), home,
              str(Path.cwd().resolve())}
     if art.base_path:
         found.add(str(art.base_path.resolve()))
+    found |= _absolute_paths(art.manifest.to_json())
+    for side in (LOCAL_NAME, VALIDATION_NAME):
+        try:
+            found |= _absolute_paths(json.loads((art.path / side).read_text(encoding="utf-8")))
+        except (OSError, ValueError, RecursionError):
+            pass
     # "/" itself or one-letter roots would match everything
     return sorted((p for p in found if len(p) > 1 and p != os.sep), key=len, reverse=True)
 
@@ -121,14 +143,68 @@ def pushed_validation(report: dict, prefixes: list[str]) -> bytes:
     return (json.dumps(data, indent=2) + "\n").encode()
 
 
+class _GateRecord(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    gate: str
+    value: float | None
+    threshold: float
+    passed: bool
+
+
+class _TargetRecord(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    target: str
+    passed: bool
+    gates: list[_GateRecord] = []
+
+
+class _ReportRecord(BaseModel):
+    """The parts of validation.json a push relies on (the verdict and the gates behind it), checked for shape."""
+
+    model_config = ConfigDict(extra="allow")
+    manifest_sha256: str | None = None
+    passed: bool
+    targets: list[_TargetRecord]
+
+
 def read_validation(art: Artifact) -> dict | None:
     path = art.path / VALIDATION_NAME
     if not path.is_file():
         return None
+    rerun = f"re-run `quantkit validate {art.path}`"
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{path} is not valid JSON ({e}); re-run `quantkit validate {art.path}`") from None
+        report = json.loads(path.read_bytes().decode("utf-8"))
+        _ReportRecord.model_validate(report)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        if isinstance(e, ValidationError):
+            first = e.errors()[0]
+            where = ".".join(str(x) for x in first["loc"]) or "(top level)"
+            raise ArtifactError(f"{path} is not a quantkit validation report ({where}: {first['msg']}); {rerun}") from None
+        raise ArtifactError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:120]}); {rerun}") from None
+    return report
+
+
+def verdict_problems(report: dict) -> list[str]:
+    """Where a report's verdict disagrees with its own figures (an edited validation.json): each gate's
+    `passed` against its value and threshold, each target's against its gates, the report's against its targets."""
+    from quantkit.gates import GATE_KEYS
+
+    record, problems = _ReportRecord.model_validate(report), []
+    for target in record.targets:
+        for g in target.gates:
+            if g.gate not in GATE_KEYS:
+                problems.append(f"{target.target}: unknown gate {g.gate!r}")
+                continue
+            kind = GATE_KEYS[g.gate][1]
+            holds = g.value is not None and (g.value <= g.threshold if kind == "max" else g.value >= g.threshold)
+            if holds != g.passed:
+                problems.append(f"{target.target}: gate {g.gate} says {'pass' if g.passed else 'fail'} for "
+                                f"{_fmt(g.value)} against {g.threshold:g}")
+        if target.passed and not all(g.passed for g in target.gates):
+            problems.append(f"{target.target} says pass with a failed gate")
+    if record.passed and not all(t.passed for t in record.targets):
+        problems.append("the report says pass with a failed target")
+    return problems
 
 
 def validation_problem(art: Artifact, report: dict | None) -> str | None:
@@ -142,6 +218,10 @@ def validation_problem(art: Artifact, report: dict | None) -> str | None:
         why = "does not name the manifest it checked (made by an older quantkit)" if recorded is None \
             else "was made for a different quantkit.json"
         return f"{art.name}: {VALIDATION_NAME} {why}; re-run `quantkit validate {art.path}`"
+    edited = verdict_problems(report)
+    if edited:
+        return (f"{art.name}: {VALIDATION_NAME} contradicts its own figures ({'; '.join(edited[:3])}): edited by hand; "
+                f"re-run `quantkit validate {art.path}`")
     if not report.get("passed"):
         failed = [f"{t['target']}: {g['gate']} {_fmt(g.get('value'))} vs {g['threshold']}"
                   for t in report.get("targets", []) for g in t.get("gates", []) if not g.get("passed")]
@@ -158,8 +238,15 @@ def artifact_files(art: Artifact, include_logs: bool, prefixes: list[str]) -> li
     art.verify()
     out = [BundleFile(rel, role_of(rel), rec.bytes, rec.sha256, source=art.path / rel)
            for rel, rec in sorted(art.manifest.files.items())]
-    if include_logs and (art.path / SERVE_LOGS).is_dir():
-        for p in sorted((art.path / SERVE_LOGS).rglob("*")):
+    logs = art.path / SERVE_LOGS
+    if include_logs and (logs.is_dir() or logs.is_symlink()):
+        # regular files inside the artifact only: a link (to a system file, or out of the folder) is refused
+        links = ([SERVE_LOGS] if logs.is_symlink() else
+                 [p.relative_to(art.path).as_posix() for p in sorted(logs.rglob("*")) if p.is_symlink()])
+        if links:
+            raise ArtifactError(f"{art.path}: {', '.join(links[:5])} is a symlink; --include-logs uploads only regular "
+                                "files inside the artifact: remove the link or push without --include-logs")
+        for p in sorted(logs.rglob("*")):
             if p.is_file():
                 text = scrub_text(p.read_text(errors="replace"), prefixes)
                 out.append(BundleFile.made(p.relative_to(art.path).as_posix(), LOG, text.encode()))

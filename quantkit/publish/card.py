@@ -247,7 +247,8 @@ def made_section(art: Artifact, prefixes: list[str]) -> list[str]:
            f"- Base model: `{without_local_paths(base.source, prefixes)}` ({base.kind}), "
            f"quantkit fingerprint `{base.fingerprint}`"]
     if cal:
-        out.append(f"- Calibration: `{cal.source}`, {cal.num_samples} samples × {cal.seq_len} tokens "
+        source = without_local_paths(cal.source, prefixes)
+        out.append(f"- Calibration: `{source}`, {cal.num_samples} samples × {cal.seq_len} tokens "
                    f"({cal.num_tokens} tokens), fingerprint `{cal.fingerprint}`")
     else:
         out.append("- Calibration: none (the method needs no data)")
