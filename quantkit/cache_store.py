@@ -11,6 +11,7 @@ and staging folders of killed builds.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -46,6 +47,25 @@ def max_bytes_setting() -> int:
     return int(value * 1024**3)
 
 
+# errors of the cache's disk itself (full, read-only, not ours): one line naming the cache, not a traceback
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def cache_write_error(root: Path, e: OSError) -> QuantkitError:
+    why = "no space left on its disk" if e.errno in FULL_DISK else (e.strerror or str(e))
+    return QuantkitError(f"cannot write to quantkit's cache at {root} ({why}); free space there, or set QUANTKIT_CACHE "
+                         "to a folder on a disk with room (`quantkit cache` lists and prunes what it holds)")
+
+
+def _is_cache_write_error(root: Path, e: OSError) -> bool:
+    """A full disk while building an entry (a write names no file), or a read-only / foreign cache folder
+    (the error names a path in the cache); a build's error about another path is not the cache's."""
+    named = e.filename if isinstance(e.filename, (str, os.PathLike)) else None
+    inside = named is not None and Path(named).resolve().is_relative_to(Path(root).resolve())
+    return (e.errno in FULL_DISK and (named is None or inside)) or (e.errno in UNWRITABLE and inside)
+
+
 def key_digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -77,8 +97,14 @@ class CacheStore:
     @contextlib.contextmanager
     def _lock(self, digest: str, mode: int) -> Iterator[int]:
         locks = self.root / ".locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        with open(locks / f"{digest}.lock", "w") as handle:
+        try:
+            locks.mkdir(parents=True, exist_ok=True)
+            handle = open(locks / f"{digest}.lock", "w")
+        except OSError as e:
+            if _is_cache_write_error(self.root, e):
+                raise cache_write_error(self.root, e) from None
+            raise
+        with handle:
             fcntl.flock(handle, mode)
             try:
                 yield handle.fileno()
@@ -103,13 +129,18 @@ class CacheStore:
             if self.get(key) is None:  # checked again under the exclusive lock: another process may have built it
                 self.remove_stale_staging()
                 staging = self.root / f".{digest}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-                staging.mkdir(parents=True)
                 try:
+                    staging.mkdir(parents=True)
                     build(staging)
                     (staging / KEY_FILE).write_text(json.dumps(key, indent=1, sort_keys=True) + "\n")
                     if dest.exists():  # a folder without its key file: not a complete entry
                         shutil.rmtree(dest)
                     os.rename(staging, dest)
+                except OSError as e:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    if _is_cache_write_error(self.root, e):
+                        raise cache_write_error(self.root, e) from None
+                    raise
                 except BaseException:
                     shutil.rmtree(staging, ignore_errors=True)
                     raise

@@ -8,8 +8,11 @@ code), which never overlap the calibration sets.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,11 +21,12 @@ from quantkit.artifact import MANIFEST_NAME, SERVE_LOGS, TRACKED_LIBRARIES, Arti
 from quantkit.checks import CheckContext, build_checks
 from quantkit.device import resolve_device, resolve_dtype
 from quantkit.errors import ArtifactError, QuantkitError
-from quantkit.files import atomic_write_text, sha256_file
+from quantkit.files import atomic_write_text, cache_dir, sha256_file
 from quantkit.gates import GateResult, check_thresholds, evaluate_gates
 from quantkit.memory import PeakRSS
 from quantkit.progress import NullReporter, Reporter
-from quantkit.runtimes import DomainScores, EvaluationSettings, runtime_for
+from quantkit.runtimes import BaseFolder, DomainScores, EvaluationSettings, runtime_for
+from quantkit.sources.heldout import DomainText, check_domain_file
 
 if TYPE_CHECKING:
     from quantkit.checks.serve import ServeSettings
@@ -64,6 +68,24 @@ class EvaluatedTarget:
         }
 
 
+@dataclass(frozen=True)
+class BaseUsed:
+    """The base an artifact was scored against, as validation.json records it."""
+
+    path: Path
+    fingerprint: str  # of that folder
+    recorded_fingerprint: str  # the one in the artifact's manifest
+    given: str | None = None  # --base as given; None: found from the artifact itself
+
+    @property
+    def matches(self) -> bool:
+        return self.fingerprint == self.recorded_fingerprint
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "given": self.given, "fingerprint": self.fingerprint,
+                "recorded_fingerprint": self.recorded_fingerprint, "fingerprint_matches": self.matches}
+
+
 @dataclass
 class ValidationReport:
     path: Path
@@ -71,6 +93,7 @@ class ValidationReport:
     targets: list[EvaluatedTarget]
     resources: dict = field(default_factory=dict)  # wall time, peak memory
     libraries: dict = field(default_factory=dict)
+    base: BaseUsed | None = None
 
     @property
     def passed(self) -> bool:
@@ -79,12 +102,13 @@ class ValidationReport:
     def to_dict(self) -> dict:
         return {"report_version": REPORT_VERSION, "created": utc_now(), "artifact": str(self.path),
                 "manifest_sha256": sha256_file(self.path / MANIFEST_NAME), "passed": self.passed,
-                "settings": self.settings, "resources": self.resources,
+                "base": self.base.to_dict() if self.base else None, "settings": self.settings, "resources": self.resources,
                 "libraries": self.libraries, "targets": [t.to_dict() for t in self.targets]}
 
 
-def load_domains(specs: list[str] | None, text_field: str = "text") -> dict[str, str] | None:
-    """`NAME=FILE` (JSONL/JSON/TXT/parquet, records joined by blank lines) or `NAME=builtin:prose|code`."""
+def load_domains(specs: list[str] | None, text_field: str = "text") -> dict[str, DomainText] | None:
+    """`NAME=FILE` (JSONL/JSON/TXT/parquet, records joined by blank lines) or `NAME=builtin:prose|code`.
+    A file is checked now (its type, its first record) and read later only as far as validation scores."""
     from quantkit.sources.calibration import builtin_domain_text
 
     if not specs:
@@ -100,27 +124,25 @@ def load_domains(specs: list[str] | None, text_field: str = "text") -> dict[str,
             builtin = source.removeprefix("builtin:")
             if builtin not in DEFAULT_DOMAINS:
                 raise QuantkitError(f"--domain {spec!r}: built-in held-out domains are prose and code")
-            domains[name] = builtin_domain_text(builtin, 200_000)
+            domains[name] = DomainText.of(builtin_domain_text(builtin, 200_000))
             continue
         path = Path(source).expanduser()
         if not path.is_file():
             raise QuantkitError(f"--domain {name}: file not found: {path.resolve()}")
-        domains[name] = domain_text(path, text_field)
+        check_domain_file(path, text_field)
+        domains[name] = DomainText.from_file(path, text_field)
     return domains
 
 
 def domain_text(path: Path, text_field: str = "text") -> str:
-    """The text scored for a domain file, as the user wrote it: a .txt file byte for byte (decoded
+    """The whole text of a domain file, as the user wrote it: a .txt file byte for byte (decoded
     as UTF-8); the records of .jsonl/.json/.parquet joined with one blank line between them,
-    each record unchanged (no stripping)."""
-    from quantkit.sources.calibration import file_texts
-
-    if path.suffix.lower() == ".txt":
-        return path.read_text(encoding="utf-8")
-    return "\n\n".join(file_texts(path, text_field))
+    each record unchanged (no stripping). Validation reads only its scored prefix (DomainText.prefix)."""
+    check_domain_file(path, text_field)
+    return DomainText.from_file(path, text_field).read()
 
 
-def evaluation_texts(domains: dict[str, str] | None, max_tokens: int) -> dict[str, str]:
+def evaluation_texts(domains: dict[str, str | DomainText] | None, max_tokens: int) -> dict[str, str | DomainText]:
     from quantkit.sources.calibration import builtin_domain_text
 
     if domains:
@@ -139,7 +161,9 @@ def validate(
     max_tokens: int = 4096,
     device: str = "auto",
     dtype: str = "auto",
-    domains: dict[str, str] | None = None,
+    domains: dict[str, str | DomainText] | None = None,
+    base: str | Path | None = None,
+    allow_base_mismatch: bool = False,
     tasks: list[str] | None = None,
     task_limit: int | None = None,
     recipe_gates: dict[str, float] | None = None,
@@ -148,7 +172,11 @@ def validate(
     write: bool = True,
     **check_options,
 ) -> ValidationReport:
-    """Evaluate one artifact folder; writes validation.json and validation.md into it.
+    """Evaluate one artifact folder; writes validation.json and validation.md into it (`write`).
+
+    `base`: the float base to score against (a folder, hub id or built-in name; default: the one the
+    artifact records). Its fingerprint must be the recorded one unless `allow_base_mismatch`, which
+    validation.json then records. Each domain's text is read only as far as `max_tokens` needs.
 
     `serve` adds the vLLM serving smoke test (quantkit.checks.serve); None leaves it out.
     `check_options` go to the checks whose constructors name them (quantkit.checks.build_checks).
@@ -170,18 +198,26 @@ def validate(
             torch.cuda.init()  # the peak-memory counters raise "Invalid device argument" before CUDA is initialised
             torch.cuda.reset_peak_memory_stats(device)
         art = Artifact.load(path)  # checksums first: never evaluate a modified artifact
-        texts = evaluation_texts(domains, max_tokens)
+        if write:
+            check_writable(art.path)  # before the evaluation, not after it
+        texts = {name: DomainText.of(t) for name, t in evaluation_texts(domains, max_tokens).items()}
         settings = {"context": context, "stride": stride, "max_tokens": max_tokens, "domains": list(texts),
                     "device": device, "dtype": dtype, "tasks": list(tasks or []), "task_limit": task_limit,
                     "serve": serve.options.to_dict() if serve is not None else None}
         checks = build_checks(tasks=tasks, task_limit=task_limit, serve=serve, device=device, dtype=dtype, **check_options)
-        base_folder = _base_folder(art)
+        base_used = find_base(art, base, allow_base_mismatch)
+        if not base_used.matches:
+            reporter.log(f"base {base_used.path}: fingerprint {base_used.fingerprint[:12]} differs from the recorded "
+                         f"{base_used.recorded_fingerprint[:12]} (allowed: --allow-base-mismatch; recorded in the report)")
+        base_folder = BaseFolder(base_used.path, base_used.fingerprint)
         runtime = runtime_for(art.manifest.format)
         if runtime.work_in_subprocesses:
             peak.watch_tools()
         scored = runtime.evaluate(art, base_folder, texts, EvaluationSettings(context, stride, max_tokens, device, dtype),
                                   reporter)
-        targets = _check_targets(art, scored, base_folder, checks, recipe_gates, gate_overrides, reporter)
+        # --no-write leaves the artifact folder untouched: the serving check's logs go to the cache instead
+        log_dir = art.path / SERVE_LOGS if write else cache_dir() / "serve-logs" / art.name
+        targets = _check_targets(art, scored, base_folder, checks, recipe_gates, gate_overrides, reporter, log_dir)
     resources = {"wall_s": round(time.perf_counter() - started, 1), "peak_rss_bytes": peak.bytes,
                  "peak_rss_note": ("the validating process and its largest child process (llama.cpp's tools)" if peak.tools
                                    else "the validating process") + f"; this figure: {peak.method}"}
@@ -189,20 +225,19 @@ def validate(
         import torch
 
         resources["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
-    report = ValidationReport(art.path, settings, targets, resources, library_versions(VALIDATION_LIBRARIES))
+    report = ValidationReport(art.path, settings, targets, resources, library_versions(VALIDATION_LIBRARIES), base_used)
     if write:
         write_reports(report)
     return report
 
 
-def _check_targets(art, scored, base_folder, checks, recipe_gates, gate_overrides, reporter) -> list[EvaluatedTarget]:
+def _check_targets(art, scored, base_folder, checks, recipe_gates, gate_overrides, reporter, log_dir) -> list[EvaluatedTarget]:
     targets = []
     for st in scored:
         t = st.target
         evaluated = EvaluatedTarget(art.name, t.name, t.method, t.scheme, t.bytes, st.runtime, st.scores, path=t.path,
                                     runtime_unavailable=st.unavailable, device=st.device)
-        ctx = CheckContext(t, st.scores, base_folder, art.manifest.base_model.fingerprint, st.unavailable,
-                           log_dir=art.path / SERVE_LOGS)
+        ctx = CheckContext(t, st.scores, base_folder.path, base_folder.fingerprint, st.unavailable, log_dir=log_dir)
         gates: dict[str, float] = {}
         for check in checks:
             with reporter.task(f"{t.name}: {check.name}"):
@@ -251,30 +286,63 @@ def validate_run(path: str | Path, *, recipe: str | Path | None = None, reporter
                      reporter=reporter, **options) for folder in folders]
 
 
-def _base_folder(art: Artifact) -> Path:
-    """The base model's folder: where quantize found it, else (an artifact pulled from a hub or registry,
-    whose manifest drops local paths) found again from its source when that is a built-in model or a hub
-    id in the local cache. Either way its fingerprint must be the one recorded."""
+def find_base(art: Artifact, given: str | Path | None = None, allow_mismatch: bool = False) -> BaseUsed:
+    """The base model's folder: `given` (--base: a folder, hub id or built-in name), else where quantize
+    found it, else (an artifact pulled from a hub or registry, whose manifest drops local paths) found
+    again from its source when that is a built-in model or a hub id in the local cache. Its fingerprint
+    must be the recorded one, unless `allow_mismatch` (the report then says it differed)."""
     from quantkit.recipe import ModelSpec
     from quantkit.sources.models import fingerprint_folder, resolve_model
 
-    base = art.manifest.base_model
-    folder = art.base_path
-    if folder is None or not (folder / "config.json").is_file():
-        if base.kind not in ("builtin", "hub"):
-            where = f"is not at {folder} any more" if folder else f"was a {base.kind} source on another machine"
-            raise ArtifactError(f"the base model of {art.path} {where}; re-run `quantkit quantize` "
-                                f"(model source '{base.source}') to restore it")
-        dtype = str((art.manifest.recipe.get("model") or {}).get("dtype", "float32"))
-        folder = resolve_model(ModelSpec(source=base.source, revision=base.revision, dtype=dtype)).path
-    if fingerprint_folder(folder)[0] != base.fingerprint:
-        raise ArtifactError(f"the base model at {folder} has changed since {art.path} was made (fingerprint differs)")
-    return folder
+    recorded = art.manifest.base_model
+    model = art.manifest.recipe.get("model") or {}
+    spec = dict(dtype=str(model.get("dtype", "float32")), trust_remote_code=model.get("trust_remote_code") is True,
+                allow_pickle=model.get("allow_pickle") is True)
+    if given is not None:
+        given = str(given)
+        revision = recorded.revision if given == recorded.source else None
+        resolved = resolve_model(ModelSpec(source=given, revision=revision, **spec))
+        folder, fingerprint = resolved.path, resolved.fingerprint
+    else:
+        folder = art.base_path
+        if folder is None or not (folder / "config.json").is_file():
+            if recorded.kind not in ("builtin", "hub"):
+                where = f"is not at {folder} any more" if folder else f"was a {recorded.kind} source on another machine"
+                raise ArtifactError(f"the base model of {art.path} {where}; name it with --base PATH|ORG/NAME, or re-run "
+                                    f"`quantkit quantize` (model source '{recorded.source}') to restore it")
+            folder = resolve_model(ModelSpec(source=recorded.source, revision=recorded.revision, **spec)).path
+        fingerprint = fingerprint_folder(folder, spec["allow_pickle"])[0]
+    used = BaseUsed(Path(folder), fingerprint, recorded.fingerprint, given)
+    if not used.matches and not allow_mismatch:
+        what = f"--base {given}" if given is not None else f"the base model at {folder}"
+        raise ArtifactError(f"{what} has fingerprint {fingerprint[:12]}, not the {recorded.fingerprint[:12]} {art.path} "
+                            "was made from (fingerprint differs); pass --allow-base-mismatch to validate against it anyway "
+                            "(validation.json records it)")
+    return used
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse, before any evaluation, an artifact folder validate cannot write its reports into."""
+    probe = folder / f".quantkit-write-check-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ArtifactError(_unwritable(folder, e)) from None
+
+
+def _unwritable(folder: Path, e: OSError) -> str:
+    why = "no space left on its disk" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+    return (f"cannot write validation reports into {folder} ({why}); copy the artifact to a writable folder, "
+            "or pass --no-write to print the results without writing reports")
 
 
 def write_reports(report: ValidationReport) -> None:
-    atomic_write_text(report.path / "validation.json", json.dumps(report.to_dict(), indent=2) + "\n")
-    atomic_write_text(report.path / "validation.md", markdown_table(report))
+    try:
+        atomic_write_text(report.path / "validation.json", json.dumps(report.to_dict(), indent=2) + "\n")
+        atomic_write_text(report.path / "validation.md", markdown_table(report))
+    except OSError as e:
+        raise ArtifactError(_unwritable(report.path, e)) from None
 
 
 def markdown_table(report: ValidationReport) -> str:
@@ -282,6 +350,9 @@ def markdown_table(report: ValidationReport) -> str:
         f"Validation of `{report.path.name}` against its unquantized base "
         f"(context {report.settings['context']}, stride {report.settings['stride']}, "
         f"up to {report.settings['max_tokens']} tokens per domain).",
+        *(["", f"Base: `{report.base.path}`, fingerprint {report.base.fingerprint[:12]}, which differs from the "
+           f"{report.base.recorded_fingerprint[:12]} this artifact was made from (--allow-base-mismatch)."]
+          if report.base is not None and not report.base.matches else []),
         "",
         "| target | domain | tokens | base ppl | ppl | Δppl | mean KLD | p99 KLD | top-1 agree | gates |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",

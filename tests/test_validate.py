@@ -199,7 +199,7 @@ def test_user_domains(tiny_artifacts, tmp_path):
 
     (tmp_path / "legal.jsonl").write_text('{"text": "The party of the first part shall indemnify."}\n' * 40)
     domains = load_domains([f"legal={tmp_path / 'legal.jsonl'}", "code=builtin:code"])
-    assert list(domains) == ["legal", "code"] and domains["legal"].startswith("The party")
+    assert list(domains) == ["legal", "code"] and domains["legal"].read().startswith("The party")
     report = validate(tiny_artifacts["tiny-fp8-fp8-dynamic"], domains=domains, max_tokens=128, context=64, write=False)
     assert [s.domain for s in report.targets[0].scores] == ["legal", "code"]
     with pytest.raises(QuantkitError, match="file not found"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import import_module
 
 from quantkit.errors import ArtifactError
-from quantkit.runtimes.base import DomainScores, EvaluationSettings, Runtime, ScoredTarget
+from quantkit.runtimes.base import BaseFolder, DomainScores, EvaluationSettings, Runtime, ScoredTarget
 
 # format -> "module:class"; imported when used, so a GGUF run never imports torch's model code
 RUNTIMES: dict[str, str] = {
@@ -26,4 +26,4 @@ def runtime_for(fmt: str) -> Runtime:
     return getattr(import_module(module), cls)()
 
 
-__all__ = ["RUNTIMES", "DomainScores", "EvaluationSettings", "Runtime", "ScoredTarget", "runtime_for"]
+__all__ = ["RUNTIMES", "BaseFolder", "DomainScores", "EvaluationSettings", "Runtime", "ScoredTarget", "runtime_for"]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from quantkit.artifact import Artifact, Target
     from quantkit.progress import Reporter
+    from quantkit.sources.heldout import DomainText
 
 
 @dataclass
@@ -50,6 +51,16 @@ class EvaluationSettings:
     dtype: str = "float32"  # resolved: float32, bfloat16 or float16
 
 
+@dataclass(frozen=True)
+class BaseFolder:
+    """The float base an artifact is scored against, as found on this machine."""
+
+    path: Path
+    # sha256 of this folder (fingerprint_folder): the artifact's recorded one unless a different base was
+    # allowed (--allow-base-mismatch); every result cached per base is keyed by it
+    fingerprint: str
+
+
 @dataclass
 class ScoredTarget:
     """One deployable target and its scores per domain; `unavailable` says why the runtime could not run it."""
@@ -71,5 +82,7 @@ class Runtime(ABC):
     work_in_subprocesses: bool = False
 
     @abstractmethod
-    def evaluate(self, artifact: "Artifact", base_folder: Path, texts: dict[str, str], settings: EvaluationSettings,
-                 reporter: "Reporter") -> list[ScoredTarget]: ...
+    def evaluate(self, artifact: "Artifact", base: BaseFolder, texts: "dict[str, DomainText]", settings: EvaluationSettings,
+                 reporter: "Reporter") -> list[ScoredTarget]:
+        """Score every target on each domain; read only as much of each text as `settings.max_tokens`
+        needs (`DomainText.prefix`), never the whole of it."""

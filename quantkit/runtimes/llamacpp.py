@@ -17,7 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from quantkit.cache_store import LLAMACPP_LOGITS, CacheStore
-from quantkit.runtimes.base import DomainScores, EvaluationSettings, Runtime, ScoredTarget
+from quantkit.runtimes.base import BaseFolder, DomainScores, EvaluationSettings, Runtime, ScoredTarget
 from quantkit.toolchains.llamacpp import LlamaCpp, ToolchainError, check_tokenizer_fidelity, converted_base, require_toolchain
 
 
@@ -43,7 +43,7 @@ class LlamaCppRuntime(Runtime):
     name = "llama.cpp"
     work_in_subprocesses = True
 
-    def evaluate(self, artifact, base_folder, texts, settings: EvaluationSettings, reporter) -> list[ScoredTarget]:
+    def evaluate(self, artifact, base: BaseFolder, texts, settings: EvaluationSettings, reporter) -> list[ScoredTarget]:
         from quantkit.recipe import ModelSpec
         from quantkit.sources.models import ResolvedModel, load_tokenizer
 
@@ -55,7 +55,7 @@ class LlamaCppRuntime(Runtime):
             return [ScoredTarget(t, self.name, [], unavailable=str(e)) for t in targets]
         b = artifact.manifest.base_model
         trusted = (artifact.manifest.recipe.get("model") or {}).get("trust_remote_code") is True  # as quantize was told
-        resolved = ResolvedModel(ModelSpec(source=b.source, trust_remote_code=trusted), base_folder, b.kind, b.fingerprint,
+        resolved = ResolvedModel(ModelSpec(source=b.source, trust_remote_code=trusted), base.path, b.kind, base.fingerprint,
                                  b.weight_bytes)
         context = settings.context
         with reporter.task("float reference for llama.cpp (F32 conversion of the base)"):
@@ -67,10 +67,14 @@ class LlamaCppRuntime(Runtime):
         with tempfile.TemporaryDirectory(prefix="quantkit-validate-") as tmp_name, ExitStack() as held:
             tmp = Path(tmp_name)
             logits = {}
-            for domain, text in texts.items():
+            for domain, source in texts.items():
+                # llama-perplexity tokenizes the whole file it is given: give it the chunks it scores, not the domain
+                # file (and at least two contexts: it refuses fewer tokens whatever --chunks says)
+                text = source.prefix(lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"]),
+                                     max(chunks, 2) * context)
                 check_tokenizer_fidelity(tc, f32, tokenizer, text=text[:20_000])
                 (tmp / f"{domain}.txt").write_text(text)
-                key = {"kind": "llamacpp-f32-logits", "format": 1, "base_fingerprint": b.fingerprint, "toolchain": tc.version,
+                key = {"kind": "llamacpp-f32-logits", "format": 1, "base_fingerprint": base.fingerprint, "toolchain": tc.version,
                        "text_sha256": hashlib.sha256(text.encode()).hexdigest(), "context": context, "chunks": chunks}
 
                 def build(folder, domain=domain):

@@ -21,7 +21,7 @@ import torch
 from quantkit.cache_store import REFERENCES, CacheStore
 from quantkit.errors import QuantkitError
 from quantkit.memory import release_free_heap
-from quantkit.runtimes.base import DomainScores, EvaluationSettings, Runtime, ScoredTarget
+from quantkit.runtimes.base import BaseFolder, DomainScores, EvaluationSettings, Runtime, ScoredTarget
 from quantkit.runtimes.reference import ROWS_PER_CHUNK, BaseReference, build_reference, kl_from_codes, reference_key
 
 
@@ -231,17 +231,24 @@ class TransformersRuntime(Runtime):
 
     name = "transformers"
 
-    def evaluate(self, artifact, base_folder, texts, settings: EvaluationSettings, reporter) -> list[ScoredTarget]:
+    def evaluate(self, artifact, base: BaseFolder, texts, settings: EvaluationSettings, reporter) -> list[ScoredTarget]:
         from transformers import AutoTokenizer
 
         from quantkit.device import device_class
 
         [target] = artifact.targets()
+        base_folder = base.path
         base_tok, art_tok = AutoTokenizer.from_pretrained(str(base_folder)), AutoTokenizer.from_pretrained(str(artifact.path))
         lead = lead_tokens(settings.context, settings.stride)
+        needed = settings.max_tokens + lead
+
+        def count_tokens(text: str) -> int:
+            return len(base_tok(text, add_special_tokens=False)["input_ids"])
+
         token_ids = {}
-        for domain, text in texts.items():
-            ids = base_tok(text, add_special_tokens=False)["input_ids"][: settings.max_tokens + lead]
+        for domain, source in texts.items():
+            text = source.prefix(count_tokens, needed)  # only what is scored is read and tokenized
+            ids = base_tok(text, add_special_tokens=False)["input_ids"][:needed]
             if art_tok(text, add_special_tokens=False)["input_ids"][: len(ids)] != ids:
                 raise QuantkitError(
                     f"{artifact.name} tokenizes the '{domain}' text differently from its base; KLD would be meaningless"
@@ -254,27 +261,27 @@ class TransformersRuntime(Runtime):
         scores = []
         with ExitStack() as held:
             references = {}
-            base: list[TransformersModel] = []  # loaded only when some reference is not stored yet
+            loaded: list[TransformersModel] = []  # the base, loaded only when some reference is not stored yet
             for domain, ids in token_ids.items():
                 spans = windows(len(ids), settings.context, settings.stride)
-                key = reference_key(artifact.manifest.base_model.fingerprint, ids, settings.context, settings.stride,
+                key = reference_key(base.fingerprint, ids, settings.context, settings.stride,
                                     settings.dtype, device_class(settings.device))
 
                 def build(folder, ids=ids, spans=spans, domain=domain):
-                    if not base:
+                    if not loaded:
                         with reporter.task(f"loading the base ({settings.dtype} on {settings.device})"):
-                            base.append(TransformersModel(base_folder, settings.dtype, settings.device, base_tok))
+                            loaded.append(TransformersModel(base_folder, settings.dtype, settings.device, base_tok))
                     n = sum(e - f for _, e, f in spans)
                     with reporter.task(f"base reference on {domain} ({n} tokens)", total=n, tokens=n) as bar:
-                        build_reference(base[0], ids, spans, folder, bar.advance)
+                        build_reference(loaded[0], ids, spans, folder, bar.advance)
 
                 path, built = held.enter_context(store.entry(key, build))
                 if not built:
                     reporter.log(f"base reference on {domain}: stored ({path})")
                 references[domain] = BaseReference(path)
-            for model in base:
+            for model in loaded:
                 model.close()
-            base.clear()
+            loaded.clear()
             with reporter.task(f"loading {artifact.name} ({settings.dtype} on {settings.device})"):
                 quant = TransformersModel(artifact.path, settings.dtype, settings.device, art_tok)
             try:
