@@ -1,4 +1,4 @@
-"""Output roots given as URLs: any file system fsspec knows (s3://, gs://, az://, file://, memory://).
+"""Output roots given as URLs: object stores and file systems that hold files (s3://, gs://, az://, file://).
 
 A job with such a root builds its artifact in a local folder of the worker (under quantkit's cache),
 exactly as for a path, then publishes it: every file is uploaded, then `quantkit.json` last. Object
@@ -6,6 +6,12 @@ stores have no atomic rename, so the manifest is the commit mark: a folder witho
 artifact, and a reader never sees a half-published one as finished. Replacing an earlier artifact
 first removes its manifest, so a run killed during the upload leaves a folder that reads as
 incomplete, never as the old or the new artifact.
+
+Only storage protocols are accepted (STORAGE_PROTOCOLS), checked from the URL's text alone: fsspec also
+knows protocols that are not storage (zip://, reference://, github://) or that open a connection as soon
+as their file system is made (ftp://), and a recipe must not choose where quantkit sends data.
+`memory://` lives in one process: the library API accepts it (its caller's process outlives the
+artifact, as in the test suite), a quantkit command does not (its artifacts would be gone at its exit).
 """
 
 from __future__ import annotations
@@ -15,11 +21,14 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantkit.artifact import MANIFEST_NAME, Manifest
+from quantkit.artifact import LOCAL_NAME, MANIFEST_NAME, Manifest
 from quantkit.errors import QuantkitError
 from quantkit.files import cache_dir
 
-# file systems that live in one process: a worker elsewhere cannot see what the driver sees
+# the protocols an output root may use: file systems and object stores that keep what is written
+STORAGE_PROTOCOLS = ("file", "s3", "gs", "gcs", "az", "abfs")
+# file systems that live in one process: a worker elsewhere cannot see what the driver sees, and what a
+# command writes there is gone when it exits (the library API only: quantkit.executors.run_jobs)
 PROCESS_LOCAL = ("memory",)
 
 
@@ -38,36 +47,59 @@ def join(url: str, *parts: str) -> str:
 
 
 def under(root: str | Path, *parts: str) -> Path | str:
-    """`root`/`parts` (empty parts skipped): a URL stays a URL string, anything else is a Path."""
+    """`root`/`parts` (empty parts skipped): a URL stays a URL string, anything else is a Path. A URL of a
+    protocol that is not storage is refused here, where every job's destination is made."""
     parts = tuple(p for p in parts if p)
-    return join(root, *parts) if is_url(root) else Path(root, *parts)
+    if is_url(root):
+        check_protocol(root)
+        return join(root, *parts)
+    return Path(root, *parts)
+
+
+def check_protocol(url: str) -> None:
+    """Refuse `url` unless its protocol is storage (STORAGE_PROTOCOLS) or PROCESS_LOCAL (which root_problems
+    refuses for a command). Reads the text only: no file system is made, nothing is imported or connected to."""
+    scheme = protocol(url)
+    if scheme not in STORAGE_PROTOCOLS + PROCESS_LOCAL:
+        # memory:// is not offered: a command's artifacts there would be gone when it exits
+        raise QuantkitError(f"output_dir {url}: '{scheme}://' is not a storage protocol quantkit writes artifacts to; "
+                            f"use a local path or one of {', '.join(p + '://' for p in STORAGE_PROTOCOLS)}")
 
 
 def file_system(url: str):
-    """(fs, path) for `url`; a clear error when the scheme is unknown or its package is missing."""
-    import fsspec
+    """(fs, path) for `url`; a clear error when the protocol is not storage or its package is missing."""
     from fsspec.core import url_to_fs
 
-    scheme = protocol(url)
-    try:
-        fsspec.get_filesystem_class(scheme)
-    except ValueError:
-        raise QuantkitError(f"output_dir {url}: '{scheme}://' is not a file system fsspec knows; use a path, "
-                            "or a URL such as s3://BUCKET/PREFIX, gs://..., file:///PATH") from None
-    except ImportError as e:
-        raise QuantkitError(f"output_dir {url}: '{scheme}://' needs a package that is not installed ({e})") from None
+    check_protocol(url)
+    _check_package(url)
     return url_to_fs(url)
 
 
-def root_problems(url: str, executor: str) -> list[str]:
-    """What is wrong with `url` as the output root of a run on `executor`, before any job starts."""
+def _check_package(url: str) -> None:
+    import fsspec
+
+    scheme = protocol(url)
     try:
-        file_system(url)
+        fsspec.get_filesystem_class(scheme)  # imports the implementation's class; makes no file system
+    except ImportError as e:
+        raise QuantkitError(f"output_dir {url}: '{scheme}://' needs a package that is not installed ({e})") from None
+
+
+def root_problems(url: str, executor: str) -> list[str]:
+    """What is wrong with `url` as the output root of a quantkit command running on `executor`, before any
+    job starts. A protocol that is not storage is refused at once (one line). No file system is made."""
+    check_protocol(url)
+    scheme = protocol(url)
+    if scheme in PROCESS_LOCAL:
+        if executor != "local":
+            return [f"output_dir {url}: '{scheme}://' lives in this process only; the workers of --executor "
+                    f"{executor} cannot see it; use a path every node mounts or an object store (s3://...)"]
+        return [f"output_dir {url}: '{scheme}://' lives in this process only; what a quantkit command writes there "
+                "is gone when it exits; use a path or an object store (s3://...)"]
+    try:
+        _check_package(url)
     except QuantkitError as e:
         return [str(e)]
-    if executor != "local" and protocol(url) in PROCESS_LOCAL:
-        return [f"output_dir {url}: '{protocol(url)}://' lives in this process only; the workers of --executor "
-                f"{executor} cannot see it; use a path every node mounts or an object store (s3://...)"]
     return []
 
 
@@ -122,7 +154,9 @@ def publish(local: Path, url: str) -> int:
                                 "or remove it yourself")
         old = {posixpath.relpath(p, path) for p in fs.find(path)}
         fs.rm_file(marker)  # from here on the old artifact reads as incomplete, never as finished
-    files = sorted(p for p in local.rglob("*") if p.is_file() and p != local / MANIFEST_NAME)
+    # the local side file names this machine's folders: it stays here (a reader finds the base from its source)
+    files = sorted(p for p in local.rglob("*")
+                   if p.is_file() and p.relative_to(local).as_posix() not in (MANIFEST_NAME, LOCAL_NAME))
     sent = 0
     for f in files:
         rel = f.relative_to(local).as_posix()

@@ -60,3 +60,15 @@ def build_tiny_llama(
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def edit_weights(folder: str | Path, edit) -> Path:
+    """Rewrite `folder`/model.safetensors as `edit(tensors)` returns it (a dict of name -> tensor, changed in
+    place or replaced): tests plant broken checkpoints with it (a tensor removed, a NaN, an int8 cast)."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(folder) / "model.safetensors"
+    tensors = load_file(path)
+    tensors = edit(tensors) or tensors
+    save_file(tensors, path, metadata={"format": "pt"})
+    return path

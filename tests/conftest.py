@@ -108,3 +108,12 @@ def vllm_env():
     from quantkit.toolchains.vllm import build_environment
 
     return build_environment()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The hostile inputs this run generated (tests/hostile_counts.py), in the CI log."""
+    from hostile_counts import GENERATED
+
+    if GENERATED:
+        rows = ", ".join(f"{k} {v:,}" for k, v in sorted(GENERATED.items()))
+        terminalreporter.write_line(f"hostile inputs generated: {sum(GENERATED.values()):,} ({rows})")

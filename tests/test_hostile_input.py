@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import run_cli
+from hostile_counts import counted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -54,6 +55,7 @@ def accepted_is_sane(recipe: Recipe) -> None:
 @settings(FUZZ, max_examples=COUNTS["recipe_text"])
 @given(st.one_of(st.text(max_size=300), st.text(alphabet=string.printable + "&*!|>{}[]-:#'\"\t\x00\x07\x1b", max_size=300)))
 def test_any_recipe_text_is_a_recipe_or_one_recipe_error(text):
+    counted("recipe_text")
     try:
         accepted_is_sane(parse_recipe(text))
     except RecipeError as e:
@@ -79,6 +81,7 @@ PATHS = [("name",), ("model",), ("output_dir",), ("calibration", "num_samples"),
 @settings(FUZZ, max_examples=COUNTS["recipe_tree"])
 @given(st.lists(st.tuples(st.sampled_from(PATHS), values), min_size=1, max_size=3))
 def test_any_value_in_any_field_is_accepted_sanely_or_refused(edits):
+    counted("recipe_tree")
     data = json.loads(json.dumps(VALID))
     for path, value in edits:
         try:
@@ -96,6 +99,7 @@ def test_any_value_in_any_field_is_accepted_sanely_or_refused(edits):
 @settings(FUZZ, max_examples=COUNTS["override"])
 @given(st.lists(st.text(max_size=60), min_size=1, max_size=3))
 def test_any_set_override_is_applied_or_refused(overrides):
+    counted("override")
     try:
         accepted_is_sane(parse_recipe(yaml.safe_dump(VALID), overrides=overrides))
     except RecipeError as e:
@@ -106,6 +110,7 @@ def test_any_set_override_is_applied_or_refused(overrides):
 @settings(FUZZ, max_examples=COUNTS["recipe_bytes"])
 @given(st.binary(max_size=400))
 def test_any_recipe_file_bytes_are_a_recipe_or_one_recipe_error(tmp_path_factory, data):
+    counted("recipe_bytes")
     path = tmp_path_factory.getbasetemp() / "fuzz-recipe.yaml"
     path.write_bytes(data)
     try:
@@ -122,6 +127,7 @@ MANIFEST_KEYS = ["name", "created", "format", "scheme", "output", "base_model", 
 @given(st.one_of(values.map(lambda v: json.dumps(v).encode()), st.binary(max_size=200),
                  st.dictionaries(st.sampled_from(MANIFEST_KEYS), values).map(lambda d: json.dumps(d).encode())))
 def test_any_manifest_bytes_load_or_give_one_artifact_error(tmp_path_factory, data):
+    counted("manifest")
     folder = tmp_path_factory.getbasetemp() / "fuzz-artifact"
     folder.mkdir(exist_ok=True)
     (folder / "quantkit.json").write_bytes(data)
@@ -137,6 +143,7 @@ def test_any_manifest_bytes_load_or_give_one_artifact_error(tmp_path_factory, da
        st.one_of(st.binary(max_size=300), values.map(lambda v: json.dumps(v).encode()),
                  st.lists(values, max_size=5).map(lambda rows: "\n".join(json.dumps(r) for r in rows).encode())))
 def test_any_calibration_file_gives_texts_or_one_calibration_error(tmp_path_factory, suffix, data):
+    counted("calibration")
     path = tmp_path_factory.getbasetemp() / f"fuzz-calibration{suffix}"
     path.write_bytes(data)
     try:

@@ -44,14 +44,16 @@ def test_a_matrix_expands_into_labelled_cells_and_jobs():
                      "calibrations: [{source: 'builtin:mixed', num_samples: 8}, {source: data/code.jsonl}]\n"
                      "outputs:\n  - {method: fp8}\n  - {method: gptq, name: fixed}\n")
     cells = r.cells()
-    assert [c.folder for c in cells] == ["a/mixed", "a/code", "bee/mixed", "bee/code"]
-    assert [c.recipe.calibration.num_samples for c in cells] == [8, 64, 8, 64]
-    assert cells[2].recipe.model.source == "org/b"
+    # fp8 (FP8_DYNAMIC) needs no calibration data: one cell per model for it, in the model's folder
+    assert [c.folder for c in cells] == ["a", "a/mixed", "a/code", "bee", "bee/mixed", "bee/code"]
+    assert [c.recipe.calibration.num_samples for c in cells] == [8, 8, 64, 8, 8, 64]
+    assert cells[3].recipe.model.source == "org/b"
     # default output names carry the cell's labels (unique artifact names); explicit names are kept
-    assert [o.name for o in cells[3].recipe.outputs] == ["mx-bee-code-fp8-fp8-dynamic", "fixed"]
+    assert [o.name for o in cells[3].recipe.outputs] == ["mx-bee-fp8-fp8-dynamic"]
+    assert [o.name for o in cells[5].recipe.outputs] == ["fixed"]
     all_jobs = jobs(r, "/o")
-    assert len(all_jobs) == 8 and len({j.dest for j in all_jobs}) == 8
-    assert all_jobs[1].dest == Path("/o/a/mixed/fixed")
+    assert len(all_jobs) == 6 and len({j.dest for j in all_jobs}) == 6
+    assert all_jobs[0].dest == Path("/o/a/mx-a-fp8-fp8-dynamic") and all_jobs[1].dest == Path("/o/a/mixed/fixed")
     assert [j.id for j in jobs(r, "/o", only=["fixed"])] == ["a/mixed/fixed", "a/code/fixed", "bee/mixed/fixed", "bee/code/fixed"]
     plain = parse_recipe("name: p\nmodel: x\noutputs: [{method: fp8}]\n")
     assert not plain.is_matrix and [j.dest for j in jobs(plain, "/o")] == [Path("/o/p-fp8-fp8-dynamic")]
@@ -398,7 +400,7 @@ def test_a_file_url_root_from_the_cli_runs_under_the_worker_python_and_leaves_fo
 
 @pytest.mark.parametrize("root, executor, message", [
     ("memory://x/out", "ray", "'memory://' lives in this process only; the workers of --executor ray cannot see it"),
-    ("nope://x/out", "local", "'nope://' is not a file system fsspec knows"),
+    ("nope://x/out", "local", "'nope://' is not a storage protocol quantkit writes artifacts to"),
 ])
 def test_an_output_root_no_worker_could_reach_is_refused_before_any_job(two_models, tmp_path, root, executor, message):
     recipe = tmp_path / "m.yaml"

@@ -32,7 +32,8 @@ from quantkit.toolchains.llamacpp import (
 
 _QUANT_SIZE = re.compile(r"quant size\s*=\s*([\d.]+) MiB \(([\d.]+) BPW\)")
 _FALLBACK = re.compile(r"(\d+) of (\d+) tensor\(s\) required fallback quantization")
-_CHUNK = re.compile(r"\[(\d+)\]")
+# llama-imatrix prints "[N]PPL," once per chunk, and only while it computes perplexity (without --no-ppl)
+_CHUNK = re.compile(r"\[(\d+)\][-+0-9.a-z]*,")
 _IMATRIX_CHUNKS = re.compile(r"computing over (\d+) chunks")
 def threads() -> int:
     return max(1, os.cpu_count() or 1)
@@ -175,7 +176,8 @@ def compute_imatrix(tc: LlamaCpp, base: Path, job: EngineJob, target: Path, tok)
         text_path = Path(tmp) / "calibration.txt"
         text_path.write_text("".join(tok.decode(ids) for ids in cal.input_ids), encoding="utf-8")
         args = ["-m", str(base), "-f", str(text_path), "-o", str(target), "-c", str(cal.spec.seq_len),
-                "--chunks", str(len(cal.input_ids)), "-t", str(threads()), "--no-ppl", "--no-escape"]
+                "--chunks", str(len(cal.input_ids)), "-t", str(threads()), "--no-escape"]
+        # no --no-ppl: the perplexity it then computes is what prints a line per chunk (the progress counter)
         with job.reporter.task(
             "llama-imatrix (chunks)", total=len(cal.input_ids), tokens=len(cal.input_ids) * cal.spec.seq_len
         ) as task:
@@ -190,20 +192,24 @@ def compute_imatrix(tc: LlamaCpp, base: Path, job: EngineJob, target: Path, tok)
 
 
 def _stream_chunks(tc: LlamaCpp, tool: str, args: list[str], task) -> str:
-    """Run a llama.cpp tool that prints `[i]` per processed chunk; advance `task` as it goes."""
-    proc = subprocess.Popen(
-        [str(tc.tool(tool)), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1
-    )
-    seen, buf = 0, []
+    """Run a llama.cpp tool that prints `[i]...,` per processed chunk; advance `task` as each arrives
+    (whatever the pipe holds is read at once: a blocking read of a fixed size would wait for later chunks)."""
+    import codecs
+
+    proc = subprocess.Popen([str(tc.tool(tool)), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
-    while chunk := proc.stdout.read(64):
-        buf.append(chunk)
-        done = max((int(m) for m in _CHUNK.findall("".join(buf[-4:]))), default=seen)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    seen, parts, tail = 0, [], ""
+    while data := proc.stdout.read1(65536):
+        text = decoder.decode(data)
+        parts.append(text)
+        window, tail = tail + text, (tail + text)[-64:]  # a chunk's mark may straddle two reads
+        done = max((int(m) for m in _CHUNK.findall(window)), default=seen)
         if done > seen:
             task.update(completed=done)
             seen = done
     proc.wait()
-    output = "".join(buf)
+    output = "".join(parts) + decoder.decode(b"", final=True)
     if proc.returncode != 0:
         raise ToolchainError(f"{tool} failed (exit {proc.returncode}):\n" + "\n".join(output.strip().splitlines()[-12:]))
     return output

@@ -17,8 +17,11 @@ from pathlib import Path
 
 from quantkit.errors import CalibrationError
 from quantkit.recipe import CalibrationSpec
+from quantkit.sources.chat_template import ChatTemplate, TemplateBudgetExceeded
 
 BUILTIN_SPLITS = ("train", "holdout")
+# what calibration may read of a built-in set: its holdout split is the text `quantkit validate` scores
+CALIBRATION_SPLIT = "train"
 
 
 def builtin_dir() -> Path:
@@ -66,8 +69,45 @@ def fingerprint_token_ids(input_ids: list[list[int]]) -> str:
     return h.hexdigest()
 
 
+def builtin_problem(source: str, split: str) -> str | None:
+    """What is wrong with a calibration `source` and `split`, from the names and paths alone: a built-in
+    set that does not exist (`builtin:../x` is not a set), its holdout split, or a local path that is a
+    built-in holdout file. None when nothing is. The recipe's validation and load_texts both ask."""
+    if source.startswith("builtin:"):
+        name = source.removeprefix("builtin:")
+        if name not in builtin_sets():
+            return f"calibration.source: unknown built-in calibration set '{name}'; available: " + ", ".join(
+                f"builtin:{n}" for n in builtin_sets())
+        if split != CALIBRATION_SPLIT:
+            if split not in BUILTIN_SPLITS:
+                return f"calibration.split: '{split}': built-in sets have splits {', '.join(BUILTIN_SPLITS)}; calibrate on train"
+            files = ", ".join(str(builtin_dir() / n / f"{split}.jsonl") for n in _members(name))
+            return (f"calibration.split: '{split}' of {source} ({files}) is the text `quantkit validate` scores; calibrating "
+                    f"on it makes the quality figures dishonest; use split '{CALIBRATION_SPLIT}'")
+        return None
+    if source.startswith("hf:"):
+        return None
+    path = Path(source).expanduser()
+    if path.is_file() and path.resolve() in _holdout_files():
+        return (f"calibration.source: {path.resolve()} is a built-in holdout file, the text `quantkit validate` scores; "
+                "calibrating on it makes the quality figures dishonest; use builtin:NAME (its train split) or other text")
+    return None
+
+
+def _members(name: str) -> list[str]:
+    return ["prose", "code"] if name == "mixed" else [name]
+
+
+def _holdout_files() -> list[Path]:
+    return [(builtin_dir() / n / "holdout.jsonl").resolve() for n in builtin_sets() if n != "mixed"]
+
+
 def load_texts(spec: CalibrationSpec) -> list[str]:
+    """The records calibration reads. Refuses (CalibrationError) what builtin_problem names, and a file
+    whose bytes are those of a built-in holdout file (a copy of it)."""
     src = spec.source
+    if problem := builtin_problem(src, spec.split):
+        raise CalibrationError(problem)
     if src.startswith("builtin:"):
         return builtin_texts(src.removeprefix("builtin:"), spec.split)
     if src.startswith("hf:"):
@@ -75,22 +115,28 @@ def load_texts(spec: CalibrationSpec) -> list[str]:
     path = Path(src).expanduser()
     if not path.is_file():
         raise CalibrationError(f"calibration file not found: {path.resolve()}")
+    size = path.stat().st_size
+    for holdout in _holdout_files():
+        if holdout.stat().st_size == size and holdout.read_bytes() == path.read_bytes():
+            raise CalibrationError(f"calibration.source: {path.resolve()} holds the same bytes as {holdout}, the built-in "
+                                   "holdout text `quantkit validate` scores; calibrating on it makes the quality figures "
+                                   "dishonest; use builtin:NAME (its train split) or other text")
     return file_texts(path, spec.text_field)
 
 
 def builtin_texts(name: str, split: str) -> list[str]:
+    """The records of a built-in set's split (validate reads the holdout split through here too)."""
     if split not in BUILTIN_SPLITS:
         raise CalibrationError(f"built-in calibration sets have splits {', '.join(BUILTIN_SPLITS)}; got '{split}'")
+    if name not in builtin_sets():  # a name, never a path: `../x` would reach outside the sets' folder
+        raise CalibrationError(f"unknown built-in calibration set '{name}'; available: {', '.join(builtin_sets())}")
     if name == "mixed":
         prose, code = builtin_texts("prose", split), builtin_texts("code", split)
         mixed = []
         for i in range(max(len(prose), len(code))):
             mixed += ([prose[i]] if i < len(prose) else []) + ([code[i]] if i < len(code) else [])
         return mixed
-    path = builtin_dir() / name / f"{split}.jsonl"
-    if not path.is_file():
-        raise CalibrationError(f"unknown built-in calibration set '{name}'; available: {', '.join(builtin_sets())}")
-    return file_texts(path, "text")
+    return file_texts(builtin_dir() / name / f"{split}.jsonl", "text")
 
 
 def builtin_domain_text(domain: str, n_chars: int) -> str:
@@ -165,7 +211,7 @@ def _parquet_texts(path: Path, text_field: str) -> list[str]:
     for i, t in enumerate(texts, 1):
         if not isinstance(t, str):
             raise CalibrationError(f"{path}: row {i}: '{text_field}' is {'null' if t is None else type(t).__name__}, not text")
-    return [t for t in texts if t]
+    return texts
 
 
 def _field(row, text_field: str, where: str) -> str:
@@ -191,13 +237,22 @@ def _hub_texts(spec: CalibrationSpec) -> list[str]:
         ) from None
     if spec.text_field not in ds.column_names:
         raise CalibrationError(f"dataset '{name}' has no column '{spec.text_field}'; columns: {', '.join(ds.column_names)}")
-    return [t for t in ds[spec.text_field] if t]
+    texts = ["" if t is None else t for t in ds[spec.text_field]]  # a missing text is an empty record
+    if (bad := next((t for t in texts if not isinstance(t, str)), None)) is not None:
+        raise CalibrationError(f"dataset '{name}': '{spec.text_field}' holds {type(bad).__name__} values, not text")
+    return texts
 
 
 def build_calibration(spec: CalibrationSpec, tokenizer) -> CalibrationSet:
-    texts = load_texts(spec)
-    if not texts:
+    """Empty records are left out (each would add only an end-of-sequence token); a source with no text
+    left is refused with the count. A chat template renders at a bounded cost (sources.chat_template)."""
+    records = load_texts(spec)
+    texts = [t for t in records if t.strip()]
+    if not records:
         raise CalibrationError(f"calibration source '{spec.source}' holds no text")
+    if not texts:
+        raise CalibrationError(f"calibration source '{spec.source}': {len(records)} of {len(records)} records are empty; "
+                               "no text remains to calibrate on")
     if spec.shuffle_seed is not None:
         texts = texts[:]
         random.Random(spec.shuffle_seed).shuffle(texts)
@@ -205,18 +260,21 @@ def build_calibration(spec: CalibrationSpec, tokenizer) -> CalibrationSet:
     if spec.chat_template and not getattr(tokenizer, "chat_template", None):
         raise CalibrationError("calibration.chat_template is true, but the model's tokenizer has no chat template; "
                                "set it to false (plain text) or use a model that ships one")
+    template = _chat_template(tokenizer) if spec.chat_template else None
     sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     stream: list[int] = []
     used = 0
     for text in texts:
-        if spec.chat_template:
+        if template is not None:
             try:
-                ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True)
+                rendered = template.render_user_turn(text)
+            except TemplateBudgetExceeded as e:
+                raise CalibrationError(f"the tokenizer's chat template is refused: {e}; a chat template that needs "
+                                       "more is not rendered (it comes from the model folder)") from None
             except Exception as e:  # jinja2's TemplateError and whatever the template raises
                 raise CalibrationError(f"the tokenizer's chat template fails on a calibration text "
                                        f"({type(e).__name__}: {str(e)[:200]})") from None
-            if isinstance(ids, dict) or hasattr(ids, "keys"):
-                ids = ids["input_ids"]
+            ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]  # as apply_chat_template tokenizes
         else:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         stream += list(ids) + sep
@@ -230,3 +288,13 @@ def build_calibration(spec: CalibrationSpec, tokenizer) -> CalibrationSet:
         )
     input_ids = [stream[i * spec.seq_len : (i + 1) * spec.seq_len] for i in range(spec.num_samples)]
     return CalibrationSet(spec, input_ids, fingerprint_token_ids(input_ids), used, len(stream))
+
+
+def _chat_template(tokenizer) -> ChatTemplate:
+    """The tokenizer's chat template, compiled in the bounded environment (one line when it is refused)."""
+    try:
+        return ChatTemplate(tokenizer.get_chat_template(), dict(tokenizer.special_tokens_map))
+    except TemplateBudgetExceeded as e:  # jinja2 folds constant expressions while it compiles
+        raise CalibrationError(f"the tokenizer's chat template is refused: {e}") from None
+    except Exception as e:  # a template that does not parse
+        raise CalibrationError(f"the tokenizer's chat template does not compile ({type(e).__name__}: {str(e)[:200]})") from None
