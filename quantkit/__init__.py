@@ -7,7 +7,34 @@ Library first: everything the `quantkit` CLI does is a function here.
     artifacts = quantkit.quantize(recipe)
     quantkit.push("out/smollm2-135m-gguf", "oci://localhost:5000/models/smollm2:gguf", dry_run=True)
 
-Names are imported on first use, so `import quantkit` (and the CLI's start-up) stays fast.
+Public API (`__all__`; `help(quantkit.NAME)` documents each one):
+
+Recipes
+    load_recipe(path, overrides=())   read and check a recipe file (RecipeError names every problem)
+    parse_recipe(text, source, overrides=())   the same for recipe text
+    Recipe                            the checked recipe (a pydantic model)
+    recipe_json_schema()              the recipe's JSON schema (docs/recipe.schema.json)
+
+Quantizing
+    plan(recipe, output_dir, only)    the outputs a run writes and where, without running it
+    quantize(recipe, *, output_dir, only, force, reporter, ...)   write every output; returns the Artifacts
+    QuantizeFailed                    raised when some outputs failed (the others were written)
+
+Artifacts
+    Artifact                          Artifact.load(folder) checks every file against quantkit.json
+
+Publishing
+    push(artifact, target, *, settings, options, dry_run)   to a Hugging Face repo or oci://HOST/NAME:TAG
+    verify(source, *, key, digests_only)   a pushed artifact against its signed provenance attestation
+    pull(ref, dest, *, force)         an OCI artifact back into a local folder, digests checked
+
+Errors
+    QuantkitError                     every error quantkit reports (exit_code: 2 bad input, 1 a failed run)
+    RecipeError                       a recipe's problems, all of them
+
+Validation and the serving check are modules: quantkit.validate (validate, validate_run) and
+quantkit.serve_test (run_serve_test). Names are imported on first use, so `import quantkit` (and the
+CLI's start-up) stays fast.
 """
 
 from __future__ import annotations

@@ -30,8 +30,11 @@ ATTESTATION_NAME = "quantkit-provenance.intoto.json"
 # absolute paths of the machine that made the artifact (the base model's folder): never in the manifest,
 # never pushed; a copy without it (pulled, moved) finds a built-in or hub base again from its source
 LOCAL_NAME = "quantkit.local.json"
+# a pulled artifact's attested validation.json, kept here by `validate` before it writes its own report
+# (`verify` checks the attested one here; quantkit.publishing.keep_attested_report)
+ATTESTED_VALIDATION_NAME = "validation.attested.json"
 ADDED_LATER = ("validation.json", "validation.md", "validation.html", "README.md", ATTESTATION_NAME, ".gitattributes",
-               LOCAL_NAME)
+               LOCAL_NAME, ATTESTED_VALIDATION_NAME)
 SERVE_LOGS = "serve-logs"  # vLLM server logs of the serving check, written after the manifest
 # Files every artifact may hold whatever its format (quantkit's own side file); each engine names the rest
 # (Engine.artifact_patterns): an allow-list, so what a model folder ships beyond them never travels.
@@ -237,7 +240,7 @@ class Artifact:
         listed = set(self.manifest.files)
         for p in sorted(self.path.rglob("*")):
             rel = p.relative_to(self.path).as_posix()
-            if (p.is_file() or p.is_symlink()) and rel not in listed and _is_content(rel):
+            if (not p.is_dir() or p.is_symlink()) and rel not in listed and _is_content(rel):  # FIFOs, devices too
                 problems.append(f"not in {MANIFEST_NAME}: {rel}")
             if p.name.lower().endswith(CODE_SUFFIXES) and not rel.startswith(SERVE_LOGS + "/"):
                 problems.append(f"code file: {rel} (a quantkit artifact never carries code)")
@@ -390,8 +393,24 @@ def is_artifact(path: Path) -> bool:
 
 def write_manifest(folder: Path, fields: dict) -> Manifest:
     """Checksum every file of `folder` and write `quantkit.json` from `fields` (validated first)."""
+    default_file_modes(folder)
     files = file_checksums(folder)
     manifest = Manifest.model_validate({**fields, "manifest_version": MANIFEST_VERSION, "files": files,
                                         "size_bytes": sum(f["bytes"] for f in files.values())})
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n")
     return manifest
+
+
+def default_file_modes(folder: Path) -> None:
+    """Give every file of `folder` the mode a plain open() gives it under the process's umask: safetensors
+    writes through a temporary file (mode 0600), which would leave the weights unreadable to the other users
+    of a shared output root while every other file of the artifact is readable."""
+    probe = folder / f".quantkit-mode-probe-{os.getpid()}"
+    probe.write_bytes(b"")
+    try:
+        mode = probe.stat().st_mode & 0o777
+    finally:
+        probe.unlink()
+    for p in folder.rglob("*"):
+        if p.is_file() and not p.is_symlink() and p.stat().st_mode & 0o777 != mode:
+            p.chmod(mode)

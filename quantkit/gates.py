@@ -38,12 +38,6 @@ CLASS_DEFAULTS = {  # bits -> default thresholds
 }
 
 
-# bits per weight on disk, for size and memory estimates
-GGUF_BITS = {"Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_M": 5.7, "Q5_K_S": 5.5, "Q4_K_M": 4.9, "Q4_K_S": 4.6, "IQ4_XS": 4.3,
-             "Q3_K_M": 3.9, "Q2_K": 3.4, "F16": 16.0, "BF16": 16.0, "F32": 32.0}
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-
 def precision_bits(method: str, scheme: str, bits: int | None = None) -> int:
     """Nominal bits of an output (compressed-tensors scheme or GGUF type)."""
     if bits:
@@ -55,13 +49,6 @@ def precision_bits(method: str, scheme: str, bits: int | None = None) -> int:
         return 8
     m = re.match(r"^(?:W|Q|IQ|TQ)(\d)", s)
     return int(m.group(1)) if m else 4
-
-
-def stored_bits(output) -> float:
-    """Bits per parameter an output's files hold: its nominal bits, summed over the files of a GGUF output."""
-    if output.method == "gguf":
-        return sum(GGUF_BITS.get(t.upper(), 8.5) for t in output.types)
-    return precision_bits(output.method, output.scheme, getattr(output, "bits", None))
 
 
 def class_defaults(method: str, scheme: str, bits: int | None = None) -> dict[str, float]:

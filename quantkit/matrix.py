@@ -11,56 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantkit.errors import QuantkitError
-from quantkit.gates import DTYPE_BYTES, stored_bits
+from quantkit.estimates import DTYPE_BYTES, ModelShape, artifact_bytes, gguf_base_bytes, shape_from_config
 from quantkit.recipe import Cell, Recipe
 
 CUDA_CONTEXT_BYTES = 1 << 29
 RUNTIME_BYTES = 1 << 30  # torch, transformers and llm-compressor themselves, measured ~0.9 GB RSS on CPU
 GGUF_METHODS = ("gguf",)
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """Parameter counts of a decoder-only transformer, from its config."""
-
-    params: int
-    layer_params: int  # the largest decoder layer
-    embedding_params: int  # input embeddings plus an untied output head
-    hidden: int
-    layers: int
-    linear_inputs: tuple[int, ...]  # in_features of the linear layers of one decoder layer
-
-
-def shape_from_config(config: dict) -> ModelShape:
-    """Llama-family arithmetic (attention with grouped KV heads, gated MLP, optional MoE experts); a
-    config without these fields is refused rather than guessed."""
-    def field(*names: str, default=None):
-        for n in names:
-            if isinstance(config.get(n), int):
-                return config[n]
-        if default is not None:
-            return default
-        raise QuantkitError(f"config.json has no {' or '.join(names)}: cannot estimate this model's memory")
-
-    text = config.get("text_config")
-    if isinstance(text, dict) and "hidden_size" not in config:
-        config = text
-    h = field("hidden_size", "n_embd", "d_model")
-    layers = field("num_hidden_layers", "n_layer", "num_layers")
-    heads = field("num_attention_heads", "n_head")
-    kv_heads = field("num_key_value_heads", default=heads)
-    head_dim = field("head_dim", default=h // heads)
-    inter = field("intermediate_size", "ffn_dim", default=4 * h)
-    vocab = field("vocab_size")
-    experts = field("num_local_experts", "n_routed_experts", "num_experts", default=1)
-    expert_inter = field("moe_intermediate_size", default=inter) if experts > 1 else inter
-    attention = h * heads * head_dim + 2 * h * kv_heads * head_dim + heads * head_dim * h
-    mlp = 3 * h * expert_inter * experts + (h * experts if experts > 1 else 0)
-    layer = attention + mlp + 2 * h
-    embedding = vocab * h * (1 if config.get("tie_word_embeddings", False) else 2)
-    inputs = (h, h, h, heads * head_dim, h, h, expert_inter)
-    return ModelShape(layers * layer + embedding + h, layer, embedding, h, layers, inputs)
-
+MAX_LISTED = 8  # job ids an --only error names before "and N more"
 
 @dataclass(frozen=True)
 class Estimate:
@@ -68,9 +25,10 @@ class Estimate:
 
     host_bytes: int
     device_bytes: int  # one GPU, with llm-compressor's sequential onloading (0: the job runs on CPU)
-    disk_bytes: int
+    disk_bytes: int  # the artifact, in the output root (quantkit.estimates)
     wants_gpu: bool
     params: int
+    cache_bytes: int = 0  # GGUF: the converted base in quantkit's cache, written once per model
 
 
 def estimate(shape: ModelShape, output, recipe: Recipe) -> Estimate:
@@ -79,19 +37,21 @@ def estimate(shape: ModelShape, output, recipe: Recipe) -> Estimate:
     layer's inputs for every calibration sample are cached in host RAM between layers; the device holds
     the layer, one sample's activations and, for GPTQ, one Hessian (in_features² float32) per linear
     layer. Distributed oneshot splits the samples over GPUs (time), not this per-GPU peak."""
+    from quantkit.engines import engine_for
+
     wbytes = DTYPE_BYTES[recipe.model.dtype]
     cal = recipe.calibration
+    disk = artifact_bytes(shape, output, recipe.model.dtype)
     if output.method in GGUF_METHODS:
         # the converter streams tensors; llama-quantize maps the F16 file and writes the target
-        disk = int(shape.params * (stored_bits(output) + 16) / 8)  # the types and the F16 file they are made from
-        return Estimate(RUNTIME_BYTES // 2 + shape.layer_params * 4 * 2, 0, disk, False, shape.params)
-    calibrated = output.method not in ("fp8", "rtn") or getattr(output, "scheme", "") == "FP8"
+        return Estimate(RUNTIME_BYTES // 2 + shape.layer_params * 4 * 2, 0, disk, False, shape.params,
+                        gguf_base_bytes(shape, output.base_type))
+    calibrated = engine_for(output.method).needs_calibration(output)
     cached_inputs = cal.num_samples * cal.seq_len * shape.hidden * wbytes * 2 if calibrated else 0
     one_sample = cal.seq_len * (4 * shape.hidden + 2 * max(shape.linear_inputs)) * wbytes if calibrated else 0
     hessians = sum(n * n * 4 for n in shape.linear_inputs) if output.method in ("gptq", "int8") else 0
     layer = shape.layer_params * wbytes
     resident = 0 if recipe.model.offload == "disk" else shape.params * wbytes
-    disk = int(shape.params * stored_bits(output) / 8 * 1.1)
     host = resident + layer + cached_inputs + hessians + RUNTIME_BYTES
     return Estimate(host, layer + hessians + one_sample + CUDA_CONTEXT_BYTES, disk, True, shape.params)
 
@@ -100,10 +60,11 @@ def estimate(shape: ModelShape, output, recipe: Recipe) -> Estimate:
 class Job:
     """One artifact to make: an output of one cell of the recipe."""
 
-    id: str  # `<cell folder>/<output name>`, or the output name for a plain recipe
+    id: str  # `<cell folder>/<artifact name>`, or the artifact name for a plain recipe
     cell: Cell
-    index: int  # position of the output in the recipe
+    index: int  # position of the output in the cell's recipe
     dest: Path | str  # a folder, or a URL when the output root is one (quantkit.output_roots)
+    listed: str  # the output's name as the recipe lists it (a cell names its artifact after its labels)
 
     @property
     def output(self):
@@ -115,22 +76,32 @@ class Job:
 
 
 def jobs(recipe: Recipe, output_dir: str | Path | None = None, only: list[str] | None = None) -> list[Job]:
-    """Every job of the recipe, model-major. `only` names outputs as the recipe lists them (each applies
-    to every cell), or job ids."""
+    """Every job of the recipe, model-major. `only` selects jobs by an output's name as the recipe lists
+    it (every cell's), an artifact's name (as quantize prints it) or a job id (as plan prints it)."""
     from quantkit.output_roots import under
 
     root = output_dir or recipe.output_dir
-    cells = recipe.cells()
-    listed = [o.name for o in recipe.outputs]
-    all_jobs = [Job(f"{c.folder}/{o.name}" if c.folder else o.name, c, i, under(root, c.folder, o.name))
-                for c in cells for i, o in enumerate(c.recipe.outputs)]
+    all_jobs = [Job(f"{c.folder}/{o.name}" if c.folder else o.name, c, i, under(root, c.folder, o.name),
+                    recipe.outputs[c.output_indices[i]].name)
+                for c in recipe.cells() for i, o in enumerate(c.recipe.outputs)]
     if not only:
         return all_jobs
-    ids = {j.id for j in all_jobs}
+    known = {name for j in all_jobs for name in (j.id, j.listed, j.output.name)}
     for n in only:
-        if n not in listed and n not in ids:
-            raise QuantkitError(f"--only {n}: the recipe has no output or job of that name; outputs: {', '.join(listed)}")
-    return [j for j in all_jobs if listed[j.index] in only or j.id in only]
+        if n not in known:
+            raise QuantkitError(f"--only {n}: {only_choices(recipe, all_jobs)}")
+    return [j for j in all_jobs if {j.id, j.listed, j.output.name} & set(only)]
+
+
+def only_choices(recipe: Recipe, all_jobs: list[Job]) -> str:
+    """What --only accepts, for its error: the recipe's output names, and the job ids (a few, when many)."""
+    listed = [o.name for o in recipe.outputs]
+    text = f"not an output, artifact or job of this recipe; outputs: {', '.join(listed)}"
+    ids = [j.id for j in all_jobs if j.id not in listed]
+    if ids:
+        more = f" and {len(ids) - MAX_LISTED:,} more (quantkit plan lists them)" if len(ids) > MAX_LISTED else ""
+        text += f"; jobs (or their last part, the artifact name): {', '.join(ids[:MAX_LISTED])}{more}"
+    return text
 
 
 def job_estimates(all_jobs: list[Job]) -> dict[str, Estimate | None]:
@@ -162,12 +133,12 @@ def describe_plan(recipe: Recipe, output_dir: str | Path | None = None, only: li
         cell, est = job.cell, estimates[job.id]
         out = job.output
         rows.append({
-            "job": job.id, "model": cell.recipe.model.source, "calibration": cell.recipe.calibration.source
+            "job": job.id, "cell": cell.folder, "model": cell.recipe.model.source, "calibration": cell.recipe.calibration.source
             if engine_for(out.method).needs_calibration(out) else None,
             "output": out.name, "method": out.method, "scheme": out.scheme, "destination": str(job.dest),
             "params": est.params if est else None,
             "host_bytes": est.host_bytes if est else None, "gpu_bytes": est.device_bytes if est else None,
-            "disk_bytes": est.disk_bytes if est else None,
+            "disk_bytes": est.disk_bytes if est else None, "cache_bytes": est.cache_bytes if est else None,
             "device": ("gpu preferred" if est.wants_gpu else "cpu") if est else
             ("gpu preferred" if engine_for(out.method).in_process_torch else "cpu"),
         })

@@ -59,6 +59,28 @@ class NullReporter:
         self.messages.append(message)
 
 
+class _Outcome:
+    """How a step's body ended, for its end line: "done" only when it returned; "FAILED" when it raised,
+    "interrupted" for Ctrl-C or SIGTERM (KeyboardInterrupt in the CLI) or an exit. Never swallows."""
+
+    def __init__(self) -> None:
+        self.word = "FAILED"  # until the body returns: a generator closed mid-step did not finish it either
+
+    @property
+    def ok(self) -> bool:
+        return self.word == "done "
+
+    def __enter__(self) -> "_Outcome":
+        return self
+
+    def __exit__(self, kind, error, tb) -> bool:
+        if kind is None:
+            self.word = "done "
+        elif issubclass(kind, (KeyboardInterrupt, SystemExit)):
+            self.word = "interrupted"
+        return False
+
+
 class RichReporter:
     """Rich progress bars with elapsed time; one bar per step, nested steps shown below."""
 
@@ -124,19 +146,19 @@ class RichReporter:
                 }
                 progress.update(task_id, **kwargs)
 
-        ok = False
+        outcome = _Outcome()
         try:
-            yield _T()
-            ok = True
+            with outcome:
+                yield _T()
         finally:
             t = progress.tasks[[t.id for t in progress.tasks].index(task_id)]
             if transient:
                 progress.remove_task(task_id)
-            elif ok:
+            elif outcome.ok:
                 # a spinner-only step becomes a full bar when it finishes
                 progress.update(task_id, total=t.total or 1, completed=t.total or 1)
             else:
-                progress.update(task_id, description=f"{description} (failed)", failed=True)
+                progress.update(task_id, description=f"{description} ({outcome.word.lower()})", failed=True)
                 progress.stop_task(task_id)
 
     def log(self, message: str, style: str | None = None) -> None:
@@ -241,17 +263,17 @@ class PlainReporter:
                 if description is not None:
                     step.description = description.strip()
 
-        ok = False
+        outcome = _Outcome()
         try:
-            yield _T()
-            ok = True
+            with outcome:
+                yield _T()
         finally:
             with self._lock:
                 self._active.remove(step)
             if not transient:
                 seconds = self.clock() - step.started
-                rate = f", {tokens / seconds:,.0f} tokens/s" if tokens and seconds > 0 else ""
-                self._line(f"{'done ' if ok else 'FAILED'} {description} ({_duration(seconds)}{rate})", depth)
+                rate = f", {tokens / seconds:,.0f} tokens/s" if tokens and seconds > 0 and outcome.ok else ""
+                self._line(f"{outcome.word} {description} ({_duration(seconds)}{rate})", depth)
 
     def log(self, message: str, style: str | None = None) -> None:
         self._line(message)
@@ -292,10 +314,15 @@ class TqdmBridge:
         self._layers_cm = None
         self._layers: Task | None = None
 
-    def close(self) -> None:
+    def close(self, error: BaseException | None = None) -> None:
+        """End the layers step; `error` is what ended the calibration, if it raised (the step then reads
+        FAILED or interrupted, not done)."""
         if self._layers_cm is not None:
-            self._layers_cm.__exit__(None, None, None)
-            self._layers_cm = None
+            cm, self._layers_cm = self._layers_cm, None
+            if error is None:
+                cm.__exit__(None, None, None)
+            else:
+                cm.__exit__(type(error), error, error.__traceback__)  # the step's end line; `error` is not re-raised here
 
     def _layer_task(self, done: int, total: int, phase: str) -> None:
         if self._layers is None:

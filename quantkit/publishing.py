@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quantkit.artifact import ATTESTATION_NAME, MANIFEST_NAME, Artifact
+from quantkit.artifact import ATTESTATION_NAME, ATTESTED_VALIDATION_NAME, MANIFEST_NAME, SERVE_LOGS, Artifact
 from quantkit.errors import ArtifactError, QuantkitError
 from quantkit.files import sha256_file, sha256_files, staged_folder
 from quantkit.progress import NullReporter, Reporter
@@ -40,6 +40,9 @@ from quantkit.publish.card import CardContext, base_license, base_model_id, rend
 from quantkit.publish.destinations import Destination, PushOptions, PushResult, destination_for
 
 HUB_MADE = (".gitattributes",)  # files a hub adds to every repository by itself
+# what `quantkit validate` writes into a folder after a pull: not covered by the attestation, and named as such
+# by `verify` (the attested validation.json is checked where validate kept it: ATTESTED_VALIDATION_NAME)
+LOCAL_REPORTS = (VALIDATION_NAME, "validation.md", "validation.html")
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,10 @@ class VerifyReport:
     files: dict[str, str]  # path -> sha256, every file the attestation covers
     key_id: str | None  # the key that verified the signature; None when only digests were checked
     statement: dict = field(repr=False, default_factory=dict)
+    # the file the attested validation.json was checked in: validation.json, or validation.attested.json where
+    # a local `quantkit validate` kept it; None when the push carried no report
+    validation_report: str | None = None
+    local_reports: list[str] = field(default_factory=list)  # written here after the pull; not attested
 
     @property
     def predicate(self) -> dict:
@@ -199,7 +206,9 @@ def verify(source: str | Path, *, key: str | Path | None = None, digests_only: b
            reporter: Reporter | None = None) -> VerifyReport:
     """Check a pushed artifact (local folder, `oci://…`, `hf://ORG/NAME`): the attestation's signature
     with `key`, the sha256 of every file it names, that no other file is there, and the manifest's checksums.
-    Raises AttestationError (exit 1) on any mismatch."""
+    A local folder may also hold the reports a `quantkit validate` wrote after the pull (LOCAL_REPORTS): they are
+    not attested and the report names them (`local_reports`); the attested validation.json is checked where
+    validate kept it (`validation_report`). Raises AttestationError (exit 1) on any mismatch."""
     reporter = reporter or NullReporter()
     if key is None and not digests_only:
         raise QuantkitError("--key: give the public key whose private half signed the push (--sign-key), "
@@ -207,41 +216,71 @@ def verify(source: str | Path, *, key: str | Path | None = None, digests_only: b
     text = str(source)
     local = Path(text).expanduser()
     if "://" not in text and local.is_dir():
-        return _verify_folder(local, text, key, reporter)
+        return _verify_folder(local, text, key, reporter, downloaded=False)
     with tempfile.TemporaryDirectory(prefix="quantkit-verify-") as tmp:
         destination_for(text).download(Path(tmp), reporter)
-        return _verify_folder(Path(tmp), text, key, reporter)
+        return _verify_folder(Path(tmp), text, key, reporter, downloaded=True)
 
 
-def _verify_folder(folder: Path, source: str, key, reporter: Reporter) -> VerifyReport:
+def _verify_folder(folder: Path, source: str, key, reporter: Reporter, downloaded: bool) -> VerifyReport:
+    """`downloaded`: `folder` holds what a hub or registry served (verify of a URL, pull), where the local reports
+    of a `quantkit validate` cannot be: there they are files not in the attestation like any other."""
     att_path = folder / ATTESTATION_NAME
     if not att_path.is_file():
         raise provenance.AttestationError(f"{source}: no {ATTESTATION_NAME}: it was not pushed by quantkit, "
                                           "or the attestation was removed")
     att = provenance.parse(att_path.read_bytes(), f"{source}/{ATTESTATION_NAME}")
     key_id = provenance.verify_signature(att, Path(key), source) if key is not None else None
+    # each subject's file: the attested validation.json is checked where `validate` kept it, if it did
+    report_at = (ATTESTED_VALIDATION_NAME if VALIDATION_NAME in att.subjects and (folder / ATTESTED_VALIDATION_NAME).is_file()
+                 else VALIDATION_NAME if VALIDATION_NAME in att.subjects else None)
+    located = {name: report_at if name == VALIDATION_NAME else name for name in att.subjects}
     problems = []
     with reporter.task(f"{source}: sha256 of {len(att.subjects)} files"):
         present_subjects = []
         for name in sorted(att.subjects):
-            p = folder / name
+            p = folder / located[name]
             if not _inside(folder, p) or not p.is_file():
                 problems.append(f"missing: {name}")
             else:
                 present_subjects.append(name)
-        digests = dict(zip(present_subjects, sha256_files([folder / n for n in present_subjects])))
-        problems += [f"modified: {name} (sha256 differs from the attestation)"
+        digests = dict(zip(present_subjects, sha256_files([folder / located[n] for n in present_subjects])))
+        problems += [f"modified: {name}{_kept_as(located[name])} (sha256 differs from the attestation)"
                      for name, digest in digests.items() if digest != att.subjects[name]]
     present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-    extra = sorted(present - set(att.subjects) - {ATTESTATION_NAME} - set(HUB_MADE))
-    problems += [f"not in the attestation: {name}" for name in extra]
+    extra = sorted(present - set(located.values()) - {ATTESTATION_NAME} - set(HUB_MADE))
+    local = [] if downloaded else [name for name in extra if name in LOCAL_REPORTS or name.startswith(SERVE_LOGS + "/")]
+    problems += [f"not in the attestation: {name}" for name in extra if name not in local]
     if problems:
         raise provenance.AttestationError(f"{source} does not match its attestation:\n  " + "\n  ".join(problems))
     try:
         Artifact.load(folder, verify=False).verify(digests)  # each file read once: the digests above
     except ArtifactError as e:
         raise provenance.AttestationError(f"{source}: {e}") from None
-    return VerifyReport(source, dict(att.subjects), key_id, att.statement)
+    return VerifyReport(source, dict(att.subjects), key_id, att.statement, report_at, local)
+
+
+def _kept_as(path: str) -> str:
+    return f" (kept as {path} by quantkit validate)" if path == ATTESTED_VALIDATION_NAME else ""
+
+
+def keep_attested_report(folder: Path) -> str | None:
+    """Before `validate` writes its reports into `folder`: where the folder carries an attestation whose subjects
+    list validation.json and validation.json is still that attested file (a pulled artifact), move it to
+    validation.attested.json, where `verify` checks it; validate's own report is then validation.json, which
+    `push` reads. Returns the line saying so, or None when there was nothing to keep."""
+    report, att_path = folder / VALIDATION_NAME, folder / ATTESTATION_NAME
+    if not report.is_file() or not att_path.is_file():
+        return None
+    try:
+        att = provenance.parse(att_path.read_bytes(), str(att_path))
+    except provenance.AttestationError as e:
+        return f"{e}; {VALIDATION_NAME} is replaced (no attested report to keep)"
+    if att.subjects.get(VALIDATION_NAME) != sha256_file(report):
+        return None  # a report written here before (the attested one is kept already), or not the attested file
+    report.replace(folder / ATTESTED_VALIDATION_NAME)
+    return (f"{folder}: the attested {VALIDATION_NAME} is kept as {ATTESTED_VALIDATION_NAME} (quantkit verify checks it "
+            f"there); this run's report is {VALIDATION_NAME}")
 
 
 def _inside(folder: Path, p: Path) -> bool:
@@ -267,5 +306,5 @@ def pull(ref: str, dest: str | Path, *, force: bool = False, reporter: Reporter 
     # --force replaces only a quantkit artifact, and deletes only the files quantkit wrote there
     with staged_folder(dest, force, lambda p: replace_problem(p) is None, discard=remove_own_files) as stage:
         destination.download(stage, reporter)
-        _verify_folder(stage, ref, None, reporter)
+        _verify_folder(stage, ref, None, reporter, downloaded=True)
     return dest

@@ -30,9 +30,8 @@ from quantkit.device import accelerator_available
 from quantkit.engines import EngineJob, engine_for
 from quantkit.errors import ArtifactError, QuantkitError, RecipeError
 from quantkit.files import exclusive_outputs, folder_size, remove_stale_partials, staged_folder
-from quantkit.gates import DTYPE_BYTES, stored_bits
 from quantkit.memory import PeakRSS
-from quantkit.output_roots import is_url, join, read_remote, root_problems, under
+from quantkit.output_roots import check_protocol, is_url, join, read_remote, root_problems, under
 from quantkit.progress import NullReporter, Reporter
 from quantkit.recipe import Recipe
 from quantkit.sources.calibration import CalibrationSet, build_calibration
@@ -62,15 +61,14 @@ def preflight_problems(recipe: Recipe, output_dir: str | Path | None = None) -> 
     file that is not there, an output folder that is a file or cannot be written. A matrix: every cell's."""
     if recipe.is_matrix:
         root = output_dir or recipe.output_dir
-        per_model = len(recipe.calibrations or [None])
         found = []
-        for n, cell in enumerate(recipe.cells()):
+        for cell in recipe.cells():
             for problem in preflight_problems(cell.recipe, under(root, cell.folder)):
                 # name the matrix entry, not the cell's expanded field
-                if recipe.models is not None:
-                    problem = problem.replace("model.source:", f"models[{n // per_model}].source:", 1)
-                if recipe.calibrations is not None:
-                    problem = problem.replace("calibration.source:", f"calibrations[{n % per_model}].source:", 1)
+                if cell.model_index is not None:
+                    problem = problem.replace("model.source:", f"models[{cell.model_index}].source:", 1)
+                if cell.calibration_index is not None:
+                    problem = problem.replace("calibration.source:", f"calibrations[{cell.calibration_index}].source:", 1)
                 found.append(problem)
         return list(dict.fromkeys(found))
     problems = []
@@ -94,23 +92,30 @@ def preflight_problems(recipe: Recipe, output_dir: str | Path | None = None) -> 
 
 
 
-def estimated_bytes(output, model: ResolvedModel, dtype: str) -> int:
-    """What an output will take on disk, from the float model's size (a generous estimate: quantized
-    layers at their bits plus 10% for scales, everything else as if quantized too)."""
-    params = model.weight_bytes / DTYPE_BYTES.get(dtype, 4)
-    return int(params * stored_bits(output) / 8 * 1.1)
+def estimated_bytes(output, model: ResolvedModel, dtype: str) -> tuple[int, str]:
+    """What an output will take on disk, and what that is estimated from (quantkit.estimates: the same
+    figure `quantkit plan` prints)."""
+    from quantkit.estimates import disk_need
+
+    try:
+        config = json.loads((model.path / "config.json").read_text())
+    except (OSError, ValueError):
+        config = None
+    return disk_need(output, config if isinstance(config, dict) else None, dtype, model.weight_bytes)
 
 
 def check_free_space(jobs: list, model: ResolvedModel, dtype: str, root: Path) -> None:
     """Refuse a run whose artifacts cannot fit, before any calibration work."""
     import shutil
 
-    need = sum(estimated_bytes(o, model, dtype) for o, dest in jobs if not is_artifact(dest))  # a resume needs the rest
+    needs = [estimated_bytes(o, model, dtype) for o, dest in jobs if not is_artifact(dest)]  # a resume needs the rest
+    need = sum(n for n, _ in needs)
+    basis = " and ".join(sorted({b for _, b in needs})) or "config.json and the schemes"
     existing = next((p for p in [root, *root.parents] if p.exists()), Path("."))
     free = shutil.disk_usage(existing).free
     if need > free:
-        raise QuantkitError(f"output_dir {root}: the artifacts need about {need / 1e9:.2f} GB (estimated from the model's "
-                            f"size and the schemes) and {existing} has {free / 1e9:.2f} GB free; free some space, choose "
+        raise QuantkitError(f"output_dir {root}: the artifacts need about {need / 1e9:.2f} GB (estimated from {basis}) "
+                            f"and {existing} has {free / 1e9:.2f} GB free; free some space, choose "
                             "another --output-dir, or pass --force-space if the estimate is wrong")
 
 
@@ -189,18 +194,18 @@ def _quantize_cells(recipe: Recipe, output_dir, only, force, reporter, keep_goin
     artifacts: list[Artifact] = []
     failures: list[OutputFailure] = []
     for n, (cell, names) in enumerate(cells.values(), 1):
-        reporter.log(f"cell {n}/{len(cells)}: {cell.folder} ({cell.recipe.model.source}, {len(names)} output(s))")
+        reporter.log(f"cell {n}/{len(cells)}: {cell.folder or '.'} ({cell.recipe.model.source}, {len(names)} output(s))")
         try:
             artifacts += quantize(cell.recipe, output_dir=root / cell.folder, only=names, force=force, reporter=reporter,
                                   keep_going=keep_going, force_space=force_space, force_memory=force_memory)
         except QuantizeFailed as e:
             artifacts += e.artifacts
-            failures += [OutputFailure(f"{cell.folder}/{f.name}", f.error) for f in e.failures]
+            failures += [OutputFailure(f"{cell.folder}/{f.name}".lstrip("/"), f.error) for f in e.failures]
         except QuantkitError as e:
             if not keep_going:
                 raise
-            failures += [OutputFailure(f"{cell.folder}/{name}", str(e)) for name in names]
-            reporter.log(f"{cell.folder} failed: {e}", style="red")
+            failures += [OutputFailure(f"{cell.folder}/{name}".lstrip("/"), str(e)) for name in names]
+            reporter.log(f"{cell.folder or '.'} failed: {e}", style="red")
     if failures:
         raise QuantizeFailed(artifacts, failures)
     return artifacts
@@ -286,6 +291,8 @@ def input_fingerprints(recipe: Recipe, output, model: ResolvedModel, calibration
         "output": digest(output.model_dump(mode="json")),
         "libraries": digest({k: v for k, v in library_versions().items() if k != "quantkit"}),
         "tools": digest({"quantkit": library_versions(("quantkit",)).get("quantkit"), **engine.tool_versions()}),
+        # the CPU threads the bytes depend on (QUANTKIT_THREADS, quantkit.threads): another count redoes the output
+        "threads": None if (threads := engine.compute_threads(output)) is None else digest({"torch_threads": threads}),
     }
     return {**parts, "all": digest(parts)}
 
@@ -339,9 +346,10 @@ def status(recipe: Recipe, output_dir: str | Path | None = None, reporter: Repor
 
     root = output_dir or recipe.output_dir
     if recipe.is_matrix:  # each cell's outputs, named by job id
-        return [{**row, "output": f"{cell.folder}/{row['output']}"} for cell in recipe.cells()
+        return [{**row, "output": f"{cell.folder}/{row['output']}" if cell.folder else row["output"]} for cell in recipe.cells()
                 for row in status(cell.recipe, under(root, cell.folder), reporter)]
     if is_url(root):
+        check_protocol(str(root))  # before the calibration set is tokenized: a bad root is refused at once
         return remote_status(recipe, root, reporter)
     jobs = plan(recipe, output_dir)
     inputs = expected_inputs(recipe, reporter)

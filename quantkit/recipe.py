@@ -349,7 +349,13 @@ class Cell(BaseModel):
     recipe: "Recipe"
     folder: str  # relative to the output root: "" for a plain recipe, else `<model>[/<calibration>]`
     model_label: str | None = None
-    calibration_label: str | None = None
+    calibration_label: str | None = None  # None also for the cell of a model's data-free outputs
+    output_indices: list[int] = Field(default_factory=list)  # positions in the recipe's `outputs` of this cell's outputs
+    model_index: int | None = None  # the entry of `models` (None: `model`)
+    calibration_index: int | None = None  # the entry of `calibrations` its recipe carries (data-free cell: the first)
+
+
+MAX_JOBS = 10_000  # models × calibrations × outputs of one recipe (quantkit.matrix.jobs); docs/reliability.md
 
 
 class Recipe(_Strict):
@@ -387,6 +393,11 @@ class Recipe(_Strict):
                              + ("both" if self.model is not None else "neither"))
         if self.calibrations is not None and "calibration" in self.model_fields_set:
             raise ValueError("give either `calibration` (one set) or `calibrations` (a matrix), not both")
+        n_models, n_sets = len(self.models or [None]), len(self.calibrations or [None])
+        if n_models * n_sets * len(self.outputs) > MAX_JOBS:  # refused before cells() expands it (1e6 cells: 1.8 GB)
+            raise ValueError(f"{n_models} models × {n_sets} calibration sets × {len(self.outputs)} outputs is "
+                             f"{n_models * n_sets * len(self.outputs):,} jobs; a recipe may have at most {MAX_JOBS:,}: "
+                             "split it into several recipes")
         for field, entries in (("models", self.models), ("calibrations", self.calibrations)):
             labels: dict[str, int] = {}
             for i, entry in enumerate(entries or []):
@@ -406,7 +417,28 @@ class Recipe(_Strict):
                     f"outputs[{i}] and outputs[{seen[out.name]}] both write '{out.name}'; give one a different `name`"
                 )
             seen[out.name] = i
+        clashes = {c.label(): n for n, c in enumerate(self.calibrations or [])}
+        if any(o.name in clashes for o in self.outputs):
+            from quantkit.engines import engine_for
+
+            for i, out in enumerate(self.outputs):
+                if out.name in clashes and not engine_for(out.method).needs_calibration(out):
+                    raise ValueError(f"outputs[{i}] '{out.name}' needs no calibration data, so its artifact is written "
+                                     "once per model, beside the calibration sets' folders, and "
+                                     f"calibrations[{clashes[out.name]}] is labelled '{out.name}' too; "
+                                     "give one a different `name`")
         return self
+
+    @field_validator("calibration", "calibrations")
+    @classmethod
+    def _calibration_sets(cls, v):
+        # a built-in set by name only (never `builtin:../x`), never its holdout split (what validate scores)
+        from quantkit.sources.calibration import builtin_problem
+
+        for i, spec in enumerate(v if isinstance(v, list) else [v] if v is not None else []):
+            if problem := builtin_problem(spec.source, spec.split):
+                raise ValueError(problem.replace("calibration.", f"[{i}]." if isinstance(v, list) else "", 1))
+        return v
 
     @property
     def is_matrix(self) -> bool:
@@ -421,30 +453,44 @@ class Recipe(_Strict):
     def cells(self) -> list[Cell]:
         """The single-model recipes a matrix expands into (model-major), each with its own folder and a name
         carrying its labels, so default artifact names stay unique across the matrix. A plain recipe is
-        one cell: itself."""
+        one cell: itself. With `calibrations`, the outputs that need no calibration data (as their engine
+        says) form one cell per model, in the model's folder (`<model>/<output>`, or `<output>` with no
+        `models`): the same artifact for every set, made once."""
         if not self.is_matrix:
-            return [Cell(recipe=self, folder="")]
-        models = self.models or [None]
-        calibrations = self.calibrations or [None]
+            return [Cell(recipe=self, folder="", output_indices=list(range(len(self.outputs))))]
+        from quantkit.engines import engine_for
+
+        # with several sets, an output no set feeds would be the same artifact in each: made once per model
+        free = [i for i, o in enumerate(self.outputs)
+                if self.calibrations is not None and not engine_for(o.method).needs_calibration(o)]
+        calibrated = [i for i in range(len(self.outputs)) if i not in free]
+        sets = self.calibrations or [None]
         cells = []
-        for m in models:
-            for c in calibrations:
+        for mi, m in enumerate(self.models or [None]):
+            # (entry of `calibrations` the cell's recipe carries, the set it is labelled with, its outputs)
+            groups = ([(0, None, free)] if free else []) + ([(ci, c, calibrated) for ci, c in enumerate(sets)]
+                                                             if calibrated else [])
+            for ci, c, indices in groups:
                 labels = [x.label() for x in (m, c) if x is not None]
                 name = "-".join([self.name, *labels])[:MAX_NAME]
                 outputs = []
-                for o in self.outputs:
+                for i in indices:
+                    o = self.outputs[i]
                     dumped = o.model_dump(mode="json")
                     if o.name == o.default_name(self.name):
                         dumped["name"] = None  # named again after the cell
                     outputs.append(dumped)
+                carried = sets[ci]  # a data-free cell's: the first set, unused
                 data = {
                     "name": name, "description": self.description, "output_dir": self.output_dir, "outputs": outputs,
                     "model": m.model_dump(mode="json", exclude={"name"}) if m else self.model.model_dump(mode="json"),
-                    "calibration": (c.model_dump(mode="json", exclude={"name"}) if c
+                    "calibration": (carried.model_dump(mode="json", exclude={"name"}) if carried
                                     else self.calibration.model_dump(mode="json")),
                 }
                 cells.append(Cell(recipe=Recipe.model_validate_json(json.dumps(data)), folder="/".join(labels),
-                                  model_label=m.label() if m else None, calibration_label=c.label() if c else None))
+                                  model_label=m.label() if m else None, calibration_label=c.label() if c else None,
+                                  output_indices=indices, model_index=mi if m else None,
+                                  calibration_index=ci if self.calibrations else None))
         return cells
 
 

@@ -227,7 +227,9 @@ def validate(
         resources["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
     report = ValidationReport(art.path, settings, targets, resources, library_versions(VALIDATION_LIBRARIES), base_used)
     if write:
-        write_reports(report)
+        kept = write_reports(report)
+        if kept:
+            reporter.log(kept)
     return report
 
 
@@ -272,17 +274,18 @@ def validate_run(path: str | Path, *, recipe: str | Path | None = None, reporter
     path = Path(path)
     recipe_gates: dict[str, dict] | None = None
     if recipe is not None:
+        from quantkit.matrix import jobs
         from quantkit.recipe_loader import load_recipe
 
-        parsed = load_recipe(recipe)
-        folders = [path / o.name for o in parsed.outputs]
+        selected = jobs(load_recipe(recipe), path)  # a matrix's too, where quantize and status put them
+        folders = [Path(j.dest) for j in selected]
         missing = [str(f) for f in folders if not f.is_dir()]
         if missing:
             raise ArtifactError(f"{recipe} names outputs that are not in {path}: {', '.join(missing)}")
-        recipe_gates = {o.name: dict(o.gates) for o in parsed.outputs}
+        recipe_gates = {str(Path(j.dest)): dict(j.output.gates) for j in selected}
     else:
         folders = find_artifacts(path)
-    return [validate(folder, recipe_gates=recipe_gates.get(folder.name) if recipe_gates is not None else None,
+    return [validate(folder, recipe_gates=recipe_gates.get(str(folder)) if recipe_gates is not None else None,
                      reporter=reporter, **options) for folder in folders]
 
 
@@ -337,12 +340,18 @@ def _unwritable(folder: Path, e: OSError) -> str:
             "or pass --no-write to print the results without writing reports")
 
 
-def write_reports(report: ValidationReport) -> None:
+def write_reports(report: ValidationReport) -> str | None:
+    """validation.json and validation.md; a pulled artifact's attested validation.json is kept first (the line
+    saying so is returned), so `quantkit verify` still checks the folder."""
+    from quantkit.publishing import keep_attested_report
+
     try:
+        kept = keep_attested_report(report.path)
         atomic_write_text(report.path / "validation.json", json.dumps(report.to_dict(), indent=2) + "\n")
         atomic_write_text(report.path / "validation.md", markdown_table(report))
     except OSError as e:
         raise ArtifactError(_unwritable(report.path, e)) from None
+    return kept
 
 
 def markdown_table(report: ValidationReport) -> str:

@@ -28,7 +28,7 @@ def test_rerun_keeps_current_outputs_and_redoes_what_an_input_change_invalidates
     assert run_cli("quantize", str(recipe)).returncode == 0
     first = {n: created(out, n) for n in ("t-rtn", "t-gptq")}
     manifest = json.loads((out / "t-gptq" / "quantkit.json").read_text())
-    assert set(manifest["inputs"]) == {"model", "calibration", "output", "libraries", "tools", "all"}
+    assert set(manifest["inputs"]) == {"model", "calibration", "output", "libraries", "tools", "threads", "all"}
 
     time.sleep(1.1)
     r = run_cli("quantize", str(recipe))

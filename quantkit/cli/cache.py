@@ -14,6 +14,11 @@ app = typer.Typer(help="List and prune quantkit's cached base references, llama.
                   no_args_is_help=True)
 
 
+# the key fields a row shows: the text's fingerprint tells apart two domains scored against the same base
+SHOWN_KEYS = {"base_fingerprint": "base", "tokens_sha256": "text", "text_sha256": "text", "n_tokens": "tokens",
+              "context": "context", "stride": "stride", "chunks": "chunks", "dtype": "dtype", "tasks": "tasks"}
+
+
 @app.command("list")
 def list_command(as_json: JsonOpt = False) -> None:
     """Every cached entry, most recently used first, with its size and what it was computed from."""
@@ -30,7 +35,7 @@ def list_command(as_json: JsonOpt = False) -> None:
     for col, just in (("store", "left"), ("entry", "left"), ("size", "right"), ("last used", "left"), ("computed from", "left")):
         table.add_column(col, justify=just)
     for store, e in rows:
-        what = ", ".join(f"{k} {str(v)[:12]}" for k, v in e.key.items() if k in ("base_fingerprint", "context", "stride", "dtype", "tasks"))
+        what = ", ".join(f"{label} {str(e.key[k])[:12]}" for k, label in SHOWN_KEYS.items() if k in e.key)
         table.add_row(store.name, e.path.name[:12], human_bytes(e.bytes),
                       datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M"), what)
     print_table(table)

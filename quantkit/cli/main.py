@@ -67,7 +67,18 @@ def inspect_command(artifact: ArtifactArg, as_json: JsonOpt = False) -> None:
     say(f"  base: {m.base_model.source} fingerprint {m.base_model.fingerprint[:16]}")
     cal = m.calibration
     say(f"  calibration: {cal.source} {cal.num_tokens} tokens, fingerprint {cal.fingerprint[:16]}" if cal else "  calibration: none")
-    say(f"  size {human_bytes(m.size_bytes)} ({m.compression_ratio}x smaller than float)")
+    float_bytes = m.base_model.weight_bytes
+    if m.format == "gguf":
+        # each GGUF file is a whole model: the folder's total (every type, the importance matrix) is no model's size
+        targets = a.targets()
+        say(f"  {len(m.files)} files, {human_bytes(m.size_bytes)} in all; each GGUF type against the float base "
+            f"({human_bytes(float_bytes)}):")
+        for t in targets:
+            say(f"    {t.scheme}: {t.path.name}, {human_bytes(t.bytes)}" + (f", {float_bytes / t.bytes:.2f}x smaller" if t.bytes else ""))
+    elif m.compression_ratio:
+        say(f"  size {human_bytes(m.size_bytes)} ({m.compression_ratio:.2f}x smaller than the float base, {human_bytes(float_bytes)})")
+    else:
+        say(f"  size {human_bytes(m.size_bytes)}")
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ OutputDirOpt = Annotated[
                  "default: the recipe's output_dir.", show_default=False),
 ]
 OnlyOpt = Annotated[
-    Optional[list[str]], typer.Option("--only", help="Produce only this output (by name). Repeatable.", show_default=False)
+    Optional[list[str]], typer.Option("--only", help="Only this output: its name in the recipe, its artifact's name or its job id (as `quantkit plan` prints them). Repeatable.", show_default=False)
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Redo outputs that are up to date too (an artifact whose inputs changed is redone without it; a folder that is not an artifact is never replaced).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show the libraries' own logs and progress bars (before the command: quantkit -v quantize ...).")]

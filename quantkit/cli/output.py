@@ -21,8 +21,18 @@ from rich.text import Text
 
 from quantkit.files import human_bytes  # noqa: F401 (the CLI modules import it from here)
 
-console = Console()
-err_console = Console(stderr=True)
+
+def _console(stderr: bool = False) -> Console:
+    """Where output is not a terminal (a pipe, a CI log) rich would wrap every line at 80 columns (COLUMNS
+    unset): a Markdown table of the model card or a `@sha256:` digest would be cut in two. There a line
+    is never wrapped; tables are printed at their full width by print_table."""
+    c = Console(stderr=stderr)
+    c.soft_wrap = not c.is_terminal
+    return c
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 
 class _EscapingFormatter(string.Formatter):

@@ -20,7 +20,7 @@ def plan_command(
     """Print the job graph of RECIPE: one job per model × calibration set × output, each with its
     estimated peak host memory, GPU memory, disk, and where it runs. Loads no weights.
 
-    Example: quantkit plan recipes/matrix-example.yaml
+    Example: quantkit plan recipes/smollm2-135m.yaml (`quantkit recipes list` shows the shipped recipes)
     """
     from quantkit.matrix import describe_plan
     from quantkit.recipe_loader import load_recipe
@@ -30,14 +30,15 @@ def plan_command(
     if as_json:
         console.print_json(json.dumps(rows))
         return
-    cells = len({r["job"].rsplit("/", 1)[0] for r in rows}) if parsed.is_matrix else 1
+    cells = len({r["cell"] for r in rows})
 
     def size(n):
         return human_bytes(n) if n is not None else "?"
 
     table = Table(title=f"{recipe}: {len(rows)} job(s) in {cells} cell(s) (a cell's jobs share its resolved model and "
                         "tokenized calibration set)", title_justify="left",
-                  caption="? = the model's config.json is not on this machine yet (it is fetched or converted when the job runs)")
+                  caption="disk: the artifact's size, estimated from config.json (docs/scaling.md); "
+                          "? = the model's config.json is not on this machine yet (it is fetched or converted when the job runs)")
     for col in ("job", "method", "runs on", "host RAM", "GPU memory", "disk", "model", "calibration"):
         table.add_column(col, no_wrap=col == "job", justify="right" if col in ("host RAM", "GPU memory", "disk") else "left")
     for r in rows:

@@ -103,7 +103,9 @@ def verify_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Check a pushed artifact: the attestation's signature, the sha256 of every file, no file added, and
-    print its provenance. Exit 1 on any mismatch."""
+    print its provenance. A pulled folder may also hold the reports of a later `quantkit validate`: they are
+    named as not attested, and the attested validation.json is checked where validate kept it
+    (validation.attested.json). Exit 1 on any mismatch."""
     from quantkit.publishing import verify
 
     with sigterm_as_exit(), make_reporter(progress) as reporter:
@@ -111,10 +113,16 @@ def verify_command(
     pred = report.predicate
     if as_json:
         console.print_json(json.dumps({"source": report.source, "verified": True, "key_id": report.key_id,
-                                       "files": report.files, "predicate": pred}))
+                                       "files": report.files, "predicate": pred, "validation_report": report.validation_report,
+                                       "local_reports": report.local_reports}))
         return
     signed = f"signature verified (key id {report.key_id[:16]})" if report.key_id else "signature NOT checked (--digests-only)"
     say(styled("[bold green]verified[/] "), f"{report.source}: {signed}; {len(report.files)} files match their sha256")
+    if report.validation_report:
+        say(f"  validation report checked: {report.validation_report} (the attested one"
+            + (", kept there by a local quantkit validate)" if report.validation_report != "validation.json" else ")"))
+    if report.local_reports:
+        say(f"  not attested, written here after the pull (quantkit validate): {', '.join(report.local_reports)}")
     for line in provenance_lines(pred):
         say(f"  {line}")
 

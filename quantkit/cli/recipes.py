@@ -73,17 +73,39 @@ def schema_command(
         typer.echo(text, nl=False)
 
 
+def shipped_recipes() -> Path:
+    """The folder of the recipes shipped with quantkit: the `quantkit_recipes` package (recipes/ of a checkout)."""
+    from importlib import resources
+
+    return Path(str(resources.files("quantkit_recipes")))
+
+
 @app.command("list")
 def list_command(
-    folder: Annotated[Path, typer.Option("--folder", help="Folder of recipes.")] = Path("recipes"),
+    folder: Annotated[Optional[Path], typer.Argument(help="Folder of recipes (*.yaml, *.yml); default: the recipes shipped with quantkit.", show_default=False)] = None,
+    folder_option: Annotated[Optional[Path], typer.Option("--folder", help="The same as FOLDER.", show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List the recipes in a folder with their model and outputs."""
-    from quantkit.errors import RecipeError
+    """List the recipes in a folder (default: the ones shipped with quantkit) with their model and outputs.
+
+    Example: quantkit recipes list my-recipes/
+    """
+    from quantkit.errors import QuantkitError, RecipeError
     from quantkit.recipe_loader import load_recipe
 
+    if folder is not None and folder_option is not None:
+        raise QuantkitError(f"recipes list: give the folder once (FOLDER {folder} or --folder {folder_option}), not both")
+    folder = folder if folder is not None else folder_option
+    if folder is None:
+        folder = shipped_recipes()
+    elif not folder.is_dir():
+        raise QuantkitError(f"recipes list: folder not found: {folder}" if not folder.exists() else
+                            f"recipes list: {folder} is not a folder; give the folder that holds the recipes")
+    paths = sorted(folder.glob("*.y*ml"))
+    if not paths:
+        raise QuantkitError(f"recipes list: {folder} holds no recipe (no *.yaml or *.yml file)")
     rows = []
-    for p in sorted(folder.glob("*.y*ml")):
+    for p in paths:
         try:
             r = load_recipe(p)
             models = ", ".join(m.source for m in r.models or [r.model])

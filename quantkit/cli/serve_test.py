@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from quantkit.cli.options import (
     ConcurrencyOpt,
@@ -23,7 +21,19 @@ from quantkit.cli.options import (
     VllmPythonOpt,
     serve_options,
 )
-from quantkit.cli.output import console, make_reporter, print_table, sigterm_as_exit
+from quantkit.cli.output import Table, console, make_reporter, print_table, sigterm_as_exit, styled
+
+ServeTimeoutOpt = Annotated[Optional[float], typer.Option(
+    "--serve-timeout", metavar="SECONDS", show_default=False,
+    help="Total seconds for serving (both servers' starts and every request). On expiry the server is stopped, "
+         "what was measured is kept, the rest is reported as not measured and its gates fail. Default: no limit.")]
+
+
+def with_serve_timeout(options, seconds: Optional[float]):
+    """The ServeOptions with --serve-timeout (validated by ServeOptions: positive and finite)."""
+    import dataclasses
+
+    return dataclasses.replace(options, timeout=seconds)
 
 
 def serve_test_command(
@@ -35,6 +45,7 @@ def serve_test_command(
     serve_max_tokens: ServeMaxTokensOpt = 96,
     serve_prompts: ServePromptsOpt = None,
     ready_timeout: ReadyTimeoutOpt = 600.0,
+    serve_timeout: ServeTimeoutOpt = None,
     serve_dtype: ServeDtypeOpt = None,
     gate: Annotated[Optional[list[str]], typer.Option("--gate", help="Override a serving gate: KEY=VALUE (serve_ready_s_max, serve_failed_requests_max, ...). Repeatable.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", help="Also write the JSON report to this file.", show_default=False)] = None,
@@ -54,7 +65,8 @@ def serve_test_command(
     """
     from quantkit.serve_test import run_serve_test
 
-    options = serve_options(speculative, draft, concurrency, serve_max_tokens, serve_prompts, ready_timeout, serve_dtype)
+    options = with_serve_timeout(
+        serve_options(speculative, draft, concurrency, serve_max_tokens, serve_prompts, ready_timeout, serve_dtype), serve_timeout)
     with sigterm_as_exit(), make_reporter(progress) as reporter:
         report = run_serve_test(path, options, vllm_python=vllm_python, gate_overrides=gate, reporter=reporter)
     doc = report.to_dict()
@@ -69,11 +81,13 @@ def serve_test_command(
 
 
 def serve_table(doc: dict) -> Table:
+    from quantkit.serving.smoke import not_measured_by_reason
+
     r = doc["result"]
     t = Table(title=f"quantkit serve-test: {Path(r['model']).name}", title_justify="left")
     t.add_column("measure", justify="left")
     t.add_column("value", justify="left")
-    t.add_row("status", escape(r["status"] + (f" ({r['reason']})" if r.get("reason") else "")))
+    t.add_row("status", r["status"] + (f" ({r['reason']})" if r.get("reason") else ""))
     t.add_row("vLLM", f"{r['vllm'].get('distribution', 'vllm')} {r['vllm'].get('vllm')} ({r['vllm'].get('device', '?')})")
     if r.get("serving_class"):
         t.add_row("serving class", r["serving_class"])
@@ -100,12 +114,20 @@ def serve_table(doc: dict) -> Table:
                       f"acceptance {_num(rate, '.0%')}, mean acceptance length {_num(length, '.2f')}")
     if sd.get("compared_outputs") is not None:
         t.add_row("speculative outputs identical", f"{sd['compared_outputs'] - sd['mismatches']} / {sd['compared_outputs']}")
-    elif sd.get("reason"):
+    elif sd.get("reason") and sd.get("status") != "not measured":
         t.add_row("speculative", f"failed: {sd['reason']}")
+    plan = r.get("plan") or {}
+    if plan.get("short_because"):
+        t.add_row("short workload", f"{plan['smoke_requests']} smoke, {plan['workload_requests']} prompt(s) x "
+                                    f"{plan['max_tokens']} tokens: {plan['short_because']}")
+    for why, phases in not_measured_by_reason(r.get("not_measured") or {}).items():
+        t.add_row(why, ", ".join(phases))
+    unmeasured = r.get("unmeasured_metrics") or {}
     for g in doc["gates"]:
         mark = "[green]✓[/]" if g["passed"] else "[red]✗[/]"
         op = "≤" if g["gate"].endswith("_max") else "≥"
-        t.add_row(f"gate {g['gate']}", f"{mark} {_num(g['value'], '.4g')} ({op} {g['threshold']})")
+        value = _num(g["value"], ".4g") if g["value"] is not None else unmeasured.get(g["metric"], "not measured")
+        t.add_row(f"gate {g['gate']}", styled(mark + " {} ({} {})", value, op, g["threshold"]))
     return t
 
 

@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from quantkit.cli.options import (
     ConcurrencyOpt,
@@ -23,7 +21,8 @@ from quantkit.cli.options import (
     VllmPythonOpt,
     serve_options,
 )
-from quantkit.cli.output import console, err_console, make_reporter, print_table, sigterm_as_exit
+from quantkit.cli.output import Table, console, err_console, make_reporter, print_table, say, sigterm_as_exit, styled
+from quantkit.cli.serve_test import ServeTimeoutOpt
 
 
 def validate_command(
@@ -35,6 +34,9 @@ def validate_command(
     device: Annotated[str, typer.Option("--device", help="Where models run: auto (the CUDA GPU when torch sees one, else cpu), cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="Evaluation dtype: auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16 or float16.")] = "auto",
     domain: Annotated[Optional[list[str]], typer.Option("--domain", help="Held-out text: NAME=FILE (.jsonl/.json/.txt/.parquet, field `text`) or NAME=builtin:prose|code. Repeatable; replaces the built-in prose and code domains.", show_default=False)] = None,
+    base: Annotated[Optional[str], typer.Option("--base", help="The float base to score against: a folder, hub id ORG/NAME or built-in name (default: the one the artifact records; needed for an artifact made from a folder on another machine). Its fingerprint must match the artifact's record.", show_default=False)] = None,
+    allow_base_mismatch: Annotated[bool, typer.Option("--allow-base-mismatch", help="Validate against a base whose fingerprint differs from the one the artifact was made from; validation.json records it.")] = False,
+    no_write: Annotated[bool, typer.Option("--no-write", help="Print the results only: write no validation.json/md/html (a read-only artifact folder).")] = False,
     task: Annotated[Optional[list[str]], typer.Option("--task", help="lm-eval task to run on base and artifact (e.g. quantkit_docstring_mc, shipped and offline). Repeatable.", show_default=False)] = None,
     task_limit: Annotated[Optional[int], typer.Option("--task-limit", help="Documents per lm-eval task (default: all).", show_default=False)] = None,
     recipe: Annotated[Optional[Path], typer.Option("--recipe", help="Validate the artifacts this recipe writes (in PATH), with the recipe's gates.", show_default=False)] = None,
@@ -46,6 +48,7 @@ def validate_command(
     serve_max_tokens: ServeMaxTokensOpt = 96,
     serve_prompts: ServePromptsOpt = None,
     ready_timeout: ReadyTimeoutOpt = 600.0,
+    serve_timeout: ServeTimeoutOpt = None,
     serve_dtype: ServeDtypeOpt = None,
     progress: ProgressOpt = None,
     as_json: JsonOpt = False,
@@ -76,18 +79,30 @@ def validate_command(
     serve_settings = None
     if serve is not False:
         from quantkit.checks.serve import ServeSettings
+        from quantkit.cli.serve_test import with_serve_timeout
 
-        options = serve_options(speculative, draft, concurrency, serve_max_tokens, serve_prompts, ready_timeout, serve_dtype)
+        options = with_serve_timeout(serve_options(speculative, draft, concurrency, serve_max_tokens, serve_prompts,
+                                                   ready_timeout, serve_dtype), serve_timeout)
         serve_settings = ServeSettings.discover(options, vllm_python, explicit=bool(serve))
     with sigterm_as_exit(), make_reporter(progress) as reporter:
         reports = validate_run(path, recipe=recipe, reporter=reporter, gate_overrides=overrides, context=context, stride=stride,
                                max_tokens=max_tokens, device=device, dtype=dtype, domains=domains, tasks=task,
-                               task_limit=task_limit, serve=serve_settings)
-    if len(reports) > 1 or reports[0].path != path:
+                               task_limit=task_limit, serve=serve_settings, base=base,
+                               allow_base_mismatch=allow_base_mismatch, write=not no_write)
+    for r in reports:
+        if r.base is not None and not r.base.matches:
+            say(f"warning: {r.path.name} was validated against {r.base.path}, whose fingerprint {r.base.fingerprint[:12]} "
+                f"differs from the recorded {r.base.recorded_fingerprint[:12]} (--allow-base-mismatch)", target=err_console)
+    if not no_write and (len(reports) > 1 or reports[0].path != path):
+        from quantkit.errors import ArtifactError
         from quantkit.report_html import write_run_report
 
-        html_path = write_run_report(reports, path)
-        err_console.print(f"run report: {html_path}", highlight=False)
+        try:
+            html_path = write_run_report(reports, path)
+        except OSError as e:
+            raise ArtifactError(f"cannot write validation.html into {path} ({e.strerror or e}); pass --no-write "
+                                "to print the results without writing reports") from None
+        say(f"run report: {html_path}", target=err_console)
     if as_json:
         console.print_json(json.dumps([r.to_dict() for r in reports]))
     else:
@@ -97,7 +112,7 @@ def validate_command(
         if serving.row_count:
             print_table(serving)
         for r in reports:
-            err_console.print(resources_line(r), highlight=False)
+            say(resources_line(r), target=err_console)
     if not all(r.passed for r in reports):
         raise typer.Exit(1)
 
@@ -119,9 +134,9 @@ def results_table(reports) -> Table:
         table.add_column(col, justify=just)
     for r in reports:
         for t in r.targets:
-            verdict = "[green]pass[/]" if t.passed else f"[red]FAIL[/] ({sum(not g.passed for g in t.gates)} of {len(t.gates)})"
+            verdict = styled("[green]pass[/]") if t.passed else styled("[red]FAIL[/] ({} of {})", sum(not g.passed for g in t.gates), len(t.gates))
             if t.runtime_unavailable:
-                table.add_row(t.target, f"[yellow]skipped[/]: {escape(t.runtime_unavailable)}", "0", "-", "-", "-", "-", verdict)
+                table.add_row(t.target, styled("[yellow]skipped[/]: {}", t.runtime_unavailable), "0", "-", "-", "-", "-", verdict)
             for i, s in enumerate(t.scores):
                 table.add_row(t.target if i == 0 else "", s.domain, str(s.n_tokens), f"{s.base_ppl:.3f}", f"{s.ppl:.3f}",
                               f"{s.kld_mean:.4f}", f"{s.top1_agreement:.1%}", verdict if i == 0 else "")
@@ -138,7 +153,7 @@ def gates_table(reports) -> Table:
             for i, g in enumerate(t.gates):
                 op = "≤" if g.gate.endswith("_max") else "≥"
                 table.add_row(t.target if i == 0 else "", g.gate, "not measured" if g.value is None else f"{g.value:.4g}",
-                              f"{op} {g.threshold:g}", "[green]✓[/]" if g.passed else "[red]✗ fail[/]")
+                              f"{op} {g.threshold:g}", styled("[green]✓[/]") if g.passed else styled("[red]✗ fail[/]"))
     return table
 
 
@@ -154,7 +169,7 @@ def serving_table(reports) -> Table:
         for t in r.targets:
             serve = next((c for c in t.checks if c.check == "serve"), None)
             if serve is not None:
-                table.add_row(t.target, escape(summary_line(serve.to_dict())))
+                table.add_row(t.target, summary_line(serve.to_dict()))
     return table
 
 

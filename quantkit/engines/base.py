@@ -82,3 +82,8 @@ class Engine(ABC):
         """Versions of tools outside the Python libraries that decide the output (llama.cpp's build);
         part of an output's input fingerprint, so a new toolchain redoes what it made."""
         return {}
+
+    def compute_threads(self, output) -> int | None:
+        """The CPU thread count the output's bytes depend on (quantkit.threads), pinned by `run`; part of
+        the output's input fingerprint. None: its bytes do not depend on one."""
+        return None

@@ -19,7 +19,9 @@ from typing import Any, Callable, Iterator
 from quantkit.engines.base import Engine, EngineJob, EngineResult
 from quantkit.engines.llmcompressor_workarounds import cpu_compat, release_traced_model
 from quantkit.errors import SchemeConstraintError
+from quantkit.library_logs import route_llmcompressor_logs
 from quantkit.progress import Reporter, TqdmBridge
+from quantkit.threads import compute_threads, pinned_threads
 
 # llm-compressor modules whose tqdm bars become quantkit progress bars
 _TQDM_MODULES = (
@@ -201,7 +203,12 @@ class LLMCompressorEngine(Engine):
 
     # ------------------------------------------------------------ preflight
 
+    def compute_threads(self, output) -> int | None:
+        # data-free outputs round each weight on its own (min/max per group): no thread count changes them
+        return compute_threads() if self.needs_calibration(output) else None
+
     def preflight(self, output, model) -> None:
+        compute_threads()  # a bad QUANTKIT_THREADS is refused before the model loads
         if model.spec.gpus > 1 and self.needs_calibration(output):
             from quantkit.device import gpus_problem
 
@@ -248,6 +255,7 @@ class LLMCompressorEngine(Engine):
     # ------------------------------------------------------------------ run
 
     def modifiers(self, output) -> list:
+        route_llmcompressor_logs()  # the first import of llm-compressor in a quantize: its logs off the caller's stdout
         return METHODS[output.method].modifiers(output, {"group_0": resolved_scheme(output)}, list(output.ignore))
 
     def oneshot_arguments(self, output, calibration) -> dict:
@@ -259,11 +267,11 @@ class LLMCompressorEngine(Engine):
         return {**kwargs, "dataset": calibration.to_dataset(), "num_calibration_samples": len(calibration.input_ids),
                 "max_seq_length": calibration.spec.seq_len, "shuffle_calibration_samples": False, "pipeline": "sequential"}
 
-    def details(self, output, kwargs: dict, offload: str, patches: list, ranks: int = 1) -> dict:
-        """What the manifest records under `engine` for an output made with `kwargs`."""
+    def details(self, output, kwargs: dict, offload: str, patches: list, threads: int, ranks: int = 1) -> dict:
+        """What the manifest records under `engine` for an output made with `kwargs` on `threads` CPU threads."""
         return {"algorithm": self.algorithm(output), "description": self.describe(output),
                 "modifiers": [type(m).__name__ for m in kwargs["recipe"]], "pipeline": kwargs["pipeline"],
-                "offload": offload, "ranks": ranks, "workarounds": patches}
+                "offload": offload, "ranks": ranks, "threads": threads, "workarounds": patches}
 
     def run(self, job: EngineJob) -> EngineResult:
         ranks = job.model.spec.gpus
@@ -271,7 +279,10 @@ class LLMCompressorEngine(Engine):
             job.reporter.log(f"{job.output.name}: no calibration to split over {ranks} GPUs: quantized in this process")
         distributed = ranks > 1 and self.needs_calibration(job.output)
         with offload_folder(job) if job.model.spec.offload == "disk" or distributed else contextlib.nullcontext() as folder:
-            return self._quantize_ranks(job, ranks, folder) if distributed else self._quantize(job, folder)
+            if distributed:  # each rank pins QUANTKIT_THREADS itself (llmcompressor_ranks)
+                return self._quantize_ranks(job, ranks, folder)
+            with pinned_threads(compute_threads()) as threads:
+                return self._quantize(job, folder, threads)
 
     def _quantize_ranks(self, job: EngineJob, ranks: int, offload_to: Path | None) -> EngineResult:
         """llm-compressor's distributed oneshot: `ranks` torchrun processes, each running
@@ -327,7 +338,8 @@ class LLMCompressorEngine(Engine):
         timings = {**result["timings_s"], "ranks_wall_s": round(time.perf_counter() - t0, 3)}
         return EngineResult(format="compressed-tensors", timings_s=timings, details=result["details"])
 
-    def _quantize(self, job: EngineJob, offload_to: Path | None) -> EngineResult:
+    def _quantize(self, job: EngineJob, offload_to: Path | None, threads: int) -> EngineResult:
+        route_llmcompressor_logs()
         from llmcompressor import oneshot
 
         from quantkit.sources.models import load_float_model, load_tokenizer
@@ -364,7 +376,7 @@ class LLMCompressorEngine(Engine):
             release_traced_model(model)
             del model, kwargs["model"]  # what cycles still hold is collected before the next output (quantize._make)
         return EngineResult(format="compressed-tensors", timings_s=timings,
-                            details=self.details(out, kwargs, job.model.spec.offload, patches))
+                            details=self.details(out, kwargs, job.model.spec.offload, patches, threads))
 
 
 @contextlib.contextmanager
@@ -376,12 +388,16 @@ def progress_from_tqdm(reporter: Reporter) -> Iterator[None]:
         if hasattr(mod, "tqdm"):
             saved.append((mod, mod.tqdm))
             mod.tqdm = bridge.tqdm
+    error = None
     try:
         yield
+    except BaseException as e:
+        error = e  # the layers step then ends FAILED/interrupted, not done
+        raise
     finally:
         for mod, original in saved:
             mod.tqdm = original
-        bridge.close()
+        bridge.close(error)
 
 
 @contextlib.contextmanager

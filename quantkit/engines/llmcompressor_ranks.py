@@ -35,11 +35,14 @@ def _join_process_group() -> None:
 def main(job_file: str) -> None:
     import torch.distributed as dist
 
+    from quantkit.threads import compute_threads, pinned_threads
+
     job = json.loads(Path(job_file).read_text())
     _join_process_group()
     rank = dist.get_rank()
     try:
-        _quantize(job, rank, dist.get_world_size())
+        with pinned_threads(compute_threads()) as threads:  # QUANTKIT_THREADS, as in one process
+            _quantize(job, rank, dist.get_world_size(), threads)
     except BaseException:
         # torchrun's own summary names the rank, not the error: the launcher shows this instead
         Path(job["result"]).with_name(f"rank{rank}.error").write_text(traceback.format_exc())
@@ -48,7 +51,7 @@ def main(job_file: str) -> None:
         dist.destroy_process_group()
 
 
-def _quantize(job: dict, rank: int, world: int) -> None:
+def _quantize(job: dict, rank: int, world: int, threads: int) -> None:
     import torch
     from llmcompressor import oneshot
     from llmcompressor.core import reset_session
@@ -92,7 +95,7 @@ def _quantize(job: dict, rank: int, world: int) -> None:
     finally:
         reset_session()
     if rank == 0:
-        details = engine.details(output, kwargs, spec.offload, patches, ranks=world)
+        details = engine.details(output, kwargs, spec.offload, patches, threads, ranks=world)
         Path(job["result"]).write_text(json.dumps({"timings_s": timings, "details": details}))
 
 

@@ -26,7 +26,12 @@ FORWARDED_ENV_PREFIXES = ("QUANTKIT_", "HF_", "TRANSFORMERS_", "LLM_COMPRESSOR_"
 
 def job_spec(job: Job, validate: bool = False, python: str | None = None) -> dict:
     """A job as plain data for a worker: the cell recipe with local paths made absolute (a worker may
-    start elsewhere), the destination, and the environment to forward."""
+    start elsewhere), the destination, and the environment to forward. The CPU thread count is decided
+    here, once, and sent to every worker explicitly (a Ray node's own environment could say otherwise):
+    the same count on every worker is what makes an artifact the same wherever it was made."""
+    from quantkit.threads import THREADS_ENV, compute_threads
+
+    threads = compute_threads()
     recipe = job.cell.recipe.model_dump(mode="json", exclude={"models", "calibrations"})
     for key in ("model", "calibration"):
         src = recipe[key]["source"]
@@ -37,7 +42,9 @@ def job_spec(job: Job, validate: bool = False, python: str | None = None) -> dic
         "id": job.id, "recipe": json.dumps(recipe), "output": job.output.name,
         "dest": job.dest if job.remote else str(Path(job.dest).resolve()), "remote": job.remote,
         "validate": validate, "cwd": os.getcwd(), "python": python,
-        "env": {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)},
+        "env": {**{k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)},
+                THREADS_ENV: str(threads)},
+        "threads": threads,
     }
 
 

@@ -113,14 +113,17 @@ class RayExecutor:
         stages = _stage_board_class(ray).remote()
         task = ray.remote(_run_on_worker)
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-        node_memory = max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+        alive = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        node_memory = max((r.get("memory", 0) for r in alive), default=0)
+        node_cpus = max((r.get("CPU", 0) for r in alive), default=0)
         starts: dict[str, int] = {}
         resubmits: dict[str, int] = {}
         pending: dict = {}
         results: list[dict] = []
 
         def submit(spec: dict) -> None:
-            options = {"num_cpus": 1, "num_gpus": spec.get("gpus", 1) if (has_gpu and spec.get("wants_gpu")) else 0,
+            # the task holds the CPUs its job computes on (QUANTKIT_THREADS, pinned in the job)
+            options = {"num_cpus": spec["threads"], "num_gpus": spec.get("gpus", 1) if (has_gpu and spec.get("wants_gpu")) else 0,
                        "max_retries": retries, "retry_exceptions": False,
                        "runtime_env": {"env_vars": dict(spec.get("env", {}))}}
             if spec.get("host_bytes"):
@@ -134,6 +137,13 @@ class RayExecutor:
                 result = {"id": spec["id"], "status": "failed", "retryable": False, "attempts": 0,
                           "error": f"needs about {need / 1e9:.1f} GB of host memory (the plan's estimate); the largest "
                                    f"node of the cluster has {node_memory / 1e9:.1f} GB for tasks"}
+                board.finish(result)
+                results.append(result)
+                continue
+            if node_cpus and spec["threads"] > node_cpus:  # Ray would keep it pending forever
+                result = {"id": spec["id"], "status": "failed", "retryable": False, "attempts": 0,
+                          "error": f"computes on {spec['threads']} CPU threads (QUANTKIT_THREADS) and the largest node of "
+                                   f"the cluster has {node_cpus:g} CPUs; set QUANTKIT_THREADS to {int(node_cpus)} or less"}
                 board.finish(result)
                 results.append(result)
                 continue

@@ -8,12 +8,14 @@ several tokens in one streamed chunk, so chunks are not tokens).
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import httpx
 
+from quantkit.serving.budget import wait_for
 from quantkit.serving.metrics import percentile
 
 
@@ -118,14 +120,44 @@ class WorkloadRun:
         }
 
 
-def run_workload(base_url: str, model: str, requests: list[Request], concurrency: int, timeout: float = 600.0) -> WorkloadRun:
-    """Every request once, `concurrency` in flight at a time; results in request order."""
+def run_workload(base_url: str, model: str, requests: list[Request], concurrency: int, timeout: float = 600.0,
+                 deadline: float | None = None) -> WorkloadRun:
+    """Every request once, `concurrency` in flight at a time; results in request order.
+
+    The requests run in daemon threads and this thread waits (quantkit.serving.budget): a signal is
+    raised here at once, and ServeTimeout when `deadline` passes; the caller then stops the server,
+    which ends the requests in flight (their client is left to them, not closed under them)."""
+    results: list[RequestResult | None] = [None] * len(requests)
+    todo: queue.SimpleQueue[tuple[int, Request]] = queue.SimpleQueue()
+    for item in enumerate(requests):
+        todo.put(item)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    with httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), limits=limits) as client:
-        start = time.monotonic()
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            results = list(pool.map(lambda r: send(client, base_url, model, r), requests))
-        return WorkloadRun(concurrency, time.monotonic() - start, results)
+    client = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), limits=limits)
+
+    errors: list[Exception] = []
+
+    def worker() -> None:
+        while True:
+            try:
+                i, req = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                results[i] = send(client, base_url, model, req)
+            except Exception as e:  # raised in the waiting thread, as a thread pool's map would
+                errors.append(e)
+                return
+
+    threads = [threading.Thread(target=worker, name=f"quantkit-serve-{n}", daemon=True)
+               for n in range(max(1, min(concurrency, len(requests))))]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    wait_for(threads, deadline)
+    client.close()
+    if errors:
+        raise errors[0]
+    return WorkloadRun(concurrency, time.monotonic() - start, [r for r in results if r is not None])
 
 
 def complete_token_ids(base_url: str, model: str, prompt: str, max_tokens: int, timeout: float = 300.0) -> list[int]:

@@ -22,6 +22,11 @@ from pathlib import Path
 import httpx
 
 from quantkit.errors import QuantkitError
+from quantkit.serving.budget import ServeTimeout
+
+# stopping on Ctrl-C, SIGTERM or an expired --serve-timeout: SIGKILL after this, not after the usual
+# 20 s (vLLM's server drains streaming requests on SIGTERM; the user asked to stop now)
+ABORT_GRACE_S = 3.0
 
 
 class ServerError(QuantkitError):
@@ -114,10 +119,11 @@ class ServerProcess:
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
-    def wait_ready(self, timeout: float, poll: float = 0.5) -> float:
-        """Seconds from start until /health answered 200; raises ServerError on exit or timeout."""
+    def wait_ready(self, timeout: float, poll: float = 0.5, deadline: float | None = None) -> float:
+        """Seconds from start until /health answered 200; raises ServerError on exit or after `timeout`,
+        ServeTimeout when the serving budget's `deadline` (time.monotonic) comes first."""
         assert self.proc is not None, "start() first"
-        deadline = self.started_at + timeout
+        ready_by = self.started_at + timeout
         with httpx.Client(timeout=2.0) as client:
             while True:
                 code = self.proc.poll()
@@ -130,31 +136,36 @@ class ServerProcess:
                         return self.ready_seconds
                 except httpx.HTTPError:
                     pass
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if deadline is not None and now > deadline and deadline < ready_by:
+                    raise ServeTimeout
+                if now > ready_by:
                     raise ServerError(f"the server was not ready within {timeout:.0f} s", self.log_tail())
                 time.sleep(poll)
 
     def stop(self, grace: float = 20.0) -> None:
-        """SIGTERM to the whole process group (vLLM forks an engine core), SIGKILL after `grace` s."""
-        if self.proc is not None and self.proc.poll() is None:
-            for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        """SIGTERM to the whole process group (vLLM forks an engine core), SIGKILL after `grace` s; the
+        SIGKILL also comes when a second signal interrupts the wait."""
+        try:
+            if self.proc is not None and self.proc.poll() is None:
                 try:
-                    os.killpg(self.proc.pid, sig)
-                except ProcessLookupError:
-                    break
+                    os.killpg(self.proc.pid, signal.SIGTERM)
+                    self.proc.wait(timeout=grace)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    pass
+        finally:
+            if self.proc is not None:
+                try:  # the leader after its grace, and children that outlived it
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
                 try:
-                    self.proc.wait(timeout=wait)
-                    break
+                    self.proc.wait(timeout=10.0)
                 except subprocess.TimeoutExpired:
-                    continue
-        if self.proc is not None:
-            try:  # children that outlived the leader
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
+                    pass
+            if self.workdir is not None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+                self.workdir = None
 
     def __enter__(self) -> "ServerProcess":
         self.start()

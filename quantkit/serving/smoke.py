@@ -10,21 +10,37 @@
 6. Restart with a speculative config (n-gram, or a draft model); the same workload; speedup,
    acceptance from /metrics counters, and greedy outputs compared with the plain run.
 The servers are always stopped (also on errors and Ctrl-C); their log tails go into the result.
+
+--serve-prompts and --serve-max-tokens bound every phase (smoke and greedy included); a scheme this
+machine serves very slowly (FP8 on CPU, quantkit.serving.support) gets a short workload. A budget
+(ServeOptions.timeout, --serve-timeout) bounds the whole stage: on expiry the server is stopped and
+the phases left are "not measured: serve timeout of N s reached". Requests run in daemon threads that
+the main thread only waits for, so SIGTERM/Ctrl-C stops the server within seconds (ABORT_GRACE_S).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
 
+from quantkit.errors import QuantkitError
 from quantkit.progress import NullReporter, Reporter
-from quantkit.serving.client import complete_token_ids, get_text, run_workload
+from quantkit.serving.budget import Budget, ServeTimeout, within
+from quantkit.serving.client import Request, complete_token_ids, get_text, run_workload
 from quantkit.serving.metrics import parse_counters, spec_decode_stats
-from quantkit.serving.server import ServerError, ServerProcess, cpu_env, failure_reason, vllm_server_command
+from quantkit.serving.server import (
+    ABORT_GRACE_S,
+    ServerError,
+    ServerProcess,
+    cpu_env,
+    failure_reason,
+    vllm_server_command,
+)
 from quantkit.serving.workload import GREEDY_PROMPT, smoke_requests, spec_requests
 from quantkit.toolchains.vllm import VllmEnv
 
@@ -50,6 +66,14 @@ class ServeOptions:
     # and bf16 numerics change greedy outputs under speculation), bfloat16 for quantized ones (vLLM's
     # CPU kernels for them are bf16: cpu_gemm_wna16 is "not implemented for 'Float'"); on GPU the model's.
     dtype: str | None = None
+    # total seconds of the serving stage (both servers' starts, every request; not the transformers
+    # reference before it); on expiry the server is stopped and the rest is "not measured"
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and math.isfinite(self.timeout)
+                                             and self.timeout > 0):
+            raise QuantkitError(f"--serve-timeout {self.timeout!r}: expected a positive, finite number of seconds")
 
     def speculative_config(self) -> dict | None:
         if self.speculative is None:
@@ -95,30 +119,55 @@ class ServeResult:
     spec_log_tail: str = ""
     serving_class: str | None = None  # W4A16, W8A8, FP8, float, ... (quantkit.serving.support)
     kernel_probe: dict | None = None  # which kernel library and ops vLLM has on this CPU
+    plan: dict = field(default_factory=dict)  # the requests every phase sent (WorkloadPlan.to_dict)
+    # phase ("server start", "smoke", "greedy", "concurrency 8", "speculative") -> why it has no figures:
+    # "not measured: serve timeout of N s reached", or "not measured here: <reason>" (a slow scheme's short workload)
+    not_measured: dict = field(default_factory=dict)
+    timed_out: bool = False  # the --serve-timeout budget ran out
+    request_errors: int = 0  # requests that raised (greedy, /v1/models) instead of returning a failed result
 
     @property
     def quantization_matches(self) -> bool | None:
-        if self.status != "measured":
+        if self.ready_s is None:  # the method is read from the log of a server that got ready
             return None
         return (self.quantization or None) == (self.expected_quantization or None)
 
     def metrics(self) -> dict[str, float]:
-        """Gate metrics; only what was measured."""
-        out: dict[str, float] = {"serve_loaded": 1.0 if self.status == "measured" else 0.0}
-        if self.status != "measured":
-            return out
-        failed = self.smoke.get("failed", 0) + sum(p["failed"] for p in self.performance.values())
+        """Gate metrics: everything that was measured, also when a later phase failed or the budget ran out.
+
+        serve_loaded is 1 once the server got ready (a request failing afterwards fails
+        serve_failed_requests, not this), 0 when it did not start, absent when the budget ran out first.
+        serve_failed_requests counts every request that failed; after a timeout it is absent unless one
+        did fail (requests never sent cannot be said to succeed). spec_mismatches needs the whole
+        speculative phase."""
+        if self.ready_s is None:
+            return {} if "server start" in self.not_measured else {"serve_loaded": 0.0}
+        out: dict[str, float] = {"serve_loaded": 1.0, "serve_ready_s": self.ready_s,
+                                 "serve_quantization_match": 1.0 if self.quantization_matches else 0.0}
+        failed = self.request_errors + self.smoke.get("failed", 0) + sum(p["failed"] for p in self.performance.values())
         failed += sum(p["failed"] for p in self.speculative.get("performance", {}).values())
-        out["serve_failed_requests"] = float(failed)
-        if self.ready_s is not None:
-            out["serve_ready_s"] = self.ready_s
-        out["serve_quantization_match"] = 1.0 if self.quantization_matches else 0.0
+        if failed or not self.timed_out:
+            out["serve_failed_requests"] = float(failed)
         if self.speculative.get("mismatches") is not None:
             out["spec_mismatches"] = float(self.speculative["mismatches"])
         return out
 
+    def unmeasured_metrics(self) -> dict[str, str]:
+        """Gate metric -> why it has no value (for reports beside a failing gate)."""
+        why = next((r for r in self.not_measured.values() if r.startswith("not measured: serve timeout")), None)
+        out = {}
+        if why and "server start" in self.not_measured:
+            out["serve_loaded"] = out["serve_ready_s"] = out["serve_quantization_match"] = why
+        if why:
+            out["serve_failed_requests"] = why
+        if self.speculative.get("mismatches") is None and self.speculative.get("reason"):
+            out["spec_mismatches"] = self.speculative["reason"]
+        m = self.metrics()
+        return {k: v for k, v in out.items() if k not in m}
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "quantization_matches": self.quantization_matches, "metrics": self.metrics()}
+        return {**asdict(self), "quantization_matches": self.quantization_matches, "metrics": self.metrics(),
+                "unmeasured_metrics": self.unmeasured_metrics()}
 
 
 _QUANT = re.compile(r"Initializing a V1 LLM engine .*?quantization=([\w-]+)")
@@ -225,6 +274,64 @@ def unsupported_result(
     )
 
 
+@dataclass
+class WorkloadPlan:
+    """The requests of every phase: --serve-prompts and --serve-max-tokens bound them all (smoke and
+    greedy included), and a scheme this machine serves very slowly gets quantkit.serving.support's
+    short workload, the dropped concurrencies recorded as "not measured here"."""
+
+    smoke: list[Request]
+    greedy_tokens: int
+    workload: list[Request]
+    concurrency: tuple[int, ...]
+    short_because: str | None = None  # why the workload is shorter than asked
+    not_measured_here: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"smoke_requests": len(self.smoke), "smoke_max_tokens": self.smoke[0].max_tokens if self.smoke else None,
+                "greedy_tokens": self.greedy_tokens, "workload_requests": len(self.workload),
+                "max_tokens": self.workload[0].max_tokens if self.workload else None,
+                "concurrency": list(self.concurrency), "short_because": self.short_because}
+
+
+def plan_workload(options: ServeOptions, kind: str | None, device: str) -> WorkloadPlan:
+    from quantkit.serving.support import SLOW_CPU_WORKLOAD, slow_reason
+
+    prompts, max_tokens, concurrency = options.prompts, options.max_tokens, tuple(options.concurrency)
+    slow = slow_reason(kind, device)
+    dropped: dict[str, str] = {}
+    if slow:
+        prompts = min(prompts or SLOW_CPU_WORKLOAD.prompts, SLOW_CPU_WORKLOAD.prompts)
+        max_tokens = min(max_tokens, SLOW_CPU_WORKLOAD.max_tokens)
+        concurrency = (min(concurrency),)
+        # the reason in full is short_because; this names it
+        dropped = {f"concurrency {c}": f"not measured here: {kind} on CPU, short workload"
+                   for c in options.concurrency if c not in concurrency}
+    return WorkloadPlan(
+        smoke=smoke_requests(min(options.smoke_max_tokens, max_tokens), prompts),
+        greedy_tokens=min(options.greedy_tokens, max_tokens),
+        workload=spec_requests(max_tokens, prompts),
+        concurrency=concurrency,
+        short_because=slow,
+        not_measured_here=dropped,
+    )
+
+
+def _record_timeout(result: ServeResult, budget: Budget, plan: WorkloadPlan, speculative: bool) -> None:
+    """Every phase without figures is "not measured: serve timeout of N s reached"."""
+    result.timed_out = True
+    result.reason = f"serve timeout of {budget.seconds:g} s reached"
+    phases = {"server start": result.ready_s is not None, "smoke": bool(result.smoke), "greedy": bool(result.greedy),
+              **{f"concurrency {c}": str(c) in result.performance for c in plan.concurrency}}
+    if speculative:
+        phases["speculative"] = result.speculative.get("mismatches") is not None
+    for phase, done in phases.items():
+        if not done:
+            result.not_measured.setdefault(phase, budget.reason)
+    if speculative and result.speculative.get("mismatches") is None:
+        result.speculative.update(status="not measured", reason=budget.reason)
+
+
 def serve_test(
     model_path: str | Path,
     env: VllmEnv,
@@ -235,20 +342,29 @@ def serve_test(
     greedy_reference: list[int] | None = None,
     reporter: Reporter | None = None,
 ) -> ServeResult:
+    """Serve, check and time the model (the module's docstring). Ctrl-C or SIGTERM stops the server at once
+    and propagates; an expired `options.timeout` stops it too and returns what was measured."""
     options = options or ServeOptions()
     reporter = reporter or NullReporter()
     model_path, log_dir = Path(model_path), Path(log_dir)
     spec_config = options.speculative_config()  # bad options fail before any server starts
     cpu = env.info.get("device", "cpu") == "cpu"
+    budget = Budget(options.timeout)
     result = ServeResult("measured", str(model_path), expected_quantization, vllm=dict(env.info), options=options.to_dict())
     from quantkit.serving.support import serving_class
 
     result.serving_class = serving_class(model_path)
-    workload = spec_requests(options.max_tokens, options.prompts)
+    plan = plan_workload(options, result.serving_class, "cpu" if cpu else "gpu")
+    result.plan, result.not_measured = plan.to_dict(), dict(plan.not_measured_here)
+    if plan.short_because:
+        reporter.log(f"short serving workload ({len(plan.workload)} prompt(s) x {plan.workload[0].max_tokens} tokens, "
+                     f"concurrency {plan.concurrency[0]}): {plan.short_because}")
+    workload = plan.workload
     quantized = expected_quantization is not None or _is_quantized(
         options.draft_model if options.speculative == "draft_model" else None
     )
     result.dtype = options.dtype or (("bfloat16" if quantized else "float32") if cpu else None)
+    deadline = budget.deadline
 
     def command(spec: dict | None) -> list[str]:
         return vllm_server_command(
@@ -265,63 +381,78 @@ def serve_test(
     try:
         with reporter.task(f"vLLM: starting the server for {model_path.name}"):
             plain.start()
-            result.ready_s = plain.wait_ready(options.ready_timeout)
+            result.ready_s = plain.wait_ready(options.ready_timeout, deadline=deadline)
         log = plain.log_text()
         result.quantization, result.kernels = reported_quantization(log), kernel_lines(log)
-        served = json.loads(get_text(plain.base_url, "/v1/models"))["data"]
-        smoke = smoke_requests(options.smoke_max_tokens)
+        served = json.loads(within(deadline, lambda: get_text(plain.base_url, "/v1/models")))["data"]
+        smoke = plan.smoke
         with reporter.task(f"vLLM: {len(smoke)} smoke requests (chat + completion, concurrent)"):
-            run = run_workload(plain.base_url, SERVED_NAME, smoke, concurrency=len(smoke))
+            run = run_workload(plain.base_url, SERVED_NAME, smoke, concurrency=len(smoke), deadline=deadline)
         result.smoke = {
             "requests": len(run.results),
             "failed": run.failed,
+            "max_tokens": smoke[0].max_tokens,
             "served_models": [m["id"] for m in served],
             "max_model_len": served[0].get("max_model_len") if served else None,
             "errors": [f"{r.id}: {r.error}" for r in run.results if not r.ok],
             "samples": {r.id: r.text[:200] for r in run.results[:2]},
         }
-        with reporter.task(f"vLLM: greedy agreement on {GREEDY_PROMPT!r} ({options.greedy_tokens} tokens)"):
-            ids = complete_token_ids(plain.base_url, SERVED_NAME, GREEDY_PROMPT, options.greedy_tokens)
+        with reporter.task(f"vLLM: greedy agreement on {GREEDY_PROMPT!r} ({plan.greedy_tokens} tokens)"):
+            ids = within(deadline, lambda: complete_token_ids(plain.base_url, SERVED_NAME, GREEDY_PROMPT, plan.greedy_tokens))
         result.greedy = {
             "prompt": GREEDY_PROMPT,
-            "tokens": options.greedy_tokens,
+            "tokens": plan.greedy_tokens,
             "vllm_ids": ids,
             "reference": "transformers" if greedy_reference is not None else None,
-            "agreeing_tokens": _common_prefix(ids, greedy_reference) if greedy_reference is not None else None,
+            "agreeing_tokens": (_common_prefix(ids, greedy_reference[:plan.greedy_tokens])
+                                if greedy_reference is not None else None),
         }
         plain_texts = {}
-        for c in options.concurrency:
+        for c in plan.concurrency:
             with reporter.task(f"vLLM: copy/edit workload, {len(workload)} requests at concurrency {c}"):
-                run = run_workload(plain.base_url, SERVED_NAME, workload, concurrency=c)
+                run = run_workload(plain.base_url, SERVED_NAME, workload, concurrency=c, deadline=deadline)
             result.performance[str(c)] = run.summary()
             plain_texts[c] = {r.id: r.text for r in run.results}
+    except ServeTimeout:
+        plain.stop(grace=ABORT_GRACE_S)
+        _record_timeout(result, budget, plan, spec_config is not None)
+        if result.ready_s is None:
+            result.status = "failed"
+        return result
     except ServerError as e:
         result.status, result.reason, result.log_tail = "failed", str(e), e.log_tail
         return result
     except (httpx.HTTPError, KeyError, ValueError) as e:  # the server answered badly: its log says why
         result.status, result.reason = "failed", _request_failure(e, plain)
+        result.request_errors += 1
         return result
+    except BaseException:  # Ctrl-C or SIGTERM: stop the server now, which ends the requests in flight
+        plain.stop(grace=ABORT_GRACE_S)
+        raise
     finally:
         plain.stop()
         result.log_tail = result.log_tail or plain.log_tail(80)
 
     if spec_config is None:
         return result
-    spec = ServerProcess(command(spec_config), log_dir / "serve-vllm-spec.log", env=cpu_env() if cpu else None)
     sd: dict = {"method": spec_config["method"], "config": spec_config, "performance": {}, "speedup": {}, "acceptance": {}}
     result.speculative = sd
+    if budget.expired():
+        _record_timeout(result, budget, plan, True)
+        return result
+    spec = ServerProcess(command(spec_config), log_dir / "serve-vllm-spec.log", env=cpu_env() if cpu else None)
     try:
         with reporter.task(f"vLLM: starting the server with {spec_config['method']} speculation"):
             spec.start()
-            sd["ready_s"] = spec.wait_ready(options.ready_timeout)
+            sd["ready_s"] = spec.wait_ready(options.ready_timeout, deadline=deadline)
         mismatches, compared, diverged = 0, 0, []
-        first = parse_counters(get_text(spec.base_url, "/metrics"))
+        first = parse_counters(within(deadline, lambda: get_text(spec.base_url, "/metrics")))
         after = first
-        for c in options.concurrency:
+        for c in plan.concurrency:
             before = after
             with reporter.task(f"vLLM: same workload with speculation at concurrency {c}"):
-                run = run_workload(spec.base_url, SERVED_NAME, workload, concurrency=c)
-            after = parse_counters(get_text(spec.base_url, "/metrics"))
+                run = run_workload(spec.base_url, SERVED_NAME, workload, concurrency=c, deadline=deadline)
+            after = parse_counters(within(deadline, lambda: get_text(spec.base_url, "/metrics")))
             sd["performance"][str(c)] = run.summary()
             sd["acceptance"][str(c)] = spec_decode_stats(before, after)
             base_tps = result.performance[str(c)]["output_tokens_per_s"]
@@ -336,11 +467,17 @@ def serve_test(
         overall = spec_decode_stats(first, after)  # over every concurrency
         if overall["available"]:
             sd["acceptance_rate"], sd["mean_acceptance_length"] = overall["acceptance_rate"], overall["mean_acceptance_length"]
+    except ServeTimeout:
+        spec.stop(grace=ABORT_GRACE_S)
+        _record_timeout(result, budget, plan, True)
     except ServerError as e:
         # the plain results stand; the speculative gates fail as unmeasured
         sd["status"], sd["reason"], result.spec_log_tail = "failed", str(e), e.log_tail
     except (httpx.HTTPError, KeyError, ValueError) as e:
         sd["status"], sd["reason"] = "failed", _request_failure(e, spec)
+    except BaseException:  # Ctrl-C or SIGTERM
+        spec.stop(grace=ABORT_GRACE_S)
+        raise
     finally:
         spec.stop()
         result.spec_log_tail = result.spec_log_tail or spec.log_tail(40)
@@ -354,7 +491,7 @@ def summary_line(check: dict) -> str:
     if check["status"] == "unsupported":
         return f"not servable here: {check['reason']}"
     d = check.get("details") or {}
-    if check["status"] == "failed" and not d.get("performance"):
+    if d.get("ready_s") is None:
         return f"did not serve: {check['reason']}"
     parts = [f"ready {d['ready_s']:.0f} s", f"quantization {d['quantization'] or 'none'}"]
     smoke = d.get("smoke") or {}
@@ -372,6 +509,20 @@ def summary_line(check: dict) -> str:
         rate = sd.get("acceptance_rate")
         parts.append(f"{sd['method']} speedup {ups}" + (f", {rate:.0%} accepted" if rate is not None else ""))
         parts.append(f"{sd['compared_outputs'] - sd['mismatches']}/{sd['compared_outputs']} outputs identical")
-    elif sd.get("reason"):
+    elif sd.get("reason") and sd.get("status") != "not measured":
         parts.append(f"speculation failed: {sd['reason']}")
+    if check["status"] == "failed":
+        parts.append(f"failed: {check['reason']}")
+    if (d.get("plan") or {}).get("short_because"):
+        p = d["plan"]
+        parts.append(f"short workload ({p['workload_requests']} x {p['max_tokens']} tokens): {p['short_because']}")
+    parts += [f"{why} ({', '.join(phases)})" for why, phases in not_measured_by_reason(d.get("not_measured") or {}).items()]
     return "; ".join(parts)
+
+
+def not_measured_by_reason(not_measured: dict[str, str]) -> dict[str, list[str]]:
+    """"not measured: serve timeout of 60 s reached" -> the phases it left without figures."""
+    out: dict[str, list[str]] = {}
+    for phase, why in not_measured.items():
+        out.setdefault(why, []).append(phase)
+    return out

@@ -13,14 +13,15 @@ from quantkit.serving.client import Request
 
 GREEDY_PROMPT = "The capital of France is"
 
+# chat and completion alternate, so the first N (--serve-prompts) hold both kinds
 SMOKE_PROMPTS = [
     ("chat", "What is the capital of France?"),
-    ("chat", "Write one sentence about the sea."),
-    ("chat", "Name three colours."),
-    ("chat", "Explain in one sentence what a compiler does."),
     ("completion", "Once upon a time,"),
+    ("chat", "Write one sentence about the sea."),
     ("completion", "def fibonacci(n):"),
+    ("chat", "Name three colours."),
     ("completion", "The three primary colours are"),
+    ("chat", "Explain in one sentence what a compiler does."),
     ("completion", "Water boils at"),
 ]
 
@@ -59,8 +60,10 @@ SPEC_PROMPTS = [
 ]
 
 
-def smoke_requests(max_tokens: int) -> list[Request]:
-    return [Request(f"smoke-{i}", kind, prompt, max_tokens) for i, (kind, prompt) in enumerate(SMOKE_PROMPTS)]
+def smoke_requests(max_tokens: int, limit: int | None = None) -> list[Request]:
+    """The first `limit` smoke prompts (all 8 without one), never fewer than one chat and one completion."""
+    prompts = SMOKE_PROMPTS[:max(2, limit)] if limit else SMOKE_PROMPTS
+    return [Request(f"smoke-{i}", kind, prompt, max_tokens) for i, (kind, prompt) in enumerate(prompts)]
 
 
 def spec_requests(max_tokens: int, limit: int | None = None) -> list[Request]:

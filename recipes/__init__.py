@@ -1,0 +1,2 @@
+"""The recipes shipped with quantkit (`quantkit recipes list` with no folder lists them), installed as the
+`quantkit_recipes` package."""
