@@ -264,25 +264,6 @@ def _kept_as(path: str) -> str:
     return f" (kept as {path} by quantkit validate)" if path == ATTESTED_VALIDATION_NAME else ""
 
 
-def keep_attested_report(folder: Path) -> str | None:
-    """Before `validate` writes its reports into `folder`: where the folder carries an attestation whose subjects
-    list validation.json and validation.json is still that attested file (a pulled artifact), move it to
-    validation.attested.json, where `verify` checks it; validate's own report is then validation.json, which
-    `push` reads. Returns the line saying so, or None when there was nothing to keep."""
-    report, att_path = folder / VALIDATION_NAME, folder / ATTESTATION_NAME
-    if not report.is_file() or not att_path.is_file():
-        return None
-    try:
-        att = provenance.parse(att_path.read_bytes(), str(att_path))
-    except provenance.AttestationError as e:
-        return f"{e}; {VALIDATION_NAME} is replaced (no attested report to keep)"
-    if att.subjects.get(VALIDATION_NAME) != sha256_file(report):
-        return None  # a report written here before (the attested one is kept already), or not the attested file
-    report.replace(folder / ATTESTED_VALIDATION_NAME)
-    return (f"{folder}: the attested {VALIDATION_NAME} is kept as {ATTESTED_VALIDATION_NAME} (quantkit verify checks it "
-            f"there); this run's report is {VALIDATION_NAME}")
-
-
 def _inside(folder: Path, p: Path) -> bool:
     try:
         p.resolve().relative_to(folder.resolve())

@@ -107,6 +107,11 @@ class _NamedOutput(_Strict):
 
 
 class _OutputBase(_NamedOutput):
+    def needs_calibration(self) -> bool:
+        """Whether making this output reads the calibration set (the engines, the matrix planner and
+        quantize all ask this; a method that calibrates by its nature keeps this default)."""
+        return True
+
     targets: list[str] = Field(
         default_factory=lambda: ["Linear"],
         description="Modules to quantize: class names or `re:` regexes of module names.",
@@ -189,12 +194,18 @@ class FP8Output(_OutputBase):
     method: Literal["fp8"]
     scheme: Literal["FP8_DYNAMIC", "FP8", "FP8_BLOCK"] = "FP8_DYNAMIC"
 
+    def needs_calibration(self) -> bool:
+        return self.scheme == "FP8"  # static activation scales are observed on the calibration set
+
 
 class RTNOutput(_OutputBase, _WeightOverrides):
     """Round-to-nearest weight-only quantization: no calibration, the baseline the others must beat."""
 
     method: Literal["rtn"]
     scheme: Literal["W4A16", "W4A16_ASYM", "W8A16"] = "W4A16"
+
+    def needs_calibration(self) -> bool:
+        return False
 
 
 # llama-quantize's file types (llama.cpp `tools/quantize`); K-quants need widths divisible by 256
@@ -268,6 +279,9 @@ class GGUFOutput(_NamedOutput):
     method: Literal["gguf"]
     types: list[GGUFType] = Field(min_length=1, description="One .gguf file per type.")
     imatrix: bool = Field(True, description="Compute an importance matrix from the calibration set and use it for every type.")
+
+    def needs_calibration(self) -> bool:
+        return self.imatrix
     base_type: Literal["F16", "BF16", "F32"] = Field(
         "F16", description="Precision of the converted GGUF that every type is quantized from."
     )
@@ -419,10 +433,8 @@ class Recipe(_Strict):
             seen[out.name] = i
         clashes = {c.label(): n for n, c in enumerate(self.calibrations or [])}
         if any(o.name in clashes for o in self.outputs):
-            from quantkit.engines import engine_for
-
             for i, out in enumerate(self.outputs):
-                if out.name in clashes and not engine_for(out.method).needs_calibration(out):
+                if out.name in clashes and not out.needs_calibration():
                     raise ValueError(f"outputs[{i}] '{out.name}' needs no calibration data, so its artifact is written "
                                      "once per model, beside the calibration sets' folders, and "
                                      f"calibrations[{clashes[out.name]}] is labelled '{out.name}' too; "
@@ -433,7 +445,7 @@ class Recipe(_Strict):
     @classmethod
     def _calibration_sets(cls, v):
         # a built-in set by name only (never `builtin:../x`), never its holdout split (what validate scores)
-        from quantkit.sources.calibration import builtin_problem
+        from quantkit.calibration_sets import builtin_problem
 
         for i, spec in enumerate(v if isinstance(v, list) else [v] if v is not None else []):
             if problem := builtin_problem(spec.source, spec.split):
@@ -453,16 +465,13 @@ class Recipe(_Strict):
     def cells(self) -> list[Cell]:
         """The single-model recipes a matrix expands into (model-major), each with its own folder and a name
         carrying its labels, so default artifact names stay unique across the matrix. A plain recipe is
-        one cell: itself. With `calibrations`, the outputs that need no calibration data (as their engine
-        says) form one cell per model, in the model's folder (`<model>/<output>`, or `<output>` with no
+        one cell: itself. With `calibrations`, the outputs that need no calibration data (as they
+        say) form one cell per model, in the model's folder (`<model>/<output>`, or `<output>` with no
         `models`): the same artifact for every set, made once."""
         if not self.is_matrix:
             return [Cell(recipe=self, folder="", output_indices=list(range(len(self.outputs))))]
-        from quantkit.engines import engine_for
-
         # with several sets, an output no set feeds would be the same artifact in each: made once per model
-        free = [i for i, o in enumerate(self.outputs)
-                if self.calibrations is not None and not engine_for(o.method).needs_calibration(o)]
+        free = [i for i, o in enumerate(self.outputs) if self.calibrations is not None and not o.needs_calibration()]
         calibrated = [i for i in range(len(self.outputs)) if i not in free]
         sets = self.calibrations or [None]
         cells = []

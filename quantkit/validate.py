@@ -343,7 +343,7 @@ def _unwritable(folder: Path, e: OSError) -> str:
 def write_reports(report: ValidationReport) -> str | None:
     """validation.json and validation.md; a pulled artifact's attested validation.json is kept first (the line
     saying so is returned), so `quantkit verify` still checks the folder."""
-    from quantkit.publishing import keep_attested_report
+    from quantkit.publish.provenance import keep_attested_report
 
     try:
         kept = keep_attested_report(report.path)

@@ -9,12 +9,12 @@ from conftest import REPO
 # lowest first; a module may import its own floor and the ones below
 LAYERS: list[tuple[str, ...]] = [
     ("quantkit.errors", "quantkit.files", "quantkit.cache_store", "quantkit.device", "quantkit.progress", "quantkit.memory",
-     "quantkit.background"),
-    ("quantkit.gates",),
+     "quantkit.background", "quantkit.threads", "quantkit.library_logs"),
+    ("quantkit.gates", "quantkit.calibration_sets"),
     ("quantkit.recipe", "quantkit.artifact", "quantkit.output_roots"),
     ("quantkit.recipe_loader", "quantkit.sources", "quantkit.toolchains"),
     ("quantkit.engines", "quantkit.runtimes", "quantkit.tasks", "quantkit.serving"),
-    ("quantkit.checks", "quantkit.publish"),
+    ("quantkit.checks", "quantkit.publish", "quantkit.estimates"),
     ("quantkit.quantize", "quantkit.matrix", "quantkit.validate", "quantkit.serve_test", "quantkit.testing",
      "quantkit.publishing"),
     ("quantkit.report_html", "quantkit.executors"),

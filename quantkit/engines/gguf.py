@@ -51,7 +51,7 @@ class GGUFEngine(Engine):
         return (f"{output.name}-*.gguf", "imatrix.gguf")
 
     def needs_calibration(self, output) -> bool:
-        return output.imatrix
+        return output.needs_calibration()
 
     def tool_versions(self) -> dict:
         return {"llama.cpp": require_toolchain().info["llama_cpp_commit"]}

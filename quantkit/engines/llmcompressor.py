@@ -151,25 +151,23 @@ def _rtn_modifiers(output, groups: dict, ignore: list[str]) -> list:
 
 @dataclass(frozen=True)
 class LLMCompressorMethod:
-    """What one recipe method is in llm-compressor: whether it calibrates, what it is called, its modifiers."""
+    """What one recipe method is in llm-compressor: what it is called, its modifiers (whether it calibrates
+    is the output model's own answer: quantkit.recipe)."""
 
-    needs_calibration: Callable[[Any], bool]
     algorithm: Callable[[Any], str]
     modifiers: Callable[[Any, dict, list[str]], list]
 
 
 # A new llm-compressor method is one row here (plus its output model in quantkit.recipe).
 METHODS: dict[str, LLMCompressorMethod] = {
-    "awq": LLMCompressorMethod(lambda o: True, lambda o: "AWQ scale search + round-to-nearest", _awq_modifiers),
-    "gptq": LLMCompressorMethod(lambda o: True, lambda o: "GPTQ", _gptq_modifiers),
+    "awq": LLMCompressorMethod(lambda o: "AWQ scale search + round-to-nearest", _awq_modifiers),
+    "gptq": LLMCompressorMethod(lambda o: "GPTQ", _gptq_modifiers),
     # SmoothQuant needs activation statistics; GPTQ needs Hessians
     "int8": LLMCompressorMethod(
-        lambda o: True,
         lambda o: ("SmoothQuant + " if o.smoothquant else "") + ("GPTQ" if o.weight_algorithm == "gptq" else "round-to-nearest"),
         _int8_modifiers),
-    # static FP8 activation scales are observed on the calibration set
-    "fp8": LLMCompressorMethod(lambda o: o.scheme == "FP8", lambda o: "round-to-nearest FP8 (E4M3)", _rtn_modifiers),
-    "rtn": LLMCompressorMethod(lambda o: False, lambda o: "round-to-nearest", _rtn_modifiers),
+    "fp8": LLMCompressorMethod(lambda o: "round-to-nearest FP8 (E4M3)", _rtn_modifiers),
+    "rtn": LLMCompressorMethod(lambda o: "round-to-nearest", _rtn_modifiers),
 }
 
 
@@ -190,7 +188,7 @@ class LLMCompressorEngine(Engine):
         return CHECKPOINT_FILES
 
     def needs_calibration(self, output) -> bool:
-        return METHODS[output.method].needs_calibration(output)
+        return output.needs_calibration()
 
     def algorithm(self, output) -> str:
         return METHODS[output.method].algorithm(output)

@@ -158,3 +158,26 @@ def verify_signature(att: Attestation, public_key_path: Path, where: str) -> str
         raise AttestationError(f"{where}: the signature does not verify with {public_key_path} "
                                f"(key id {key.keyid[:16]}): {e}") from None
     return next(iter(accepted))
+
+
+def keep_attested_report(folder: Path) -> str | None:
+    """Before `validate` writes its reports into `folder`: where the folder carries an attestation whose subjects
+    list validation.json and validation.json is still that attested file (a pulled artifact), move it to
+    validation.attested.json, where `verify` checks it; validate's own report is then validation.json, which
+    `push` reads. Returns the line saying so, or None when there was nothing to keep."""
+    from quantkit.artifact import ATTESTATION_NAME, ATTESTED_VALIDATION_NAME
+    from quantkit.files import sha256_file
+    from quantkit.publish.bundle import VALIDATION_NAME
+
+    report, att_path = folder / VALIDATION_NAME, folder / ATTESTATION_NAME
+    if not report.is_file() or not att_path.is_file():
+        return None
+    try:
+        att = parse(att_path.read_bytes(), str(att_path))
+    except AttestationError as e:
+        return f"{e}; {VALIDATION_NAME} is replaced (no attested report to keep)"
+    if att.subjects.get(VALIDATION_NAME) != sha256_file(report):
+        return None  # a report written here before (the attested one is kept already), or not the attested file
+    report.replace(folder / ATTESTED_VALIDATION_NAME)
+    return (f"{folder}: the attested {VALIDATION_NAME} is kept as {ATTESTED_VALIDATION_NAME} (quantkit verify checks it "
+            f"there); this run's report is {VALIDATION_NAME}")
