@@ -25,6 +25,11 @@ def _pyplot():
     return plt
 
 
+def _outside_legend(ax, **kw) -> None:
+    """The legend beside the plot, never over its bars and lines (bbox_inches="tight" keeps it in the PNG)."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kw)
+
+
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -74,7 +79,7 @@ def domain_ppl_plot(reports: list[ValidationReport]) -> str:
     ax.set_xticks([i + 0.4 for i in range(len(domains))], domains)
     ax.set_ylabel("perplexity (held-out)")
     ax.set_title("Per-domain perplexity: base (grey, per runtime) and each target")
-    ax.legend(fontsize=7, ncol=2)
+    _outside_legend(ax, fontsize=7)
     ax.grid(True, axis="y", alpha=0.3)
     out = _png(fig)
     plt.close(fig)
@@ -106,7 +111,7 @@ def kld_by_position_plot(reports: list[ValidationReport]) -> str | None:
     ax.set_ylabel("mean KL divergence vs base")
     ax.set_yscale("log")
     ax.set_title("KLD by position (transformers runtime; bins of 1/8 context)")
-    ax.legend(fontsize=7)
+    _outside_legend(ax, fontsize=7)
     ax.grid(True, alpha=0.3)
     out = _png(fig)
     plt.close(fig)
@@ -134,7 +139,7 @@ def serving_plot(reports: list[ValidationReport]) -> str | None:
     ax.set_xticks(list(xs), [b[0] for b in bars], fontsize=7, rotation=20, ha="right")
     ax.set_ylabel("output tokens/s (vLLM, copy/edit workload)")
     ax.set_title("vLLM serving: throughput with and without speculative decoding")
-    ax.legend(fontsize=8)
+    _outside_legend(ax, fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     out = _png(fig)
     plt.close(fig)

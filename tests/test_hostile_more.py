@@ -20,7 +20,7 @@ from quantkit.errors import ArtifactError
 from quantkit.files import staged_folder
 
 COUNTS = {"artifact_folder": 800, "validation_report": 800, "registry_manifest": 1200, "registry_index": 400,
-          "layer_path": 800}
+          "layer_path": 800, "model_folder": 300}
 FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), derandomize=False)
 
 
@@ -192,4 +192,43 @@ def test_generated_case_counts():
     """The counts this file promises, with tests/test_hostile_input.py's: above 10,000 per run together."""
     from test_hostile_input import COUNTS as RECIPE_COUNTS
 
-    assert sum(COUNTS.values()) + sum(RECIPE_COUNTS.values()) >= 14_000
+    assert sum(COUNTS.values()) + sum(RECIPE_COUNTS.values()) >= 14_800
+
+
+CONFIG_KEYS = ["model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "tie_word_embeddings", "max_position_embeddings", "text_config",
+               "torch_dtype", "quantization_config", "auto_map", "architectures", "rope_scaling"]
+
+
+@pytest.fixture(scope="module")
+def model_folder(tiny_model, tmp_path_factory) -> Path:
+    return Path(shutil.copytree(tiny_model, tmp_path_factory.mktemp("hostile-model") / "model"))
+
+
+@pytest.mark.timeout(600)
+@settings(FUZZ, max_examples=COUNTS["model_folder"])
+@given(st.lists(st.tuples(st.sampled_from(CONFIG_KEYS), values), max_size=3),
+       st.one_of(st.none(), st.binary(max_size=64), st.integers(0, 2**64 - 1).map(lambda n: n.to_bytes(8, "little") + b"{}")))
+def test_any_model_folder_resolves_or_is_one_model_source_error(model_folder, tmp_path_factory, edits, header):
+    """config.json with hostile values, and a safetensors file whose header is garbage or lies about its
+    length: the source checks answer with one ModelSourceError (or accept a sound folder), never anything else."""
+    from quantkit.errors import ModelSourceError
+    from quantkit.recipe import ModelSpec
+    from quantkit.sources.models import resolve_model
+
+    counted("model_folder")
+    folder = tmp_path_factory.getbasetemp() / "hostile-model-copy"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(model_folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    for key, value in edits:
+        config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    if header is not None:
+        (folder / "model.safetensors").write_bytes(header)
+    try:
+        resolved = resolve_model(ModelSpec(source=str(folder)))
+    except ModelSourceError as e:
+        assert str(e) and "Traceback" not in str(e)
+    else:
+        assert resolved.weight_bytes > 0

@@ -357,3 +357,26 @@ def test_plan_help_names_a_recipe_that_exists():
     assert r.returncode == 0
     named = re.findall(r"quantkit plan (\S+\.ya?ml)", r.stdout)
     assert named and all((REPO / n).is_file() for n in named), named
+
+
+def test_one_artifact_gets_its_html_report_with_legends_beside_the_plots(library_run, tmp_path, monkeypatch):
+    art = Path(shutil.copytree(library_run.artifact, tmp_path / library_run.artifact.name))
+    r = run_cli("validate", "--no-serve", str(art), "--max-tokens", "64", "--context", "32",
+                "--gate", "kld_mean_max=100", "--gate", "ppl_increase_max=100", "--gate", "top1_agreement_min=0")
+    assert r.returncode == 0, r.stderr
+    assert (art / "validation.html").read_text().count("data:image/png;base64,") >= 2 and "run report:" in r.stderr
+
+    from quantkit import report_html
+    from quantkit.validate import validate
+
+    report = validate(art, max_tokens=64, context=32, gate_overrides=LOOSE)
+    figures = []
+    monkeypatch.setattr(report_html, "_png", lambda fig: figures.append(fig) or "")
+    report_html.domain_ppl_plot([report])
+    report_html.kld_by_position_plot([report])
+    assert figures
+    for fig in figures:
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        legend, plot = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert legend.x0 >= plot.x1, (legend, plot)  # beside the axes, over none of the bars or lines

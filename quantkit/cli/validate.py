@@ -93,7 +93,7 @@ def validate_command(
         if r.base is not None and not r.base.matches:
             say(f"warning: {r.path.name} was validated against {r.base.path}, whose fingerprint {r.base.fingerprint[:12]} "
                 f"differs from the recorded {r.base.recorded_fingerprint[:12]} (--allow-base-mismatch)", target=err_console)
-    if not no_write and (len(reports) > 1 or reports[0].path != path):
+    if not no_write:  # one artifact too: validation.html beside its validation.json
         from quantkit.errors import ArtifactError
         from quantkit.report_html import write_run_report
 
