@@ -79,7 +79,6 @@ def preflight_problems(recipe: Recipe, output_dir: str | Path | None = None) -> 
     cal = recipe.calibration.source
     if not cal.startswith(("builtin:", "hf:")) and not Path(cal).expanduser().is_file():
         problems.append(f"calibration.source: calibration file not found: {Path(cal).expanduser()}")
-
     if is_url(output_dir or recipe.output_dir):
         return problems + root_problems(output_dir or recipe.output_dir, "local")
     root = Path(output_dir or recipe.output_dir)

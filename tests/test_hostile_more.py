@@ -232,3 +232,12 @@ def test_any_model_folder_resolves_or_is_one_model_source_error(model_folder, tm
         assert str(e) and "Traceback" not in str(e)
     else:
         assert resolved.weight_bytes > 0
+
+
+def test_a_registry_key_with_a_newline_is_quoted_on_one_line():
+    """Found by the referrers-index generator: a key of the registry's JSON reached the error's field path."""
+    from quantkit.publish.destinations.oci import ReferrersIndex
+
+    raw = json.dumps({"schemaVersion": 2, "manifests": [{"mediaType": "x", "digest": "sha256:" + "a" * 64, "size": 1,
+                                                         "annotations": {"\n\x1b[2J": None}}]}).encode()
+    assert _refused_or_parsed(ReferrersIndex, raw, "the referrers index") is None

@@ -211,8 +211,8 @@ def _problems(e: ValidationError, limit: int = 3) -> str:
     found = e.errors(include_url=False)
     out = []
     for err in found[:limit]:
-        loc = ".".join(str(x) for x in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
+        loc = _printable(".".join(str(x) for x in err["loc"]), 120)  # keys are the registry's text too
+        msg = _printable(err["msg"].removeprefix("Value error, "), 2000)
         shown = err["type"] not in ("missing", "json_invalid", "value_error") and loc
         got = f" (got {_printable(repr(err['input']), 80)})" if shown else ""
         out.append(f"{loc}: {msg}{got}" if loc else f"{msg}{got}")
