@@ -163,6 +163,7 @@ class ServerProcess:
                     self.proc.wait(timeout=10.0)
                 except subprocess.TimeoutExpired:
                     pass
+                _wait_until_group_is_gone(self.proc.pid, timeout=10.0)
             if self.workdir is not None:
                 shutil.rmtree(self.workdir, ignore_errors=True)
                 self.workdir = None
@@ -192,3 +193,27 @@ def vllm_server_command(python: Path, model: Path, *, served_name: str, max_mode
 def cpu_env() -> dict[str, str]:
     # without it the CPU backend's start fails its memory check on small machines
     return {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live processes of process group `pgid` (zombies awaiting their reaper do not count), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[0] != "Z" and fields[2] == str(pgid):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _wait_until_group_is_gone(pgid: int, timeout: float) -> None:
+    """SIGKILL is delivered asynchronously: a child of the server (vLLM's engine core) may still run for a
+    moment after the leader was reaped. Return once none does (or after `timeout`), so a caller that
+    stops the server can rely on it being gone."""
+    if not Path("/proc/self/stat").is_file():
+        return
+    deadline = time.monotonic() + timeout
+    while _group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
