@@ -36,7 +36,9 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def size_vs_kld_plot(reports: list[ValidationReport]) -> str:
+def size_vs_kld_plot(reports: list[ValidationReport]) -> str | None:
+    if not any(t.scores for r in reports for t in r.targets):
+        return None  # nothing was scored: no points to place
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for r in reports:
@@ -54,9 +56,12 @@ def size_vs_kld_plot(reports: list[ValidationReport]) -> str:
     return out
 
 
-def domain_ppl_plot(reports: list[ValidationReport]) -> str:
-    plt = _pyplot()
+def domain_ppl_plot(reports: list[ValidationReport]) -> str | None:
+    """Per-domain perplexity bars; None when no target was scored (every runtime unavailable)."""
     targets = [t for r in reports for t in r.targets if t.scores]
+    if not targets:
+        return None
+    plt = _pyplot()
     domains = sorted({s.domain for t in targets for s in t.scores})
     # each runtime scores its own windows (llama.cpp: second half of each chunk), so each has its base bar
     runtimes = sorted({s.runtime for t in targets for s in t.scores})
@@ -177,12 +182,10 @@ def render_html(reports: list[ValidationReport], title: str) -> str:
     passed = all(r.passed for r in reports)
     verdict_class, verdict_text = ("pass", "all gates pass") if passed else ("fail", "a gate fails")
     by_position = kld_by_position_plot(reports)
-    plots = [("size vs KLD", size_vs_kld_plot(reports)), ("per-domain perplexity", domain_ppl_plot(reports))]
-    if by_position:
-        plots.append(("KLD by position", by_position))
-    serving = serving_plot(reports)
-    if serving:
-        plots.append(("vLLM serving throughput", serving))
+    plots = [(alt, src) for alt, src in (("size vs KLD", size_vs_kld_plot(reports)),
+                                          ("per-domain perplexity", domain_ppl_plot(reports)),
+                                          ("KLD by position", by_position),
+                                          ("vLLM serving throughput", serving_plot(reports))) if src]
     from quantkit.serving.smoke import WORKLOAD_NOTE, summary_line
 
     serve_rows = "".join(
