@@ -2,13 +2,14 @@
 
 The manifest records what went in (resolved recipe, model and calibration fingerprints,
 library versions) and what came out (sha256 and size of every file), so `validate` and
-`push` can check that the folder is complete and unmodified before trusting it.
+`push` can check that the folder is complete and unmodified before trusting it. One module because the
+manifest model, its self-consistency checks and `Artifact.verify` are one contract that validate,
+push and resume all trust; which files of a folder are quantkit's is `quantkit.artifact_files`.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import fnmatch
 import json
 import os
 import platform
@@ -21,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from quantkit.errors import ArtifactError
 from quantkit.files import sha256_files
+from quantkit.formats import FORMATS, Target, format_named
+from quantkit.recipe import format_of_method
 
 MANIFEST_NAME = "quantkit.json"
 MANIFEST_VERSION = 1
@@ -31,7 +34,7 @@ ATTESTATION_NAME = "quantkit-provenance.intoto.json"
 # never pushed; a copy without it (pulled, moved) finds a built-in or hub base again from its source
 LOCAL_NAME = "quantkit.local.json"
 # a pulled artifact's attested validation.json, kept here by `validate` before it writes its own report
-# (`verify` checks the attested one here; quantkit.publishing.keep_attested_report)
+# (`verify` checks the attested one here; quantkit.publish.provenance.keep_attested_report)
 ATTESTED_VALIDATION_NAME = "validation.attested.json"
 ADDED_LATER = ("validation.json", "validation.md", "validation.html", "README.md", ATTESTATION_NAME, ".gitattributes",
                LOCAL_NAME, ATTESTED_VALIDATION_NAME)
@@ -128,7 +131,7 @@ class Manifest(BaseModel):
     manifest_version: int = MANIFEST_VERSION
     name: str
     created: str
-    format: str  # "compressed-tensors" | "gguf"
+    format: str  # a name in quantkit.formats.FORMATS
     scheme: str
     description: str = ""
     output: dict[str, Any]  # the recipe output that made it (method, scheme, gates, ...)
@@ -157,24 +160,27 @@ class Manifest(BaseModel):
         return self.output["method"]
 
     @property
+    def spec(self):
+        """`output` as the recipe's typed output model (quantkit.recipe.OutputSpec). The recorded JSON stays
+        the field itself: `inputs.output` is the digest of exactly what quantize wrote, defaults included."""
+        from pydantic import TypeAdapter
+
+        from quantkit.recipe import OutputSpec
+
+        try:
+            return TypeAdapter(OutputSpec).validate_python(self.output)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise ArtifactError(f"manifest field output.{where} is not a recipe output of this quantkit: "
+                                f"{first['msg']}") from None
+
+    @property
     def gates(self) -> dict[str, float]:
         return dict(self.output.get("gates") or {})
 
     def to_json(self) -> dict:
         return self.model_dump(mode="json")
-
-
-@dataclass(frozen=True)
-class Target:
-    """One deployable model in an artifact: the compressed-tensors folder, or one GGUF file."""
-
-    name: str  # "ARTIFACT" or "ARTIFACT/TYPE"
-    path: Path
-    format: str
-    method: str
-    scheme: str  # compressed-tensors scheme, or the GGUF type
-    bytes: int
-    bits: int | None = None  # a bits override of the recipe output (its precision class)
 
 
 @dataclass
@@ -204,12 +210,7 @@ class Artifact:
 
     def targets(self) -> list[Target]:
         """The deployable models, in recipe order (GGUF: each type that was written)."""
-        m = self.manifest
-        if m.format != "gguf":
-            return [Target(m.name, self.path, m.format, m.method, m.scheme, m.size_bytes, m.output.get("bits"))]
-        written = m.engine.get("types") or {}
-        return [Target(f"{m.name}/{q}", self.path / written[q]["file"], "gguf", m.method, q, written[q]["bytes"])
-                for q in m.output.get("types", []) if q in written]
+        return format_named(self.manifest.format).targets(self.manifest, self.path)
 
     @classmethod
     def load(cls, path: str | Path, verify: bool = True) -> "Artifact":
@@ -268,10 +269,12 @@ class Artifact:
         m, out = self.manifest, []
         if m.output.get("name") not in (None, m.name):
             out.append(f"name {m.name!r} differs from output.name {m.output.get('name')!r}")
-        if (m.format == "gguf") != (m.output.get("method") == "gguf"):
+        if m.format not in FORMATS:
+            out.append(f"format {m.format!r} is none quantkit writes ({', '.join(FORMATS)})")
+        elif format_of_method(str(m.output.get("method"))) not in (None, m.format):
             out.append(f"format {m.format!r} does not fit output.method {m.output.get('method')!r}")
-        if m.format != "gguf" and m.output.get("scheme") not in (None, m.scheme):
-            out.append(f"scheme {m.scheme!r} differs from output.scheme {m.output.get('scheme')!r}")
+        else:
+            out += format_named(m.format).manifest_problems(m)
         if m.size_bytes != sum(f.bytes for f in m.files.values()):
             out.append(f"size_bytes {m.size_bytes} is not the sum of the files' sizes")
         for rel in m.files:
@@ -281,105 +284,6 @@ class Artifact:
         if m.inputs.get("output") and m.inputs["output"] != json_digest(m.output):
             out.append("output (method, scheme or gates) differs from what quantize recorded in inputs.output: edited by hand")
         return out
-
-
-def admit_files(staging: Path, patterns: tuple[str, ...], keep_code_pointers: bool = False) -> tuple[list[str], list[str]]:
-    """Make a staging folder hold only what its format defines: remove every file (and folder) no pattern
-    of the engine's allow-list names (transformers' save_pretrained copies a model folder's `*.py` beside
-    the weights when its config has `auto_map`), and the `auto_map` code pointers from the configs unless
-    the recipe trusts the model's code (a model type transformers lacks cannot load without them).
-    Returns (removed files, removed keys) for the manifest. Only quantkit's own staging folder is touched."""
-    allowed = (*patterns, *OWN_FILES)
-    dropped: list[str] = []
-    for p in sorted(staging.rglob("*"), reverse=True):  # children before their folder
-        rel = p.relative_to(staging).as_posix()
-        if p.is_dir() and not p.is_symlink():
-            if not any(p.iterdir()):
-                p.rmdir()
-            continue
-        if p.is_symlink() or p.name.lower().endswith(CODE_SUFFIXES) or not any(fnmatch.fnmatchcase(rel, pat) for pat in allowed):
-            p.unlink()
-            dropped.append(rel)
-    keys: list[str] = []
-    for name in ("config.json", "tokenizer_config.json"):
-        f = staging / name
-        if keep_code_pointers or not f.is_file():
-            continue
-        data = json.loads(f.read_text(encoding="utf-8"))
-        found = [k for k in CODE_POINTERS if isinstance(data, dict) and k in data]
-        if found:
-            for k in found:
-                del data[k]
-            f.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-            keys += [f"{name}:{k}" for k in found]
-    return sorted(dropped), keys
-
-
-def own_entries(path: Path, manifest: Manifest) -> set[str]:
-    """The entries of an artifact folder quantkit wrote: the files its manifest lists, the manifest, the files
-    quantkit adds later (reports, card, attestation, the local side file, serve logs)."""
-    own = {MANIFEST_NAME, *manifest.files, *ADDED_LATER}
-    logs = path / SERVE_LOGS
-    if logs.is_dir() and not logs.is_symlink():
-        own |= {p.relative_to(path).as_posix() for p in logs.rglob("*") if not p.is_dir() or p.is_symlink()}
-    return own
-
-
-def foreign_entries(path: Path) -> list[str]:
-    """What an artifact folder holds that quantkit did not write (a user's notes, an experiments folder):
-    replacing the artifact would lose them, so quantkit refuses to. [] when the folder is not an artifact."""
-    try:
-        manifest = Manifest.model_validate_json((Path(path) / MANIFEST_NAME).read_bytes())
-    except (OSError, ValidationError, ValueError):
-        return []
-    own = own_entries(path, manifest)
-    found = []
-    for root, dirs, files in os.walk(path):
-        rel_root = Path(root).relative_to(path)
-        for name in files + [d for d in dirs if (Path(root) / d).is_symlink()]:
-            rel = (rel_root / name).as_posix()
-            if rel not in own:
-                found.append(rel)
-        for d in list(dirs):
-            rel = (rel_root / d).as_posix()
-            if not any(o == rel or o.startswith(rel + "/") for o in own):
-                found.append(rel + "/")  # a folder of the user's: named once, not walked
-                dirs.remove(d)
-    return sorted(found)
-
-
-def remove_own_files(path: Path) -> list[str]:
-    """Delete from an artifact folder only what quantkit wrote (own_entries), then the folders left empty;
-    anything else stays where it is. Returns what was left (empty when the folder is gone)."""
-    try:
-        manifest = Manifest.model_validate_json((Path(path) / MANIFEST_NAME).read_bytes())
-    except (OSError, ValidationError, ValueError):
-        return sorted(p.name for p in Path(path).iterdir())
-    for rel in sorted(own_entries(path, manifest), key=lambda r: r != MANIFEST_NAME):  # the manifest last
-        f = path / rel
-        if f.is_symlink() or f.is_file():
-            f.unlink()
-    for root, _dirs, _files in sorted(os.walk(path), key=lambda w: len(w[0]), reverse=True):
-        if not os.listdir(root):
-            os.rmdir(root)
-    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*")) if path.exists() else []
-
-
-def replace_problem(dest: Path) -> str | None:
-    """Why quantize may not replace what is at `dest` (None: nothing there, or a quantkit artifact holding
-    only quantkit's files)."""
-    dest = Path(dest)
-    if not (dest.exists() or dest.is_symlink()):
-        return None
-    if not is_artifact(dest):
-        return (f"{dest} exists and is not a quantkit artifact (no valid quantkit.json); quantkit replaces only "
-                "artifacts, so it was left as it is: move it away or give the output another name")
-    foreign = foreign_entries(dest)
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        return (f"{dest} is a quantkit artifact that also holds files quantkit did not write ({shown}); replacing it "
-                "would delete them, so it was left as it is: move them out of the folder")
-    return None
 
 
 def is_artifact(path: Path) -> bool:

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 
 from quantkit.errors import QuantkitError
+from quantkit.formats.gguf import EMBD_TYPE, GGML_FALLBACK, GGML_TYPES, GGUF_FILE_TYPES, LOW_IQ
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # tokenizer.json (or vocab + merges) in a checkpoint, and the token table in a GGUF's metadata: about
@@ -146,7 +147,7 @@ def _scales(lin: LinearLayer, args: dict) -> int:
 
 def compressed_tensors_bytes(shape: ModelShape, output, dtype: str) -> int:
     """A compressed-tensors checkpoint of `output` made from the model loaded in `dtype`."""
-    from quantkit.engines.llmcompressor import scheme_summary  # the preset table: no torch import
+    from quantkit.engines.llmcompressor_schemes import scheme_summary  # the preset table: no torch import
 
     weights, activations = scheme_summary(output)
     float_bytes = DTYPE_BYTES[dtype]
@@ -165,34 +166,6 @@ def compressed_tensors_bytes(shape: ModelShape, output, dtype: str) -> int:
 
 # ------------------------------------------------------------------ GGUF
 
-# ggml tensor types: bits per weight and block width (a row's length must be a multiple of it)
-GGML_TYPES = {
-    "f32": (32.0, 1), "f16": (16.0, 1), "bf16": (16.0, 1), "q8_0": (8.5, 32), "q6_k": (6.5625, 256),
-    "q5_k": (5.5, 256), "q5_1": (6.0, 32), "q5_0": (5.5, 32), "q4_k": (4.5, 256), "q4_1": (5.0, 32),
-    "q4_0": (4.5, 32), "q3_k": (3.4375, 256), "q2_k": (2.625, 256), "iq4_xs": (4.25, 256), "iq4_nl": (4.5, 32),
-    "iq3_s": (3.4375, 256), "iq3_xxs": (3.0625, 256), "iq2_s": (2.5625, 256), "iq2_xs": (2.3125, 256),
-    "iq2_xxs": (2.0625, 256), "iq1_m": (1.75, 256), "iq1_s": (1.5625, 256), "tq1_0": (1.6875, 256),
-    "tq2_0": (2.0625, 256),
-}
-# what llama-quantize writes instead on a row width the type's blocks do not divide (llama-quant.cpp)
-GGML_FALLBACK = {"q6_k": "q8_0", "q5_k": "q5_1", "q4_k": "q5_0", "tq1_0": "q4_0", "tq2_0": "q4_0",
-                 **{t: "iq4_nl" for t in ("q3_k", "q2_k", "iq4_xs", "iq3_s", "iq3_xxs", "iq2_s", "iq2_xs",
-                                          "iq2_xxs", "iq1_m", "iq1_s")}}
-# file type -> (its base tensor type, the mix's average bits per weight over the layers' tensors when the
-# mix gives some of them (attn_v, ffn_down) more bits, as llama.cpp reports them on Llama models)
-GGUF_FILE_TYPES: dict[str, tuple[str, float | None]] = {
-    "F32": ("f32", None), "F16": ("f16", None), "BF16": ("bf16", None), "Q8_0": ("q8_0", None),
-    "Q6_K": ("q6_k", None), "Q5_K_M": ("q5_k", 5.7), "Q5_K_S": ("q5_k", None), "Q5_1": ("q5_1", None),
-    "Q5_0": ("q5_0", None), "Q4_K_M": ("q4_k", 4.9), "Q4_K_S": ("q4_k", 4.6), "Q4_1": ("q4_1", None),
-    "Q4_0": ("q4_0", None), "Q3_K_L": ("q3_k", 4.3), "Q3_K_M": ("q3_k", 3.9), "Q3_K_S": ("q3_k", 3.5),
-    "Q2_K": ("q2_k", 3.4), "Q2_K_S": ("q2_k", 3.0), "IQ4_XS": ("iq4_xs", None), "IQ4_NL": ("iq4_nl", None),
-    "IQ3_M": ("iq3_s", 3.66), "IQ3_S": ("iq3_s", None), "IQ3_XS": ("iq3_s", 3.3), "IQ3_XXS": ("iq3_xxs", None),
-    "IQ2_M": ("iq2_s", 2.7), "IQ2_S": ("iq2_xs", 2.5), "IQ2_XS": ("iq2_xs", None), "IQ2_XXS": ("iq2_xxs", None),
-    "IQ1_M": ("iq1_m", None), "IQ1_S": ("iq1_s", None), "TQ1_0": ("tq1_0", None), "TQ2_0": ("tq2_0", None),
-}
-_LOW_IQ = ("IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M")  # their output tensor: q5_k
-_EMBD_TYPE = {"IQ2_XXS": "q2_k", "IQ2_XS": "q2_k", "IQ1_S": "q2_k", "IQ1_M": "q2_k", "IQ3_XXS": "iq3_s",
-              "IQ3_XS": "iq3_s", "TQ1_0": "q4_k", "TQ2_0": "q4_k"}
 GGUF_TENSOR_HEADER_BYTES = 96  # name, shape, type and offset of one tensor in the file's header
 
 
@@ -215,10 +188,10 @@ def _tensor_bits(name: str, width: int, default: str, output) -> float:
         elif width % GGML_TYPES[base][1]:
             kind = "q8_0"
         else:
-            kind = "q5_k" if default in _LOW_IQ else base if base == "q8_0" else "q6_k"
+            kind = "q5_k" if default in LOW_IQ else base if base == "q8_0" else "q6_k"
         return GGML_TYPES[_fitted(kind, width)][0]
     if name == "token_embd.weight":
-        kind = output.token_embedding_type or _EMBD_TYPE.get(default, base)
+        kind = output.token_embedding_type or EMBD_TYPE.get(default, base)
         return GGML_TYPES[_fitted(kind, width)][0]
     fitted = _fitted(base, width)
     return mix_bits if fitted == base and mix_bits else GGML_TYPES[fitted][0]
@@ -253,25 +226,27 @@ def gguf_base_bytes(shape: ModelShape, base_type: str) -> int:
 # ------------------------------------------------------------------ one output
 
 
+def gguf_artifact_bytes(shape: ModelShape, output, dtype: str) -> int:
+    files = sum(gguf_file_bytes(shape, output, t) for t in output.types)
+    return files + (imatrix_bytes(shape) if output.imatrix else 0)
+
+
+# format (quantkit.formats) -> the arithmetic of one output's artifact
+ARTIFACT_SIZERS = {"compressed-tensors": compressed_tensors_bytes, "gguf": gguf_artifact_bytes}
+
+
 def artifact_bytes(shape: ModelShape, output, dtype: str) -> int:
     """What `output` writes into its artifact folder, for a model loaded in `dtype`."""
-    if output.method == "gguf":
-        files = sum(gguf_file_bytes(shape, output, t) for t in output.types)
-        return files + (imatrix_bytes(shape) if output.imatrix else 0)
-    return compressed_tensors_bytes(shape, output, dtype)
+    if output.format not in ARTIFACT_SIZERS:
+        raise QuantkitError(f"no size arithmetic for format {output.format!r}; known: {', '.join(ARTIFACT_SIZERS)}")
+    return ARTIFACT_SIZERS[output.format](shape, output, dtype)
 
 
 def coarse_artifact_bytes(output, weight_bytes: int, dtype: str) -> int:
     """For a model whose config.json the arithmetic above does not know: every parameter at the
     output's bits (GGUF: each type's), plus 10% for scales, from the float weights' size."""
-    from quantkit.gates import precision_bits
-
     params = weight_bytes / DTYPE_BYTES[dtype]
-    if output.method == "gguf":
-        bits = sum(GGUF_FILE_TYPES[t][1] or GGML_TYPES[GGUF_FILE_TYPES[t][0]][0] for t in output.types)
-    else:
-        bits = precision_bits(output.method, output.scheme, getattr(output, "bits", None))
-    return int(params * bits / 8 * 1.1)
+    return int(params * output.disk_bits() / 8 * 1.1)
 
 
 def disk_need(output, config: dict | None, dtype: str, weight_bytes: int) -> tuple[int, str]:

@@ -9,7 +9,6 @@ these): that is a true result, so the defaults are not loosened for it. Override
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 
 from quantkit.errors import QuantkitError
@@ -38,22 +37,10 @@ CLASS_DEFAULTS = {  # bits -> default thresholds
 }
 
 
-def precision_bits(method: str, scheme: str, bits: int | None = None) -> int:
-    """Nominal bits of an output (compressed-tensors scheme or GGUF type)."""
-    if bits:
-        return bits
-    s = scheme.upper()
-    if s in ("F32", "F16", "BF16"):
-        return 16
-    if method in ("fp8", "int8") or s.startswith(("W8", "FP8", "Q8")):
-        return 8
-    m = re.match(r"^(?:W|Q|IQ|TQ)(\d)", s)
-    return int(m.group(1)) if m else 4
-
-
-def class_defaults(method: str, scheme: str, bits: int | None = None) -> dict[str, float]:
-    """KLD and perplexity thresholds of the output's precision class (the nearest class defined)."""
-    b = precision_bits(method, scheme, bits)
+def class_defaults(bits: int) -> dict[str, float]:
+    """KLD and perplexity thresholds of a precision class (the nearest class defined) given the
+    target's nominal bits, which its format answers (quantkit.formats)."""
+    b = bits
     return dict(CLASS_DEFAULTS[min(CLASS_DEFAULTS, key=lambda k: (abs(k - b), -k))])
 
 

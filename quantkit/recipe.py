@@ -3,16 +3,20 @@
 A recipe names one model, one calibration set and a list of outputs. Everything is validated
 before any model is loaded; `quantkit.recipe_loader` reads YAML into these models and reports
 every problem with its field path, its line in the file and the values that would be accepted.
+
+One module because the models are one schema: the output classes, the discriminated union over them and
+the recipe that holds them derive from each other (OUTPUT_MODELS), and docs/recipe.schema.json is made from it whole.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from quantkit.formats import format_named
 from quantkit.gates import GATE_KEYS, threshold_problem
 
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -107,6 +111,16 @@ class _NamedOutput(_Strict):
 
 
 class _OutputBase(_NamedOutput):
+    format: ClassVar[str] = "compressed-tensors"  # what its artifact is (quantkit.formats)
+
+    def nominal_bits(self) -> int:
+        """The weights' nominal bits: the precision class its default gates come from."""
+        return format_named(self.format).nominal_bits(self.scheme, getattr(self, "bits", None))
+
+    def disk_bits(self) -> float:
+        """Bits per weight of everything it writes, summed over its files (a coarse size)."""
+        return float(self.nominal_bits())
+
     def needs_calibration(self) -> bool:
         """Whether making this output reads the calibration set (the engines, the matrix planner and
         quantize all ask this; a method that calibrates by its nature keeps this default)."""
@@ -276,6 +290,7 @@ GGUF_NEEDS_IMATRIX = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M", "Q2_K_S")
 class GGUFOutput(_NamedOutput):
     """GGUF files for llama.cpp (and Ollama, LM Studio): one file per type, one shared imatrix."""
 
+    format: ClassVar[str] = "gguf"
     method: Literal["gguf"]
     types: list[GGUFType] = Field(min_length=1, description="One .gguf file per type.")
     imatrix: bool = Field(True, description="Compute an importance matrix from the calibration set and use it for every type.")
@@ -296,6 +311,14 @@ class GGUFOutput(_NamedOutput):
     @property
     def scheme(self) -> str:
         return ",".join(self.types)
+
+    def nominal_bits(self) -> int:
+        return min(format_named(self.format).nominal_bits(t) for t in self.types)
+
+    def disk_bits(self) -> float:
+        from quantkit.formats.gguf import file_type_bits
+
+        return sum(file_type_bits(t) for t in self.types)  # one whole model per type
 
     def default_name(self, recipe_name: str) -> str:
         return f"{recipe_name}-gguf"
@@ -320,6 +343,12 @@ class GGUFOutput(_NamedOutput):
 OUTPUT_MODELS: tuple[type[_NamedOutput], ...] = (AWQOutput, GPTQOutput, Int8Output, FP8Output, RTNOutput, GGUFOutput)
 OUTPUT_CLASSES: dict[str, type[_NamedOutput]] = {get_args(m.model_fields["method"].annotation)[0]: m for m in OUTPUT_MODELS}
 METHODS: tuple[str, ...] = tuple(OUTPUT_CLASSES)
+
+
+def format_of_method(method: str) -> str | None:
+    """The format a recipe method writes (None: no such method)."""
+    cls = OUTPUT_CLASSES.get(method)
+    return cls.format if cls else None
 OutputSpec = Annotated[Union[OUTPUT_MODELS], Field(discriminator="method")]
 
 

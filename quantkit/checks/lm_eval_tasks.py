@@ -14,6 +14,8 @@ import json
 import os
 
 from quantkit.checks.base import Check, CheckContext, CheckResult
+from quantkit.formats import format_named
+from quantkit.report.model import CardResult, Column, Section, fixed
 
 # llm-compressor's own CI gates task recovery at 0.95
 RECOVERY_MIN_DEFAULT = 0.95
@@ -31,9 +33,8 @@ class LMEvalCheck(Check):
         fmt = ctx.target.format
         if not self.tasks:
             return CheckResult(self.name, "skipped", reason="no tasks requested (--task)")
-        if fmt != "compressed-tensors":
-            return CheckResult(self.name, "skipped", reason=f"lm-eval on {fmt}: no server returns correct prompt "
-                               "log-probabilities (llama-server has none; llama-cpp-python's are shifted; docs/decisions.md)")
+        if (why := format_named(fmt).lm_eval_unsupported) is not None:
+            return CheckResult(self.name, "skipped", reason=f"lm-eval on {fmt}: {why}")
         try:
             import lm_eval  # noqa: F401
         except ImportError:
@@ -77,7 +78,21 @@ class LMEvalCheck(Check):
             return json.loads((entry / "scores.json").read_text())
 
     def default_gates(self, target, result) -> dict[str, float]:
-        return {"recovery_min": RECOVERY_MIN_DEFAULT} if self.tasks and target.format == "compressed-tensors" else {}
+        scorable = format_named(target.format).lm_eval_unsupported is None
+        return {"recovery_min": RECOVERY_MIN_DEFAULT} if self.tasks and scorable else {}
+
+    @classmethod
+    def card_section(cls, report) -> Section:
+        rows = tuple((t.target, task, fixed(v["base_acc"]), fixed(v["acc"]), fixed(v.get("recovery")))
+                     for t, c in cls.results(report) if c.status == "measured" for task, v in c.per_domain.items())
+        return Section("Tasks (lm-eval)", (Column("task"), Column("base accuracy", True), Column("accuracy", True),
+                                           Column("recovery", True)), rows)
+
+    @classmethod
+    def card_results(cls, target, result) -> list[CardResult]:
+        if result.status != "measured":
+            return []
+        return [CardResult(task, task, "accuracy", round(v["acc"], 4), "accuracy") for task, v in result.per_domain.items()]
 
 
 def run_tasks(model_path, tasks: list[str], limit: int | None, manager, device: str = "cpu", dtype: str = "float32") -> dict:

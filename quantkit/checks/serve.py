@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quantkit.checks.base import Check, CheckContext, CheckResult
+from quantkit.formats import format_named
+from quantkit.report.model import Column, Section
 from quantkit.serving.smoke import ServeOptions
 from quantkit.toolchains.vllm import VllmEnv
 
@@ -36,8 +38,6 @@ SPEC_DEFAULTS = {"spec_mismatches_max": 0.0}
 def serving_gates(options: ServeOptions) -> dict[str, float]:
     """The serving gates of a run with these options (speculation adds the identity gate)."""
     return {**SERVE_DEFAULTS, **(SPEC_DEFAULTS if options.speculative else {})}
-
-EXPECTED_QUANTIZATION = {"compressed-tensors": "compressed-tensors", "gguf": "gguf", "float": None}
 
 
 @dataclass
@@ -82,9 +82,10 @@ class ServeCheck(Check):
             return CheckResult(self.name, "skipped", reason="serving not requested (--serve)")
         if s.env is None:
             return CheckResult(self.name, "skipped", reason=s.unavailable or "no vLLM environment")
-        if target.format == "gguf" and not s.explicit:
-            return CheckResult(self.name, "skipped", reason="GGUF is served by llama.cpp; try it in vLLM with --serve")
-        expected = EXPECTED_QUANTIZATION.get(target.format, target.format)
+        fmt = format_named(target.format)
+        if fmt.serve_only_when_asked and not s.explicit:
+            return CheckResult(self.name, "skipped", reason=fmt.serve_only_when_asked)
+        expected = fmt.vllm_quantization
         unsupported = unsupported_result(target.path, s.env, expected_quantization=expected, options=s.options)
         if unsupported is not None:
             # known before any start: recorded with the reason; its gates apply only where --serve asked for it
@@ -92,8 +93,8 @@ class ServeCheck(Check):
                                details=unsupported.to_dict())
         log_dir = (ctx.log_dir or Path(target.path).parent) / (target.name.replace("/", "_") or "target")
         result = serve_test(target.path, s.env, expected_quantization=expected, options=s.options, log_dir=log_dir,
-                            greedy_reference=greedy_reference(target.path, expected, s.options.greedy_tokens,
-                                                              self.device, self.dtype))
+                            greedy_reference=greedy_reference(target.path, s.options.greedy_tokens, self.device,
+                                                              self.dtype) if fmt.transformers_reference else None)
         details = result.to_dict()
         if details.get("greedy", {}).get("reference"):
             details["greedy"]["reference"] = f"transformers ({self.device}, {self.dtype})"
@@ -107,8 +108,54 @@ class ServeCheck(Check):
 
     def default_gates(self, target, result) -> dict[str, float]:
         s = self.settings
-        if s is None or not s.applies_gates or (target.format == "gguf" and not s.explicit):
+        if s is None or not s.applies_gates or (format_named(target.format).serve_only_when_asked and not s.explicit):
             return {}
         if result.status == "unsupported" and not s.explicit:
             return {}
         return serving_gates(s.options)
+
+    @classmethod
+    def run_section(cls, report) -> Section | None:
+        from quantkit.serving.results import WORKLOAD_NOTE, summary_line
+
+        if report.settings is None or report.settings.serve is None:
+            return None  # not requested: the library leaves serving out, and so do the reports
+        return Section("vLLM serving smoke test", (Column("serving"),),
+                       tuple((t.target, summary_line(c.model_dump(mode="json"))) for t, c in cls.results(report)),
+                       note=f"Speed workload: {WORKLOAD_NOTE}")
+
+    @classmethod
+    def card_section(cls, report) -> Section:
+        from quantkit.serving.results import WORKLOAD_NOTE, summary_line
+
+        return Section("Serving (vLLM)", (Column("serving"),),
+                       tuple((t.target, summary_line(c.model_dump(mode="json"))) for t, c in cls.results(report)
+                             if c.status in ("measured", "failed")),
+                       note=f"Speed workload: {WORKLOAD_NOTE}")
+
+    @classmethod
+    def html_plots(cls, reports) -> list[tuple[str, str]]:
+        """Output tokens/s with and without speculative decoding, per target and concurrency."""
+        bars = []
+        for t, c in ((t, c) for r in reports for t, c in cls.results(r) if c.details.get("performance")):
+            sd = c.details.get("speculative") or {}
+            for conc, p in c.details["performance"].items():
+                spec = (sd.get("performance") or {}).get(conc, {}).get("output_tokens_per_s")
+                bars.append((f"{t.target.split('/')[-1]}\nc={conc}", p["output_tokens_per_s"] or 0, spec or 0))
+        if not bars:
+            return []
+        from quantkit.report.plots import outside_legend, png, pyplot
+
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(bars)), 4.2))
+        xs = range(len(bars))
+        ax.bar([x - 0.2 for x in xs], [b[1] for b in bars], 0.4, label="plain", color="0.6")
+        ax.bar([x + 0.2 for x in xs], [b[2] for b in bars], 0.4, label="speculative", color="tab:blue")
+        ax.set_xticks(list(xs), [b[0] for b in bars], fontsize=7, rotation=20, ha="right")
+        ax.set_ylabel("output tokens/s (vLLM, copy/edit workload)")
+        ax.set_title("vLLM serving: throughput with and without speculative decoding")
+        outside_legend(ax, fontsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+        out = png(fig)
+        plt.close(fig)
+        return [("vLLM serving throughput", out)]

@@ -12,11 +12,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from quantkit.artifact import LOCAL_NAME, MANIFEST_NAME, SERVE_LOGS, Artifact
 from quantkit.errors import ArtifactError
 from quantkit.files import cache_dir, sha256_file
+from quantkit.formats import format_named
+from quantkit.report.model import ValidationReport
 
 VALIDATION_NAME = "validation.json"
 CARD_NAME = "README.md"
@@ -64,14 +66,15 @@ class Bundle:
         self.files = [x for x in self.files if x.path != f.path] + [f]
 
 
-def role_of(rel: str) -> str:
-    if rel.startswith("imatrix"):  # llama.cpp's importance matrix and its text: how the weights were made
-        return CONFIG
+def role_of(rel: str, fmt: str | None = None) -> str:
+    """A file's OCI layer role; its format decides first for the files it defines (GGUF's importance matrix)."""
+    if fmt is not None and (role := format_named(fmt).file_role(rel)) is not None:
+        return role
     if rel.endswith(WEIGHT_SUFFIXES):
         return WEIGHTS
     if rel.startswith(SERVE_LOGS + "/"):
         return LOG
-    if rel.lower().endswith((".md", ".txt")) and "/" not in rel and rel != "imatrix-calibration.txt":
+    if rel.lower().endswith((".md", ".txt")) and "/" not in rel:
         return DOC
     return CONFIG
 
@@ -137,60 +140,34 @@ def pushed_manifest(art: Artifact, prefixes: list[str]) -> bytes:
     return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 
-def pushed_validation(report: dict, prefixes: list[str]) -> bytes:
-    data = without_local_paths(report, prefixes)
-    data["artifact"] = Path(str(report.get("artifact", ""))).name
-    return (json.dumps(data, indent=2) + "\n").encode()
+def pushed_validation(report: ValidationReport, prefixes: list[str]) -> bytes:
+    """validation.json as uploaded: the keys it was read with, every local path reduced to its name."""
+    named = report.model_copy(update={"artifact": report.path.name})
+    return (json.dumps(without_local_paths(named.to_dict(), prefixes), indent=2) + "\n").encode()
 
 
-class _GateRecord(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    gate: str
-    value: float | None
-    threshold: float
-    passed: bool
-
-
-class _TargetRecord(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    target: str
-    passed: bool
-    gates: list[_GateRecord] = []
-
-
-class _ReportRecord(BaseModel):
-    """The parts of validation.json a push relies on (the verdict and the gates behind it), checked for shape."""
-
-    model_config = ConfigDict(extra="allow")
-    manifest_sha256: str | None = None
-    passed: bool
-    targets: list[_TargetRecord]
-
-
-def read_validation(art: Artifact) -> dict | None:
+def read_validation(art: Artifact) -> ValidationReport | None:
     path = art.path / VALIDATION_NAME
     if not path.is_file():
         return None
     rerun = f"re-run `quantkit validate {art.path}`"
     try:
-        report = json.loads(path.read_bytes().decode("utf-8"))
-        _ReportRecord.model_validate(report)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        if isinstance(e, ValidationError):
-            first = e.errors()[0]
-            where = ".".join(str(x) for x in first["loc"]) or "(top level)"
-            raise ArtifactError(f"{path} is not a quantkit validation report ({where}: {first['msg']}); {rerun}") from None
-        raise ArtifactError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:120]}); {rerun}") from None
-    return report
+        return ValidationReport.model_validate_json(path.read_bytes())
+    except ValidationError as e:
+        first = e.errors()[0]
+        if first["type"] == "json_invalid":
+            raise ArtifactError(f"{path} is not valid JSON ({first['msg'][:120]}); {rerun}") from None
+        where = ".".join(str(x) for x in first["loc"]) or "(top level)"
+        raise ArtifactError(f"{path} is not a quantkit validation report ({where}: {first['msg']}); {rerun}") from None
 
 
-def verdict_problems(report: dict) -> list[str]:
+def verdict_problems(report: ValidationReport) -> list[str]:
     """Where a report's verdict disagrees with its own figures (an edited validation.json): each gate's
     `passed` against its value and threshold, each target's against its gates, the report's against its targets."""
     from quantkit.gates import GATE_KEYS
 
-    record, problems = _ReportRecord.model_validate(report), []
-    for target in record.targets:
+    problems = []
+    for target in report.targets:
         for g in target.gates:
             if g.gate not in GATE_KEYS:
                 problems.append(f"{target.target}: unknown gate {g.gate!r}")
@@ -202,17 +179,17 @@ def verdict_problems(report: dict) -> list[str]:
                                 f"{_fmt(g.value)} against {g.threshold:g}")
         if target.passed and not all(g.passed for g in target.gates):
             problems.append(f"{target.target} says pass with a failed gate")
-    if record.passed and not all(t.passed for t in record.targets):
+    if report.passed and not all(t.passed for t in report.targets):
         problems.append("the report says pass with a failed target")
     return problems
 
 
-def validation_problem(art: Artifact, report: dict | None) -> str | None:
+def validation_problem(art: Artifact, report: ValidationReport | None) -> str | None:
     """Why the artifact may not be pushed as validated: never validated, validated before it changed,
     or a failed gate. None when it passed."""
     if report is None:
         return f"{art.name} was never validated (no {VALIDATION_NAME}); run `quantkit validate {art.path}`"
-    recorded = report.get("manifest_sha256")
+    recorded = report.manifest_sha256
     actual = sha256_file(art.path / MANIFEST_NAME)
     if recorded != actual:
         why = "does not name the manifest it checked (made by an older quantkit)" if recorded is None \
@@ -222,9 +199,9 @@ def validation_problem(art: Artifact, report: dict | None) -> str | None:
     if edited:
         return (f"{art.name}: {VALIDATION_NAME} contradicts its own figures ({'; '.join(edited[:3])}): edited by hand; "
                 f"re-run `quantkit validate {art.path}`")
-    if not report.get("passed"):
-        failed = [f"{t['target']}: {g['gate']} {_fmt(g.get('value'))} vs {g['threshold']}"
-                  for t in report.get("targets", []) for g in t.get("gates", []) if not g.get("passed")]
+    if not report.passed:
+        failed = [f"{t.target}: {g.gate} {_fmt(g.value)} vs {g.threshold}" for t in report.targets for g in t.gates
+                  if not g.passed]
         return f"{art.name} failed validation gates ({'; '.join(failed) or 'a target failed'})"
     return None
 
@@ -236,7 +213,7 @@ def _fmt(v) -> str:
 def artifact_files(art: Artifact, include_logs: bool, prefixes: list[str]) -> list[BundleFile]:
     """The artifact's own files, each checked against the manifest's sha256 as it is listed."""
     art.verify()
-    out = [BundleFile(rel, role_of(rel), rec.bytes, rec.sha256, source=art.path / rel)
+    out = [BundleFile(rel, role_of(rel, art.manifest.format), rec.bytes, rec.sha256, source=art.path / rel)
            for rel, rec in sorted(art.manifest.files.items())]
     logs = art.path / SERVE_LOGS
     if include_logs and (logs.is_dir() or logs.is_symlink()):

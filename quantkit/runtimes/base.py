@@ -74,7 +74,7 @@ class ScoredTarget:
 
 class Runtime(ABC):
     """Evaluates every target of one artifact format against the float base. Register it in
-    `quantkit.runtimes.RUNTIMES` under the format it evaluates."""
+    `quantkit.runtimes.RUNTIMES` under the (format, runtime) pair it evaluates."""
 
     name: str
     # scores in child processes (llama.cpp's tools): validation then reads their peak memory from the

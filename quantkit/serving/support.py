@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from quantkit.formats import format_quantized_as
+
 
 @dataclass(frozen=True)
 class ServingClass:
@@ -71,24 +73,8 @@ def serving_class(model: Path) -> str | None:
         return None
     if not qc:
         return "float"
-    if qc.get("quant_method") != "compressed-tensors":
-        return None
-    classes = {_group_class(g) for g in (qc.get("config_groups") or {}).values()}
-    return classes.pop() if len(classes) == 1 else None
-
-
-def _group_class(group: dict) -> str | None:
-    weights, inputs = group.get("weights") or {}, group.get("input_activations")
-    bits, kind = weights.get("num_bits"), weights.get("type")
-    if kind == "float" and bits == 8:
-        return "FP8"
-    if kind != "int":
-        return None
-    if inputs is None:
-        return {4: "W4A16", 8: "W8A16"}.get(bits)
-    if bits == 8 and inputs.get("type") == "int" and inputs.get("num_bits") == 8:
-        return "W8A8"
-    return None
+    fmt = format_quantized_as(qc.get("quant_method"))
+    return fmt.kernel_class(qc) if fmt is not None else None
 
 
 def isa_label(probe: dict) -> str:

@@ -40,6 +40,14 @@ class PushResult:
 class Destination(ABC):
     kind: str
     ref: str  # as the user names it in a card or a command
+    # a user copies the files to a folder before running them (`quantkit pull`): the card's run commands
+    # name that folder; otherwise runtimes fetch from `ref` themselves (a hub repo id)
+    pulled_before_run: bool = False
+
+    @property
+    def verify_ref(self) -> str:
+        """How `quantkit verify` names what was pushed here."""
+        return self.ref
 
     @abstractmethod
     def push(self, bundle: Bundle, options: PushOptions, reporter: Reporter) -> PushResult: ...

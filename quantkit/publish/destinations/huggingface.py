@@ -36,6 +36,10 @@ def endpoint() -> str:
 class HuggingFaceHub(Destination):
     kind = "hf"
 
+    @property
+    def verify_ref(self) -> str:
+        return "hf://" + self.ref
+
     def __init__(self, target: str):
         self.ref = parse_repo_id(target)
 
