@@ -9,11 +9,9 @@ code), which never overlap the calibration sets.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,134 +20,29 @@ from quantkit.checks import CheckContext, build_checks
 from quantkit.device import resolve_device, resolve_dtype
 from quantkit.errors import ArtifactError, QuantkitError
 from quantkit.files import atomic_write_text, cache_dir, sha256_file
-from quantkit.gates import GateResult, check_thresholds, evaluate_gates
+from quantkit.gates import check_thresholds, evaluate_gates
 from quantkit.memory import PeakRSS
 from quantkit.progress import NullReporter, Reporter
-from quantkit.runtimes import BaseFolder, DomainScores, EvaluationSettings, runtime_for
-from quantkit.sources.heldout import DomainText, check_domain_file
+from quantkit.report.markdown import validation_markdown
+from quantkit.report.model import (
+    REPORT_VERSION,
+    BaseUsed,
+    CheckResult,
+    DomainRow,
+    EvaluatedTarget,
+    GateRecord,
+    Resources,
+    ValidationReport,
+    ValidationSettings,
+    report_json,
+)
+from quantkit.runtimes import BaseFolder, EvaluationSettings, runtime_for
+from quantkit.sources.heldout import DomainText, evaluation_texts
 
 if TYPE_CHECKING:
     from quantkit.checks.serve import ServeSettings
 
-REPORT_VERSION = 1
-DEFAULT_DOMAINS = ("prose", "code")
 VALIDATION_LIBRARIES = (*TRACKED_LIBRARIES, "lm-eval")
-
-
-@dataclass
-class EvaluatedTarget:
-    """One deployable file or checkpoint: a compressed-tensors artifact, or one GGUF type."""
-
-    artifact: str
-    target: str
-    method: str
-    scheme: str
-    size_bytes: int
-    runtime: str
-    scores: list[DomainScores]
-    path: Path | None = None  # the folder or GGUF file evaluated
-    runtime_unavailable: str | None = None  # set when the runtime could not run: its checks are skipped
-    device: str | None = None  # where the runtime ran (--device applies to transformers; llama.cpp runs on the CPU)
-    checks: list = field(default_factory=list)
-    gates: list[GateResult] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return all(g.passed for g in self.gates)
-
-    def to_dict(self) -> dict:
-        return {
-            "artifact": self.artifact, "target": self.target, "method": self.method, "scheme": self.scheme,
-            "size_bytes": self.size_bytes, "runtime": self.runtime, "device": self.device, "passed": self.passed,
-            "runtime_unavailable": self.runtime_unavailable,
-            "domains": [s.to_dict() for s in self.scores],
-            "checks": [c.to_dict() for c in self.checks],
-            "gates": [g.to_dict() for g in self.gates],
-        }
-
-
-@dataclass(frozen=True)
-class BaseUsed:
-    """The base an artifact was scored against, as validation.json records it."""
-
-    path: Path
-    fingerprint: str  # of that folder
-    recorded_fingerprint: str  # the one in the artifact's manifest
-    given: str | None = None  # --base as given; None: found from the artifact itself
-
-    @property
-    def matches(self) -> bool:
-        return self.fingerprint == self.recorded_fingerprint
-
-    def to_dict(self) -> dict:
-        return {"path": str(self.path), "given": self.given, "fingerprint": self.fingerprint,
-                "recorded_fingerprint": self.recorded_fingerprint, "fingerprint_matches": self.matches}
-
-
-@dataclass
-class ValidationReport:
-    path: Path
-    settings: dict
-    targets: list[EvaluatedTarget]
-    resources: dict = field(default_factory=dict)  # wall time, peak memory
-    libraries: dict = field(default_factory=dict)
-    base: BaseUsed | None = None
-
-    @property
-    def passed(self) -> bool:
-        return all(t.passed for t in self.targets)
-
-    def to_dict(self) -> dict:
-        return {"report_version": REPORT_VERSION, "created": utc_now(), "artifact": str(self.path),
-                "manifest_sha256": sha256_file(self.path / MANIFEST_NAME), "passed": self.passed,
-                "base": self.base.to_dict() if self.base else None, "settings": self.settings, "resources": self.resources,
-                "libraries": self.libraries, "targets": [t.to_dict() for t in self.targets]}
-
-
-def load_domains(specs: list[str] | None, text_field: str = "text") -> dict[str, DomainText] | None:
-    """`NAME=FILE` (JSONL/JSON/TXT/parquet, records joined by blank lines) or `NAME=builtin:prose|code`.
-    A file is checked now (its type, its first record) and read later only as far as validation scores."""
-    from quantkit.sources.calibration import builtin_domain_text
-
-    if not specs:
-        return None
-    domains = {}
-    for spec in specs:
-        name, sep, source = spec.partition("=")
-        if not sep or not name or not source:
-            raise QuantkitError(f"--domain {spec!r}: expected NAME=FILE or NAME=builtin:prose|code")
-        if name in domains:
-            raise QuantkitError(f"--domain {name} given twice")
-        if source.startswith("builtin:"):
-            builtin = source.removeprefix("builtin:")
-            if builtin not in DEFAULT_DOMAINS:
-                raise QuantkitError(f"--domain {spec!r}: built-in held-out domains are prose and code")
-            domains[name] = DomainText.of(builtin_domain_text(builtin, 200_000))
-            continue
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise QuantkitError(f"--domain {name}: file not found: {path.resolve()}")
-        check_domain_file(path, text_field)
-        domains[name] = DomainText.from_file(path, text_field)
-    return domains
-
-
-def domain_text(path: Path, text_field: str = "text") -> str:
-    """The whole text of a domain file, as the user wrote it: a .txt file byte for byte (decoded
-    as UTF-8); the records of .jsonl/.json/.parquet joined with one blank line between them,
-    each record unchanged (no stripping). Validation reads only its scored prefix (DomainText.prefix)."""
-    check_domain_file(path, text_field)
-    return DomainText.from_file(path, text_field).read()
-
-
-def evaluation_texts(domains: dict[str, str | DomainText] | None, max_tokens: int) -> dict[str, str | DomainText]:
-    from quantkit.sources.calibration import builtin_domain_text
-
-    if domains:
-        return domains
-    # ~3-4 characters per token; llama.cpp needs twice the scored tokens (it scores half of each
-    # chunk); the runtimes cut at max_tokens scored tokens
-    return {d: builtin_domain_text(d, max_tokens * 10) for d in DEFAULT_DOMAINS}
 
 
 def validate(
@@ -170,6 +63,7 @@ def validate(
     serve: "ServeSettings | None" = None,
     reporter: Reporter | None = None,
     write: bool = True,
+    runtime: str | None = None,
     **check_options,
 ) -> ValidationReport:
     """Evaluate one artifact folder; writes validation.json and validation.md into it (`write`).
@@ -179,6 +73,8 @@ def validate(
     validation.json then records. Each domain's text is read only as far as `max_tokens` needs.
 
     `serve` adds the vLLM serving smoke test (quantkit.checks.serve); None leaves it out.
+    `runtime`: which runtime scores the artifact (quantkit.runtimes.RUNTIMES under its format); None: the
+    format's default.
     `check_options` go to the checks whose constructors name them (quantkit.checks.build_checks).
 
     Gate thresholds: each check's defaults for the target (precision class, tasks, serving), then
@@ -186,6 +82,7 @@ def validate(
     then `gate_overrides`.
     """
     reporter = reporter or NullReporter()
+    runtime_name = runtime  # None: the format's default runtime (quantkit.formats)
     device = resolve_device(device)  # bad input fails before any heavy work
     dtype = resolve_dtype(dtype, device)
     stride = check_window_settings(context, stride, max_tokens)
@@ -198,19 +95,19 @@ def validate(
             torch.cuda.init()  # the peak-memory counters raise "Invalid device argument" before CUDA is initialised
             torch.cuda.reset_peak_memory_stats(device)
         art = Artifact.load(path)  # checksums first: never evaluate a modified artifact
+        runtime = runtime_for(art.manifest.format, runtime_name)  # a runtime that cannot score it fails here
         if write:
             check_writable(art.path)  # before the evaluation, not after it
         texts = {name: DomainText.of(t) for name, t in evaluation_texts(domains, max_tokens).items()}
-        settings = {"context": context, "stride": stride, "max_tokens": max_tokens, "domains": list(texts),
-                    "device": device, "dtype": dtype, "tasks": list(tasks or []), "task_limit": task_limit,
-                    "serve": serve.options.to_dict() if serve is not None else None}
+        settings = ValidationSettings(context=context, stride=stride, max_tokens=max_tokens, domains=list(texts),
+                                      device=device, dtype=dtype, tasks=list(tasks or []), task_limit=task_limit,
+                                      serve=serve.options.to_dict() if serve is not None else None)
         checks = build_checks(tasks=tasks, task_limit=task_limit, serve=serve, device=device, dtype=dtype, **check_options)
         base_used = find_base(art, base, allow_base_mismatch)
         if not base_used.matches:
             reporter.log(f"base {base_used.path}: fingerprint {base_used.fingerprint[:12]} differs from the recorded "
                          f"{base_used.recorded_fingerprint[:12]} (allowed: --allow-base-mismatch; recorded in the report)")
         base_folder = BaseFolder(base_used.path, base_used.fingerprint)
-        runtime = runtime_for(art.manifest.format)
         if runtime.work_in_subprocesses:
             peak.watch_tools()
         scored = runtime.evaluate(art, base_folder, texts, EvaluationSettings(context, stride, max_tokens, device, dtype),
@@ -218,14 +115,17 @@ def validate(
         # --no-write leaves the artifact folder untouched: the serving check's logs go to the cache instead
         log_dir = art.path / SERVE_LOGS if write else cache_dir() / "serve-logs" / art.name
         targets = _check_targets(art, scored, base_folder, checks, recipe_gates, gate_overrides, reporter, log_dir)
-    resources = {"wall_s": round(time.perf_counter() - started, 1), "peak_rss_bytes": peak.bytes,
-                 "peak_rss_note": ("the validating process and its largest child process (llama.cpp's tools)" if peak.tools
-                                   else "the validating process") + f"; this figure: {peak.method}"}
+    resources = Resources(wall_s=round(time.perf_counter() - started, 1), peak_rss_bytes=peak.bytes,
+                          peak_rss_note=("the validating process and its largest child process (llama.cpp's tools)"
+                                         if peak.tools else "the validating process") + f"; this figure: {peak.method}")
     if device != "cpu":
         import torch
 
-        resources["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
-    report = ValidationReport(art.path, settings, targets, resources, library_versions(VALIDATION_LIBRARIES), base_used)
+        resources.peak_gpu_bytes = torch.cuda.max_memory_allocated(device)  # set only here: CPU reports have no key
+    report = ValidationReport(
+        report_version=REPORT_VERSION, created=utc_now(), artifact=str(art.path),
+        manifest_sha256=sha256_file(art.path / MANIFEST_NAME), passed=all(t.passed for t in targets), base=base_used,
+        settings=settings, resources=resources, libraries=library_versions(VALIDATION_LIBRARIES), targets=targets)
     if write:
         kept = write_reports(report)
         if kept:
@@ -237,20 +137,22 @@ def _check_targets(art, scored, base_folder, checks, recipe_gates, gate_override
     targets = []
     for st in scored:
         t = st.target
-        evaluated = EvaluatedTarget(art.name, t.name, t.method, t.scheme, t.bytes, st.runtime, st.scores, path=t.path,
-                                    runtime_unavailable=st.unavailable, device=st.device)
         ctx = CheckContext(t, st.scores, base_folder.path, base_folder.fingerprint, st.unavailable, log_dir=log_dir)
         gates: dict[str, float] = {}
+        results: list[CheckResult] = []
         for check in checks:
             with reporter.task(f"{t.name}: {check.name}"):
                 result = check.run(ctx)
-            evaluated.checks.append(result)
+            results.append(result)
             gates.update(check.default_gates(t, result))
-        metrics = {k: v for c in evaluated.checks for k, v in c.metrics.items()}
+        metrics = {k: v for c in results for k, v in c.metrics.items()}
         gates.update(recipe_gates if recipe_gates is not None else art.manifest.gates)
         gates.update(gate_overrides or {})
-        evaluated.gates = evaluate_gates(gates, metrics)
-        targets.append(evaluated)
+        verdicts = [GateRecord.of(g) for g in evaluate_gates(gates, metrics)]
+        targets.append(EvaluatedTarget(
+            artifact=art.name, target=t.name, method=t.method, scheme=t.scheme, size_bytes=t.bytes, runtime=st.runtime,
+            device=st.device, passed=all(g.passed for g in verdicts), runtime_unavailable=st.unavailable,
+            domains=[DomainRow.model_validate(s.to_dict()) for s in st.scores], checks=results, gates=verdicts, path=t.path))
     return targets
 
 
@@ -274,10 +176,10 @@ def validate_run(path: str | Path, *, recipe: str | Path | None = None, reporter
     path = Path(path)
     recipe_gates: dict[str, dict] | None = None
     if recipe is not None:
-        from quantkit.matrix import jobs
+        from quantkit.jobs import plan
         from quantkit.recipe_loader import load_recipe
 
-        selected = jobs(load_recipe(recipe), path)  # a matrix's too, where quantize and status put them
+        selected = plan(load_recipe(recipe), path)  # the jobs quantize and status iterate: a matrix's too
         folders = [Path(j.dest) for j in selected]
         missing = [str(f) for f in folders if not f.is_dir()]
         if missing:
@@ -315,7 +217,7 @@ def find_base(art: Artifact, given: str | Path | None = None, allow_mismatch: bo
                                     f"`quantkit quantize` (model source '{recorded.source}') to restore it")
             folder = resolve_model(ModelSpec(source=recorded.source, revision=recorded.revision, **spec)).path
         fingerprint = fingerprint_folder(folder, spec["allow_pickle"])[0]
-    used = BaseUsed(Path(folder), fingerprint, recorded.fingerprint, given)
+    used = BaseUsed.of(Path(folder), fingerprint, recorded.fingerprint, given)
     if not used.matches and not allow_mismatch:
         what = f"--base {given}" if given is not None else f"the base model at {folder}"
         raise ArtifactError(f"{what} has fingerprint {fingerprint[:12]}, not the {recorded.fingerprint[:12]} {art.path} "
@@ -347,44 +249,11 @@ def write_reports(report: ValidationReport) -> str | None:
 
     try:
         kept = keep_attested_report(report.path)
-        atomic_write_text(report.path / "validation.json", json.dumps(report.to_dict(), indent=2) + "\n")
-        atomic_write_text(report.path / "validation.md", markdown_table(report))
+        atomic_write_text(report.path / "validation.json", report_json(report))
+        atomic_write_text(report.path / "validation.md", validation_markdown(report))
     except OSError as e:
         raise ArtifactError(_unwritable(report.path, e)) from None
     return kept
-
-
-def markdown_table(report: ValidationReport) -> str:
-    lines = [
-        f"Validation of `{report.path.name}` against its unquantized base "
-        f"(context {report.settings['context']}, stride {report.settings['stride']}, "
-        f"up to {report.settings['max_tokens']} tokens per domain).",
-        *(["", f"Base: `{report.base.path}`, fingerprint {report.base.fingerprint[:12]}, which differs from the "
-           f"{report.base.recorded_fingerprint[:12]} this artifact was made from (--allow-base-mismatch)."]
-          if report.base is not None and not report.base.matches else []),
-        "",
-        "| target | domain | tokens | base ppl | ppl | Δppl | mean KLD | p99 KLD | top-1 agree | gates |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for t in report.targets:
-        verdict = "pass" if t.passed else "FAIL: " + ", ".join(
-            f"{g.gate} {g.value if g.value is None else round(g.value, 4)} vs {g.threshold}" for g in t.gates if not g.passed
-        )
-        if t.runtime_unavailable:
-            lines.append(f"| {t.target} | — | 0 | — | — | — | — | — | — | SKIPPED ({t.runtime_unavailable}); {verdict} |")
-        for s in t.scores:
-            lines.append(
-                f"| {t.target} | {s.domain} | {s.n_tokens} | {s.base_ppl:.3f} | {s.ppl:.3f} | {s.ppl_increase:+.1%} | "
-                f"{s.kld_mean:.4f} | {s.kld_p99:.4f} | {s.top1_agreement:.1%} | {verdict} |"
-            )
-    serving = [(t, c) for t in report.targets for c in t.checks if c.check == "serve"]
-    if report.settings.get("serve") is not None and serving:
-        from quantkit.serving.smoke import WORKLOAD_NOTE, summary_line
-
-        lines += ["", f"vLLM serving smoke test (speed workload: {WORKLOAD_NOTE}).", "",
-                  "| target | serving |", "|---|---|"]
-        lines += [f"| {t.target} | {summary_line(c.to_dict())} |" for t, c in serving]
-    return "\n".join(lines) + "\n"
 
 
 def find_artifacts(path: str | Path) -> list[Path]:

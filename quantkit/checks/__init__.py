@@ -26,6 +26,11 @@ def check_class(name: str) -> type[Check]:
     return getattr(import_module(module), cls)
 
 
+def check_classes() -> list[type[Check]]:
+    """Every registered check class, in registry order (the reports ask each for its rows and sections)."""
+    return [check_class(name) for name in CHECKS]
+
+
 def build_checks(**options) -> list[Check]:
     """One instance of every registered check, each given the options its constructor accepts (None: its default)."""
     checks, used = [], set()
@@ -41,4 +46,4 @@ def build_checks(**options) -> list[Check]:
     return checks
 
 
-__all__ = ["CHECKS", "Check", "CheckContext", "CheckResult", "build_checks", "check_class"]
+__all__ = ["CHECKS", "Check", "CheckContext", "CheckResult", "build_checks", "check_class", "check_classes"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from quantkit.checks.base import Check, CheckContext, CheckResult
 from quantkit.gates import class_defaults
+from quantkit.report.model import CardResult
 
 
 class KLDivergenceCheck(Check):
@@ -31,4 +32,9 @@ class KLDivergenceCheck(Check):
         )
 
     def default_gates(self, target, result) -> dict[str, float]:
-        return {"kld_mean_max": class_defaults(target.method, target.scheme, target.bits)["kld_mean_max"]}
+        return {"kld_mean_max": class_defaults(target.bits)["kld_mean_max"]}
+
+    @classmethod
+    def card_results(cls, target, result) -> list[CardResult]:
+        return [CardResult.on_heldout(d, "kl_divergence", round(d.kld_mean, 5), "mean KL divergence to the base")
+                for d in target.domains]

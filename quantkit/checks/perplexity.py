@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from quantkit.checks.base import Check, CheckContext, CheckResult
 from quantkit.gates import class_defaults
+from quantkit.report.model import CardResult
 
 
 class PerplexityCheck(Check):
@@ -25,4 +26,8 @@ class PerplexityCheck(Check):
         )
 
     def default_gates(self, target, result) -> dict[str, float]:
-        return {"ppl_increase_max": class_defaults(target.method, target.scheme, target.bits)["ppl_increase_max"]}
+        return {"ppl_increase_max": class_defaults(target.bits)["ppl_increase_max"]}
+
+    @classmethod
+    def card_results(cls, target, result) -> list[CardResult]:
+        return [CardResult.on_heldout(d, "perplexity", round(d.ppl, 4), "perplexity") for d in target.domains]

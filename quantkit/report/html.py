@@ -3,37 +3,20 @@
 Plots (matplotlib, rendered to PNG and inlined): size against mean KLD for every target,
 per-domain perplexity of base and targets, and mean KLD by position in the window (where the
 runtime exposes per-token values). Below them, the table of every target, domain and
-gate from the same `ValidationReport`s that `validation.json` holds.
+gate from the same `ValidationReport`s that `validation.json` holds, then each check's own plots and
+table (quantkit.report.sections).
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 
-from quantkit.validate import ValidationReport
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; the figures are rendered to PNG
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _outside_legend(ax, **kw) -> None:
-    """The legend beside the plot, never over its bars and lines (bbox_inches="tight" keeps it in the PNG)."""
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kw)
-
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+from quantkit.report.model import Section, ValidationReport
+from quantkit.report.plots import outside_legend as _outside_legend
+from quantkit.report.plots import png as _png
+from quantkit.report.plots import pyplot as _pyplot
+from quantkit.report.sections import check_plots, run_sections
 
 
 def size_vs_kld_plot(reports: list[ValidationReport]) -> str | None:
@@ -123,34 +106,6 @@ def kld_by_position_plot(reports: list[ValidationReport]) -> str | None:
     return out
 
 
-def serving_plot(reports: list[ValidationReport]) -> str | None:
-    """Output tokens/s with and without speculative decoding, per target and concurrency."""
-    plt = _pyplot()
-    bars = []
-    for t in (t for r in reports for t in r.targets):
-        c = next((c for c in t.checks if c.check == "serve" and c.details.get("performance")), None)
-        if c is None:
-            continue
-        sd = c.details.get("speculative") or {}
-        for conc, p in c.details["performance"].items():
-            spec = (sd.get("performance") or {}).get(conc, {}).get("output_tokens_per_s")
-            bars.append((f"{t.target.split('/')[-1]}\nc={conc}", p["output_tokens_per_s"] or 0, spec or 0))
-    if not bars:
-        return None
-    fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(bars)), 4.2))
-    xs = range(len(bars))
-    ax.bar([x - 0.2 for x in xs], [b[1] for b in bars], 0.4, label="plain", color="0.6")
-    ax.bar([x + 0.2 for x in xs], [b[2] for b in bars], 0.4, label="speculative", color="tab:blue")
-    ax.set_xticks(list(xs), [b[0] for b in bars], fontsize=7, rotation=20, ha="right")
-    ax.set_ylabel("output tokens/s (vLLM, copy/edit workload)")
-    ax.set_title("vLLM serving: throughput with and without speculative decoding")
-    _outside_legend(ax, fontsize=8)
-    ax.grid(True, axis="y", alpha=0.3)
-    out = _png(fig)
-    plt.close(fig)
-    return out
-
-
 def render_html(reports: list[ValidationReport], title: str) -> str:
     rows = []
     for r in reports:
@@ -184,24 +139,9 @@ def render_html(reports: list[ValidationReport], title: str) -> str:
     by_position = kld_by_position_plot(reports)
     plots = [(alt, src) for alt, src in (("size vs KLD", size_vs_kld_plot(reports)),
                                           ("per-domain perplexity", domain_ppl_plot(reports)),
-                                          ("KLD by position", by_position),
-                                          ("vLLM serving throughput", serving_plot(reports))) if src]
-    from quantkit.serving.smoke import WORKLOAD_NOTE, summary_line
-
-    serve_rows = "".join(
-        f"<tr><td class=l>{html.escape(t.target)}</td><td class=l>{html.escape(summary_line(c.to_dict()))}</td></tr>"
-        for r in reports
-        if r.settings.get("serve") is not None
-        for t in r.targets
-        for c in t.checks
-        if c.check == "serve"
-    )
-    serve_section = (
-        f"<h2>vLLM serving smoke test</h2><p>Speed workload: {html.escape(WORKLOAD_NOTE)}.</p>"
-        f"<table><thead><tr><th class=l>target</th><th class=l>serving</th></tr></thead><tbody>{serve_rows}</tbody></table>"
-        if serve_rows
-        else ""
-    )
+                                          ("KLD by position", by_position)) if src]
+    plots += check_plots(reports)
+    sections = "".join(section_html(s) for s in run_sections(reports))
     images = "".join(f'<img alt="{alt}" src="{src}">' for alt, src in plots)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -222,9 +162,22 @@ th {{ background: #f3f3f3; }} .l {{ text-align: left; }}
 <table><thead><tr><th>target</th><th>MB</th><th>domain</th><th>tokens</th><th>base ppl</th><th>ppl</th><th>Δppl</th>
 <th>mean KLD</th><th>p99 KLD</th><th>top-1</th><th>gates (value / threshold)</th></tr></thead>
 <tbody>{"".join(rows)}</tbody></table>
-{serve_section}
+{sections}
 </body></html>
 """
+
+
+def section_html(section: Section) -> str:
+    """A check's table: its title, its note, a row per target."""
+    def cell(tag: str, text: str, numeric: bool) -> str:
+        return f"<{tag}>{html.escape(text)}</{tag}>" if numeric else f"<{tag} class=l>{html.escape(text)}</{tag}>"
+
+    numeric = [False] + [c.numeric for c in section.columns]
+    head = "".join(cell("th", h, n) for h, n in zip(["target", *(c.header for c in section.columns)], numeric))
+    body = "".join("<tr>" + "".join(cell("td", v, n) for v, n in zip(row, numeric)) + "</tr>" for row in section.rows)
+    note = f"<p>{html.escape(section.note)}.</p>" if section.note else ""
+    return (f"<h2>{html.escape(section.title)}</h2>{note}"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
 def write_run_report(reports: list[ValidationReport], folder: Path) -> Path:
