@@ -1,5 +1,5 @@
-"""A recipe as a list of jobs: (model × calibration set × output), each with its destination and the
-resources it is estimated to need. `quantkit plan` prints them; the executors run them.
+"""The resources each job of a recipe (quantkit.jobs) is estimated to need: `quantkit plan` prints them,
+the executors request them, and quantize's memory preflight refuses what cannot fit.
 
 The estimates come from the model's config.json alone (no weights, no torch), so a plan for a 405B
 model is computed in milliseconds on a laptop. The formulas are in docs/scaling.md.
@@ -12,12 +12,11 @@ from pathlib import Path
 
 from quantkit.errors import QuantkitError
 from quantkit.estimates import DTYPE_BYTES, ModelShape, artifact_bytes, gguf_base_bytes, shape_from_config
-from quantkit.recipe import Cell, Recipe
+from quantkit.jobs import Job, plan
+from quantkit.recipe import Recipe
 
 CUDA_CONTEXT_BYTES = 1 << 29
 RUNTIME_BYTES = 1 << 30  # torch, transformers and llm-compressor themselves, measured ~0.9 GB RSS on CPU
-GGUF_METHODS = ("gguf",)
-MAX_LISTED = 8  # job ids an --only error names before "and N more"
 
 @dataclass(frozen=True)
 class Estimate:
@@ -42,66 +41,19 @@ def estimate(shape: ModelShape, output, recipe: Recipe) -> Estimate:
     wbytes = DTYPE_BYTES[recipe.model.dtype]
     cal = recipe.calibration
     disk = artifact_bytes(shape, output, recipe.model.dtype)
-    if output.method in GGUF_METHODS:
-        # the converter streams tensors; llama-quantize maps the F16 file and writes the target
+    engine = engine_for(output.method)
+    if engine.work_in_subprocesses:
+        # llama.cpp's tools: the converter streams tensors; llama-quantize maps the F16 file and writes the target
         return Estimate(RUNTIME_BYTES // 2 + shape.layer_params * 4 * 2, 0, disk, False, shape.params,
                         gguf_base_bytes(shape, output.base_type))
-    calibrated = engine_for(output.method).needs_calibration(output)
+    calibrated = output.needs_calibration()
     cached_inputs = cal.num_samples * cal.seq_len * shape.hidden * wbytes * 2 if calibrated else 0
     one_sample = cal.seq_len * (4 * shape.hidden + 2 * max(shape.linear_inputs)) * wbytes if calibrated else 0
-    hessians = sum(n * n * 4 for n in shape.linear_inputs) if output.method in ("gptq", "int8") else 0
+    hessians = sum(n * n * 4 for n in shape.linear_inputs) if engine.needs_hessians(output) else 0
     layer = shape.layer_params * wbytes
     resident = 0 if recipe.model.offload == "disk" else shape.params * wbytes
     host = resident + layer + cached_inputs + hessians + RUNTIME_BYTES
     return Estimate(host, layer + hessians + one_sample + CUDA_CONTEXT_BYTES, disk, True, shape.params)
-
-
-@dataclass(frozen=True)
-class Job:
-    """One artifact to make: an output of one cell of the recipe."""
-
-    id: str  # `<cell folder>/<artifact name>`, or the artifact name for a plain recipe
-    cell: Cell
-    index: int  # position of the output in the cell's recipe
-    dest: Path | str  # a folder, or a URL when the output root is one (quantkit.output_roots)
-    listed: str  # the output's name as the recipe lists it (a cell names its artifact after its labels)
-
-    @property
-    def output(self):
-        return self.cell.recipe.outputs[self.index]
-
-    @property
-    def remote(self) -> bool:
-        return isinstance(self.dest, str)
-
-
-def jobs(recipe: Recipe, output_dir: str | Path | None = None, only: list[str] | None = None) -> list[Job]:
-    """Every job of the recipe, model-major. `only` selects jobs by an output's name as the recipe lists
-    it (every cell's), an artifact's name (as quantize prints it) or a job id (as plan prints it)."""
-    from quantkit.output_roots import under
-
-    root = output_dir or recipe.output_dir
-    all_jobs = [Job(f"{c.folder}/{o.name}" if c.folder else o.name, c, i, under(root, c.folder, o.name),
-                    recipe.outputs[c.output_indices[i]].name)
-                for c in recipe.cells() for i, o in enumerate(c.recipe.outputs)]
-    if not only:
-        return all_jobs
-    known = {name for j in all_jobs for name in (j.id, j.listed, j.output.name)}
-    for n in only:
-        if n not in known:
-            raise QuantkitError(f"--only {n}: {only_choices(recipe, all_jobs)}")
-    return [j for j in all_jobs if {j.id, j.listed, j.output.name} & set(only)]
-
-
-def only_choices(recipe: Recipe, all_jobs: list[Job]) -> str:
-    """What --only accepts, for its error: the recipe's output names, and the job ids (a few, when many)."""
-    listed = [o.name for o in recipe.outputs]
-    text = f"not an output, artifact or job of this recipe; outputs: {', '.join(listed)}"
-    ids = [j.id for j in all_jobs if j.id not in listed]
-    if ids:
-        more = f" and {len(ids) - MAX_LISTED:,} more (quantkit plan lists them)" if len(ids) > MAX_LISTED else ""
-        text += f"; jobs (or their last part, the artifact name): {', '.join(ids[:MAX_LISTED])}{more}"
-    return text
 
 
 def job_estimates(all_jobs: list[Job]) -> dict[str, Estimate | None]:
@@ -126,7 +78,7 @@ def describe_plan(recipe: Recipe, output_dir: str | Path | None = None, only: li
     tokenized calibration set."""
     from quantkit.engines import engine_for
 
-    selected = jobs(recipe, output_dir, only)
+    selected = plan(recipe, output_dir, only)
     estimates = job_estimates(selected)
     rows = []
     for job in selected:
@@ -134,7 +86,7 @@ def describe_plan(recipe: Recipe, output_dir: str | Path | None = None, only: li
         out = job.output
         rows.append({
             "job": job.id, "cell": cell.folder, "model": cell.recipe.model.source, "calibration": cell.recipe.calibration.source
-            if engine_for(out.method).needs_calibration(out) else None,
+            if out.needs_calibration() else None,
             "output": out.name, "method": out.method, "scheme": out.scheme, "destination": str(job.dest),
             "params": est.params if est else None,
             "host_bytes": est.host_bytes if est else None, "gpu_bytes": est.device_bytes if est else None,

@@ -1,4 +1,8 @@
-"""`quantkit.quantize`: recipe -> artifacts.
+"""`quantkit.quantize`: recipe -> artifacts, in this process.
+
+The recipe is planned into jobs (quantkit.jobs: a plain recipe is a matrix of one cell) and the jobs run
+cell after cell: a cell's outputs share its resolved model and tokenized calibration set. The executors
+(quantkit.executors) run the same jobs elsewhere, each as a `quantkit quantize` of one output.
 
 Order matters for the user's time: everything that can be checked cheaply (recipe,
 destinations, model source, scheme vs. layer shapes) is checked before the first
@@ -10,37 +14,31 @@ from __future__ import annotations
 import gc
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantkit.artifact import (
-    LOCAL_NAME,
-    Artifact,
-    admit_files,
-    is_artifact,
-    json_digest,
-    library_versions,
-    remove_own_files,
-    replace_problem,
-    utc_now,
-    write_manifest,
-)
+from quantkit.artifact import LOCAL_NAME, Artifact, is_artifact, library_versions, utc_now, write_manifest
+from quantkit.artifact_files import admit_files, remove_own_files, replace_problem
 from quantkit.device import accelerator_available
 from quantkit.engines import EngineJob, engine_for
 from quantkit.errors import ArtifactError, QuantkitError, RecipeError
 from quantkit.files import exclusive_outputs, folder_size, remove_stale_partials, staged_folder
+from quantkit.jobs import DEFAULT_OPTIONS, ArtifactSummary, Job, JobResult, QuantizeRun, RunOptions, Status, by_cell, plan
 from quantkit.memory import PeakRSS
-from quantkit.output_roots import check_protocol, is_url, join, read_remote, root_problems, under
+from quantkit.output_roots import is_url
+from quantkit.preflight import check_free_space, check_memory, preflight_problems
 from quantkit.progress import NullReporter, Reporter
 from quantkit.recipe import Recipe
+from quantkit.resume import OutputState, input_fingerprints, output_state
 from quantkit.sources.calibration import CalibrationSet, build_calibration
 from quantkit.sources.models import ResolvedModel, load_tokenizer, resolve_model
 
 
 @dataclass
 class OutputFailure:
-    name: str
+    name: str  # the job's id (the output's name, for a plain recipe)
     error: str
 
 
@@ -54,92 +52,6 @@ class QuantizeFailed(QuantkitError):
         self.failures = failures
         lines = "\n".join(f"  - {f.name}: {f.error}" for f in failures)
         super().__init__(f"{len(failures)} output(s) failed, wholly or in part:\n{lines}")
-
-
-def preflight_problems(recipe: Recipe, output_dir: str | Path | None = None) -> list[str]:
-    """What can be known wrong in seconds, before any model is loaded: a local model or calibration
-    file that is not there, an output folder that is a file or cannot be written. A matrix: every cell's."""
-    if recipe.is_matrix:
-        root = output_dir or recipe.output_dir
-        found = []
-        for cell in recipe.cells():
-            for problem in preflight_problems(cell.recipe, under(root, cell.folder)):
-                # name the matrix entry, not the cell's expanded field
-                if cell.model_index is not None:
-                    problem = problem.replace("model.source:", f"models[{cell.model_index}].source:", 1)
-                if cell.calibration_index is not None:
-                    problem = problem.replace("calibration.source:", f"calibrations[{cell.calibration_index}].source:", 1)
-                found.append(problem)
-        return list(dict.fromkeys(found))
-    problems = []
-    src = recipe.model.source
-    looks_local = src.startswith((".", "/", "~")) or src.endswith(".gguf") or src.count("/") > 1
-    if looks_local and not Path(src).expanduser().exists():
-        problems.append(f"model.source: {Path(src).expanduser()} does not exist")
-    cal = recipe.calibration.source
-    if not cal.startswith(("builtin:", "hf:")) and not Path(cal).expanduser().is_file():
-        problems.append(f"calibration.source: calibration file not found: {Path(cal).expanduser()}")
-    if is_url(output_dir or recipe.output_dir):
-        return problems + root_problems(output_dir or recipe.output_dir, "local")
-    root = Path(output_dir or recipe.output_dir)
-    existing = next((p for p in [root, *root.parents] if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        problems.append(f"output_dir: {existing} is a file, not a folder")
-    elif existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        problems.append(f"output_dir: {existing} is not writable")
-    return problems
-
-
-
-
-def estimated_bytes(output, model: ResolvedModel, dtype: str) -> tuple[int, str]:
-    """What an output will take on disk, and what that is estimated from (quantkit.estimates: the same
-    figure `quantkit plan` prints)."""
-    from quantkit.estimates import disk_need
-
-    try:
-        config = json.loads((model.path / "config.json").read_text())
-    except (OSError, ValueError):
-        config = None
-    return disk_need(output, config if isinstance(config, dict) else None, dtype, model.weight_bytes)
-
-
-def check_free_space(jobs: list, model: ResolvedModel, dtype: str, root: Path) -> None:
-    """Refuse a run whose artifacts cannot fit, before any calibration work."""
-    import shutil
-
-    needs = [estimated_bytes(o, model, dtype) for o, dest in jobs if not is_artifact(dest)]  # a resume needs the rest
-    need = sum(n for n, _ in needs)
-    basis = " and ".join(sorted({b for _, b in needs})) or "config.json and the schemes"
-    existing = next((p for p in [root, *root.parents] if p.exists()), Path("."))
-    free = shutil.disk_usage(existing).free
-    if need > free:
-        raise QuantkitError(f"output_dir {root}: the artifacts need about {need / 1e9:.2f} GB (estimated from {basis}) "
-                            f"and {existing} has {free / 1e9:.2f} GB free; free some space, choose "
-                            "another --output-dir, or pass --force-space if the estimate is wrong")
-
-
-def check_memory(recipe: Recipe, outputs: list, model: ResolvedModel) -> None:
-    """Refuse, before loading the model, outputs whose estimated peak host memory cannot fit."""
-    from quantkit.matrix import available_host_memory, memory_problems
-
-    try:
-        config = json.loads((model.path / "config.json").read_text())
-    except (OSError, ValueError):
-        return
-    problems = memory_problems(recipe, outputs, config, available_host_memory())
-    if problems:
-        raise QuantkitError("\n".join(problems))
-
-
-def plan(recipe: Recipe, output_dir: str | Path | None = None, only: list[str] | None = None) -> list[tuple[object, Path]]:
-    """The outputs that will be written and where; validates `only` against the recipe."""
-    root = Path(output_dir or recipe.output_dir)
-    names = [o.name for o in recipe.outputs]
-    for n in only or []:
-        if n not in names:
-            raise QuantkitError(f"--only {n}: the recipe has no output of that name; outputs: {', '.join(names)}")
-    return [(o, root / o.name) for o in recipe.outputs if not only or o.name in only]
 
 
 def quantize(
@@ -159,84 +71,102 @@ def quantize(
     Raises QuantkitError before any heavy work for bad input, and QuantizeFailed after the
     run if some outputs failed (the others are complete and on disk).
     """
-    if is_url(output_dir or recipe.output_dir):
-        raise QuantkitError(f"output_dir {output_dir or recipe.output_dir}: quantize() writes to a folder; a URL root is "
+    options = RunOptions(force=force, force_space=force_space, force_memory=force_memory, keep_going=keep_going)
+    run = quantize_run(recipe, output_dir=output_dir, only=only, options=options, reporter=reporter)
+    if run.failed:
+        raise QuantizeFailed(run.artifacts, [OutputFailure(r.id, r.error or "failed") for r in run.failed])
+    return run.artifacts
+
+
+def quantize_run(recipe: Recipe, *, output_dir: str | Path | None = None, only: list[str] | None = None,
+                 options: RunOptions = DEFAULT_OPTIONS, reporter: Reporter | None = None) -> QuantizeRun:
+    """quantize(), returning every job's result (made, kept or failed) instead of raising for failed ones.
+    Bad input is still raised, before any heavy work."""
+    root = output_dir or recipe.output_dir
+    if is_url(root):
+        raise QuantkitError(f"output_dir {root}: quantize() writes to a folder; a URL root is "
                             "published to by the executors (`quantkit quantize RECIPE -o URL`, or quantkit.executors.run_jobs)")
-    reporter = reporter or NullReporter()
-    if recipe.is_matrix:
-        return _quantize_cells(recipe, output_dir, only, force, reporter, keep_going, force_space, force_memory)
-    problems = preflight_problems(recipe, output_dir)
-    if problems:
-        raise RecipeError(recipe.name, problems)
-    jobs = plan(recipe, output_dir, only)
-    for _, dest in jobs:  # what is there must be ours (an artifact holding only quantkit's files), else refused
-        problem = replace_problem(dest)
-        if problem:
-            raise ArtifactError(problem)
-    with exclusive_outputs([dest for _, dest in jobs]):  # a second run on the same outputs is refused now, not later
-        return _run(recipe, jobs, output_dir, force, force_space, keep_going, reporter, force_memory)
-
-
-def _quantize_cells(recipe: Recipe, output_dir, only, force, reporter, keep_going, force_space,
-                    force_memory) -> list[Artifact]:
-    """A matrix recipe in this process: cell after cell (a cell's outputs share its resolved model and
-    tokenized calibration set), every cell checked before the first starts."""
-    from quantkit.matrix import jobs as matrix_jobs
-
-    root = Path(output_dir or recipe.output_dir)
-    selected = matrix_jobs(recipe, root, only)
-    cells: dict[str, tuple] = {}
-    for job in selected:
-        cells.setdefault(job.cell.folder, (job.cell, []))[1].append(job.output.name)
+    selected = plan(recipe, root, only)
     problems = preflight_problems(recipe, root)
     if problems:
         raise RecipeError(recipe.name, problems)
-    artifacts: list[Artifact] = []
-    failures: list[OutputFailure] = []
-    for n, (cell, names) in enumerate(cells.values(), 1):
-        reporter.log(f"cell {n}/{len(cells)}: {cell.folder or '.'} ({cell.recipe.model.source}, {len(names)} output(s))")
+    return run_in_process(selected, options, reporter)
+
+
+def run_in_process(jobs: list[Job], options: RunOptions = DEFAULT_OPTIONS, reporter: Reporter | None = None) -> QuantizeRun:
+    """Run `jobs` here, cell after cell, every cell's destinations checked before it starts. A cell refused
+    for bad input (exit 2) stops the run, unless `options.keep_going` and other cells remain to be made:
+    then its jobs fail and the others run on."""
+    reporter = reporter or NullReporter()
+    started = time.perf_counter()
+    cells = by_cell(jobs)
+    run = QuantizeRun([])
+    for n, (cell, cell_jobs) in enumerate(cells, 1):
+        if len(cells) > 1 or cell.folder:
+            reporter.log(f"cell {n}/{len(cells)}: {cell.folder or '.'} ({cell.recipe.model.source}, "
+                         f"{len(cell_jobs)} output(s))")
         try:
-            artifacts += quantize(cell.recipe, output_dir=root / cell.folder, only=names, force=force, reporter=reporter,
-                                  keep_going=keep_going, force_space=force_space, force_memory=force_memory)
-        except QuantizeFailed as e:
-            artifacts += e.artifacts
-            failures += [OutputFailure(f"{cell.folder}/{f.name}".lstrip("/"), f.error) for f in e.failures]
+            outcomes = _run_cell(cell.recipe, cell_jobs, options, reporter)
         except QuantkitError as e:
-            if not keep_going:
+            if not options.keep_going or len(cells) == 1:
                 raise
-            failures += [OutputFailure(f"{cell.folder}/{name}".lstrip("/"), str(e)) for name in names]
             reporter.log(f"{cell.folder or '.'} failed: {e}", style="red")
-    if failures:
-        raise QuantizeFailed(artifacts, failures)
-    return artifacts
+            outcomes = [(JobResult(j.id, j.output.name, "failed", str(j.dest), error=str(e)), None) for j in cell_jobs]
+        for result, artifact in outcomes:
+            run.results.append(result)
+            if artifact is not None:
+                run.artifacts.append(artifact)
+    run.seconds = time.perf_counter() - started
+    return run
 
 
-def _run(recipe: Recipe, jobs: list, output_dir, force: bool, force_space: bool, keep_going: bool,
-         reporter: Reporter, force_memory: bool = False) -> list[Artifact]:
-    if any(engine_for(o.method).in_process_torch for o, _ in jobs) and not accelerator_available():
+Outcome = tuple[JobResult, "Artifact | None"]
+
+
+def _run_cell(recipe: Recipe, jobs: list[Job], options: RunOptions, reporter: Reporter) -> list[Outcome]:
+    dests = [Path(j.dest) for j in jobs]
+    for dest in dests:  # what is there must be ours (an artifact holding only quantkit's files), else refused
+        problem = replace_problem(dest)
+        if problem:
+            raise ArtifactError(problem)
+    with exclusive_outputs(dests):  # a second run on the same outputs is refused now, not later
+        return _run(recipe, jobs, options, reporter)
+
+
+def _run(recipe: Recipe, jobs: list[Job], options: RunOptions, reporter: Reporter) -> list[Outcome]:
+    pairs = [(j.output, Path(j.dest)) for j in jobs]
+    if any(engine_for(o.method).in_process_torch for o, _ in pairs) and not accelerator_available():
         reporter.log("no accelerator found: quantizing on CPU")
     model = resolve_model(recipe.model, reporter)
-    for output, _ in jobs:
+    for output, _ in pairs:
         engine_for(output.method).preflight(output, model)
-    if not force_space:
-        check_free_space(jobs, model, recipe.model.dtype, Path(output_dir or recipe.output_dir))
-    if not force_memory:
-        check_memory(recipe, [o for o, dest in jobs if force or not is_artifact(dest)], model)
-    engines = {engine_for(o.method) for o, _ in jobs}
+    if not options.force_space:
+        check_free_space(pairs, model, recipe.model.dtype, pairs[0][1].parent)
+    if not options.force_memory:
+        check_memory(recipe, [o for o, dest in pairs if options.force or not is_artifact(dest)], model)
+    engines = {engine_for(o.method) for o, _ in pairs}
     try:
-        for output, dest in jobs:
-            if force or not dest.exists():  # an existing output may be kept: nothing to start for it yet
+        for output, dest in pairs:
+            if options.force or not dest.exists():  # an existing output may be kept: nothing to start for it yet
                 engine_for(output.method).start(output, model)
-        return _make(recipe, jobs, model, force, keep_going, reporter)
+        return _make(recipe, jobs, model, options, reporter)
     finally:
         for engine in engines:
             engine.abandon()
 
 
-def _make(recipe: Recipe, jobs: list, model: ResolvedModel, force: bool, keep_going: bool,
-          reporter: Reporter) -> list[Artifact]:
+def _outcome(job: Job, status: Status, started: float, artifact: Artifact | None, error: str | None = None) -> Outcome:
+    result = JobResult(job.id, job.output.name, status, str(job.dest), attempts=0 if status == "kept" else 1,
+                       seconds=round(time.time() - started, 2), started_at=round(started, 3),
+                       ended_at=round(time.time(), 3), host=socket.gethostname(), pid=os.getpid(), error=error,
+                       failed_at="quantize" if status == "failed" else None,
+                       artifact=ArtifactSummary.of(artifact.manifest) if artifact else None)
+    return result, artifact
+
+
+def _make(recipe: Recipe, jobs: list[Job], model: ResolvedModel, options: RunOptions, reporter: Reporter) -> list[Outcome]:
     calibration = None
-    if any(engine_for(o.method).needs_calibration(o) for o, _ in jobs):
+    if any(engine_for(j.output.method).needs_calibration(j.output) for j in jobs):
         with reporter.task(f"tokenizing calibration set {recipe.calibration.source}"):
             calibration = build_calibration(recipe.calibration, load_tokenizer(model))
         reporter.log(
@@ -244,18 +174,18 @@ def _make(recipe: Recipe, jobs: list, model: ResolvedModel, force: bool, keep_go
             f"from {recipe.calibration.source}, fingerprint {calibration.fingerprint[:12]}"
         )
 
-    artifacts: list[Artifact] = []
-    failures: list[OutputFailure] = []
+    outcomes: list[Outcome] = []
     made = 0
-    for i, (output, dest) in enumerate(jobs, 1):
+    for i, job in enumerate(jobs, 1):
+        output, dest, started = job.output, Path(job.dest), time.time()
         # an output not made yet needs its input fingerprints only for its manifest: the base's hash then
         # keeps running in the background while this output calibrates (sources.models.fingerprint_later)
         inputs = input_fingerprints(recipe, output, model, calibration) if dest.exists() else None
         state = output_state(dest, inputs) if inputs else OutputState(True, False, "not made yet")
-        if state.current and not force:
+        if state.current and not options.force:
             remove_stale_partials(dest)
             reporter.log(f"[{i}/{len(jobs)}] {output.name}: up to date (inputs unchanged), kept")
-            artifacts.append(state.artifact)
+            outcomes.append(_outcome(job, "kept", started, state.artifact))
             continue
         why = "" if state.missing else f"; {'--force' if state.current else state.reason}: redoing it"
         reporter.log(f"[{i}/{len(jobs)}] {output.name} ({output.method} {output.scheme}){why}")
@@ -264,127 +194,16 @@ def _make(recipe: Recipe, jobs: list, model: ResolvedModel, force: bool, keep_go
         made += 1
         try:
             artifact, partial_failures = _produce(recipe, output, dest, model, calibration, inputs, reporter)
-            artifacts.append(artifact)
-            if partial_failures:
-                failures.append(OutputFailure(output.name, "; ".join(partial_failures)))
+            outcomes.append(_outcome(job, "failed" if partial_failures else "made", started, artifact,
+                                     "; ".join(partial_failures) or None))
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:  # noqa: BLE001 - one failed output must not lose the others
-            if not keep_going:
+            if not options.keep_going:
                 raise
-            failures.append(OutputFailure(output.name, f"{type(e).__name__}: {e}"))
+            outcomes.append(_outcome(job, "failed", started, None, f"{type(e).__name__}: {e}"))
             reporter.log(f"{output.name} failed: {type(e).__name__}: {e}", style="red")
-    if failures:
-        raise QuantizeFailed(artifacts, failures)
-    return artifacts
-
-
-def input_fingerprints(recipe: Recipe, output, model: ResolvedModel, calibration: CalibrationSet | None) -> dict:
-    """sha256 of everything that decides an output, one entry per input and `all` over them."""
-
-    digest = json_digest  # Manifest.manifest_problems recomputes the output's digest the same way
-    engine = engine_for(output.method)
-    uses_cal = engine.needs_calibration(output)
-    parts = {
-        "model": digest({"fingerprint": model.fingerprint, "dtype": recipe.model.dtype}),
-        "calibration": calibration.fingerprint if (uses_cal and calibration) else None,
-        "output": digest(output.model_dump(mode="json")),
-        "libraries": digest({k: v for k, v in library_versions().items() if k != "quantkit"}),
-        "tools": digest({"quantkit": library_versions(("quantkit",)).get("quantkit"), **engine.tool_versions()}),
-        # the CPU threads the bytes depend on (QUANTKIT_THREADS, quantkit.threads): another count redoes the output
-        "threads": None if (threads := engine.compute_threads(output)) is None else digest({"torch_threads": threads}),
-    }
-    return {**parts, "all": digest(parts)}
-
-
-@dataclass
-class OutputState:
-    """Where an output stands against the inputs it would be made from now."""
-
-    missing: bool
-    current: bool
-    reason: str  # why it is not current
-    artifact: Artifact | None = None
-
-
-def output_state(dest: Path, inputs: dict) -> OutputState:
-    if not dest.exists():
-        return OutputState(True, False, "not made yet")
-    try:
-        art = Artifact.load(dest)
-    except ArtifactError as e:
-        return OutputState(False, False, f"damaged ({str(e).splitlines()[-1].strip()})")
-    reason = stale_reason(art.manifest, inputs)
-    return OutputState(False, not reason, reason, art)
-
-
-def stale_reason(manifest, inputs: dict) -> str:
-    """Why an artifact with `manifest` is not what `inputs` would make now ("" when it is)."""
-    if manifest.failures:
-        return f"incomplete (failed: {', '.join(manifest.failures)})"
-    if not manifest.inputs:
-        return "made by an older quantkit (no input fingerprints)"
-    changed = [k for k in inputs if k != "all" and manifest.inputs.get(k) != inputs[k]]
-    return f"inputs changed: {', '.join(changed)}" if changed else ""
-
-
-def expected_inputs(recipe: Recipe, reporter: Reporter | None = None) -> dict[str, dict]:
-    """The input fingerprints each output of `recipe` would be made from now (output name -> inputs).
-    Resolves the model and tokenizes the calibration set; loads no model weights."""
-    model = resolve_model(recipe.model, reporter or NullReporter())
-    calibration = None
-    if any(engine_for(o.method).needs_calibration(o) for o in recipe.outputs):
-        calibration = build_calibration(recipe.calibration, load_tokenizer(model))
-    return {o.name: input_fingerprints(recipe, o, model, calibration) for o in recipe.outputs}
-
-
-def status(recipe: Recipe, output_dir: str | Path | None = None, reporter: Reporter | None = None) -> list[dict]:
-    """Each output of `recipe`: up to date, to redo (and why), or not made; and staging folders of runs
-    in progress or killed. Resolves the model and tokenizes the calibration set (their fingerprints
-    decide), loads no model weights."""
-    from quantkit.files import PARTIAL_MARK, pid_alive
-
-    root = output_dir or recipe.output_dir
-    if recipe.is_matrix:  # each cell's outputs, named by job id
-        return [{**row, "output": f"{cell.folder}/{row['output']}" if cell.folder else row["output"]} for cell in recipe.cells()
-                for row in status(cell.recipe, under(root, cell.folder), reporter)]
-    if is_url(root):
-        check_protocol(str(root))  # before the calibration set is tokenized: a bad root is refused at once
-        return remote_status(recipe, root, reporter)
-    jobs = plan(recipe, output_dir)
-    inputs = expected_inputs(recipe, reporter)
-    rows = []
-    for output, dest in jobs:
-        if replace_problem(dest):
-            state = OutputState(False, False, "holds files quantkit did not write: left alone; quantize refuses to replace it"
-                                if is_artifact(dest) else "not a quantkit artifact: left alone; quantize refuses to replace it")
-        else:
-            state = output_state(dest, inputs[output.name])
-        staging = sorted(dest.parent.glob(f".{dest.name}{PARTIAL_MARK}*")) if dest.parent.is_dir() else []
-        runs = []
-        for p in staging:
-            pid = p.name.split(PARTIAL_MARK, 1)[1].split("-")[0]
-            runs.append({"path": str(p), "pid": int(pid) if pid.isdigit() else None,
-                         "alive": pid.isdigit() and pid_alive(int(pid))})
-        label = "up to date" if state.current else "not made" if state.missing else "to redo"
-        rows.append({"output": output.name, "path": str(dest), "state": label, "reason": state.reason,
-                     "running": [r for r in runs if r["alive"]], "stale_partials": [r for r in runs if not r["alive"]]})
-    return rows
-
-
-def remote_status(recipe: Recipe, root: str, reporter: Reporter | None = None) -> list[dict]:
-    """status() for an output root given as a URL: read each output's manifest there (no staging
-    folders: the builds happen on the workers)."""
-    inputs = expected_inputs(recipe, reporter)
-    rows = []
-    for output in recipe.outputs:
-        url = join(root, output.name)
-        there = read_remote(url)
-        reason = there.problem or stale_reason(there.manifest, inputs[output.name])
-        label = "up to date" if not reason else "not made" if there.problem == "not made yet" else "to redo"
-        rows.append({"output": output.name, "path": url, "state": label, "reason": reason, "running": [],
-                     "stale_partials": []})
-    return rows
+    return outcomes
 
 
 def _relative(value: str, root: Path) -> str:

@@ -20,10 +20,18 @@ import pytest
 from conftest import run_cli
 
 from quantkit.errors import RecipeError
-from quantkit.matrix import jobs, shape_from_config
+from quantkit.jobs import plan as jobs
+from quantkit.matrix import shape_from_config
 from quantkit.recipe_loader import parse_recipe
 
+pytestmark = pytest.mark.integration
+
 OUTPUTS = "outputs:\n  - {method: fp8, name: f8}\n  - {method: rtn, name: r4, scheme: W4A16, group_size: 32}\n"
+
+
+def counts(rows: list[dict]) -> dict[str, int]:
+    """The made / kept / failed tally of `quantize --json` rows (one row per job)."""
+    return {k: sum(row["status"] == k for row in rows) for k in ("made", "kept", "failed")}
 
 
 def matrix_text(models: list[Path], out: Path) -> str:
@@ -39,6 +47,7 @@ def two_models(tmp_path_factory, tiny_tokenizer):
     return [build_tiny_llama(root / name, tokenizer=tiny_tokenizer, seed=seed) for name, seed in (("m1", 0), ("m2", 1))]
 
 
+@pytest.mark.unit
 def test_a_matrix_expands_into_labelled_cells_and_jobs():
     r = parse_recipe("name: mx\nmodels: [./a, {source: org/b, name: bee}]\n"
                      "calibrations: [{source: 'builtin:mixed', num_samples: 8}, {source: data/code.jsonl}]\n"
@@ -59,6 +68,7 @@ def test_a_matrix_expands_into_labelled_cells_and_jobs():
     assert not plain.is_matrix and [j.dest for j in jobs(plain, "/o")] == [Path("/o/p-fp8-fp8-dynamic")]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("text, message", [
     ("name: x\nmodel: a\nmodels: [b]\noutputs: [{method: fp8}]\n", "give either `model` (one model) or `models`"),
     ("name: x\noutputs: [{method: fp8}]\n", "model: Field required (the model to quantize; or several under `models`"),
@@ -80,12 +90,14 @@ LLAMA31_405B = {**LLAMA3_8B, "hidden_size": 16384, "intermediate_size": 53248, "
                 "num_attention_heads": 128}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("config, params", [(LLAMA3_8B, 8_030_261_248), (LLAMA3_70B, 70_553_706_496),
                                             (LLAMA31_405B, 405_853_388_800)])
 def test_parameter_count_from_config_matches_the_published_one(config, params):
     assert shape_from_config(config).params == params
 
 
+@pytest.mark.unit
 def test_parameter_count_matches_the_tiny_models_weights(two_models):
     from safetensors import safe_open
 
@@ -129,13 +141,13 @@ def test_local_workers_make_every_artifact_once_and_a_resubmission_makes_none(lo
     recipe, out, r = local_run
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
-    assert summary["counts"] == {"made": 4, "kept": 0, "failed": 0}
+    assert counts(summary) == {"made": 4, "kept": 0, "failed": 0}
     assert sorted(artifact_digests(out)) == ["m1/f8", "m1/r4", "m2/f8", "m2/r4"]
     assert not [p for p in out.rglob("*") if ".partial-" in p.name]
     assert "m1/f8: running" in r.stderr and "m2/r4: made" in r.stderr  # the log shows each job's way
     before = {p: p.stat().st_mtime_ns for p in out.rglob("quantkit.json")}
     again = run_cli("quantize", str(recipe), "--jobs", "2", "--json")
-    assert again.returncode == 0 and json.loads(again.stdout)["counts"] == {"made": 0, "kept": 4, "failed": 0}
+    assert again.returncode == 0 and counts(json.loads(again.stdout)) == {"made": 0, "kept": 4, "failed": 0}
     assert {p: p.stat().st_mtime_ns for p in out.rglob("quantkit.json")} == before
     r = run_cli("status", str(recipe), "--json")
     assert r.returncode == 0, r.stderr
@@ -161,9 +173,9 @@ def test_a_job_that_fails_is_reported_and_the_others_finish(two_models, tmp_path
     r = run_cli("quantize", str(recipe), "--jobs", "2", "--retries", "2", "--json")
     assert r.returncode == 1, r.stderr
     summary = json.loads(r.stdout)
-    assert summary["counts"] == {"made": 3, "kept": 0, "failed": 1}
-    failed = next(j for j in summary["jobs"] if j["status"] == "failed")
-    assert failed["id"] == "m2/f8" and failed["attempts"] == 1 and "not a quantkit artifact" in failed["error"]
+    assert counts(summary) == {"made": 3, "kept": 0, "failed": 1}
+    failed = next(j for j in summary if j["status"] == "failed")
+    assert failed["job"] == "m2/f8" and failed["attempts"] == 1 and "not a quantkit artifact" in failed["error"]
     assert "1 of 4 job(s) failed" in r.stderr and (tmp_path / "out" / "m2" / "f8").read_text() == "not ours"
 
 
@@ -268,9 +280,9 @@ def test_ray_cluster_runs_the_matrix_retries_a_killed_worker_and_skips_finished_
         stop.set()
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout)
-    assert summary["counts"] == {"made": 4, "kept": 0, "failed": 0}, summary
+    assert counts(summary) == {"made": 4, "kept": 0, "failed": 0}, summary
     assert len(killed) == 1, "the killer never found a running job"
-    attempts = {j["id"]: j["attempts"] for j in summary["jobs"]}
+    attempts = {j["job"]: j["attempts"] for j in summary}
     assert attempts[killed[0]] == 2 and sum(attempts.values()) == 5, attempts
     # every artifact once, and the retried one identical to the reference run's
     assert artifact_digests(out) == artifact_digests(reference)
@@ -279,7 +291,7 @@ def test_ray_cluster_runs_the_matrix_retries_a_killed_worker_and_skips_finished_
     before = {p: p.stat().st_mtime_ns for p in out.rglob("quantkit.json")}
     again = run_cli("quantize", str(recipe), "--executor", "ray", "--ray-address", address, "--json", env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads(again.stdout)["counts"] == {"made": 0, "kept": 4, "failed": 0}
+    assert counts(json.loads(again.stdout)) == {"made": 0, "kept": 4, "failed": 0}
     assert {p: p.stat().st_mtime_ns for p in out.rglob("quantkit.json")} == before
 
 
@@ -292,6 +304,7 @@ def test_a_missing_model_of_a_matrix_is_named_before_any_job_starts(two_models, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.unit
 def test_memory_preflight_refuses_what_cannot_fit_with_the_figures_and_what_would():
     from quantkit.matrix import memory_problems
 
@@ -344,7 +357,6 @@ def test_a_url_output_root_gets_every_artifact_manifest_last_and_a_resubmission_
 
     from quantkit.executors import run_jobs
     from quantkit.executors.local import LocalExecutor
-    from quantkit.matrix import jobs as matrix_jobs
 
     _, reference, _ = local_run
     monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cache"))
@@ -355,8 +367,8 @@ def test_a_url_output_root_gets_every_artifact_manifest_last_and_a_resubmission_
                                                                                 put_file(self, lpath, rpath, **kw))[1])
     root = f"memory://qk-{os.getpid()}/out"
     recipe = parse_recipe(matrix_text(two_models, tmp_path / "unused"))
-    run = run_jobs(matrix_jobs(recipe, root), LocalExecutor(jobs=2))
-    assert run.summary()["counts"] == {"made": 4, "kept": 0, "failed": 0}, run.failed
+    run = run_jobs(jobs(recipe, root), LocalExecutor(jobs=2))
+    assert run.counts() == {"made": 4, "kept": 0, "failed": 0}, run.failed
     assert remote_digests(fs, f"/qk-{os.getpid()}/out") == artifact_digests(reference)
     for artifact in ("m1/f8", "m2/r4"):  # the manifest, the commit mark, is the last file of each artifact sent
         mine = [u for u in uploads if f"/out/{artifact}/" in u]
@@ -364,12 +376,12 @@ def test_a_url_output_root_gets_every_artifact_manifest_last_and_a_resubmission_
     assert not list((tmp_path / "cache" / "published-builds").iterdir())  # the build folders are gone
 
     fs.rm_file(f"/qk-{os.getpid()}/out/m2/f8/model.safetensors")  # damaged in the store: redone, the others kept
-    from quantkit.quantize import status
+    from quantkit.resume import status
 
     rows = {r["output"]: (r["state"], r["reason"]) for r in status(recipe.cells()[1].recipe, f"{root}/m2")}
     assert rows == {"f8": ("to redo", "damaged (missing: model.safetensors)"), "r4": ("up to date", "")}
-    again = run_jobs(matrix_jobs(recipe, root), LocalExecutor(jobs=2))
-    assert {r["id"]: r["status"] for r in again.results} == {"m1/f8": "kept", "m1/r4": "kept", "m2/f8": "made", "m2/r4": "kept"}
+    again = run_jobs(jobs(recipe, root), LocalExecutor(jobs=2))
+    assert {r.id: r.status for r in again.results} == {"m1/f8": "kept", "m1/r4": "kept", "m2/f8": "made", "m2/r4": "kept"}
     assert remote_digests(fs, f"/qk-{os.getpid()}/out") == artifact_digests(reference)
 
 
@@ -387,8 +399,8 @@ def test_a_file_url_root_from_the_cli_runs_under_the_worker_python_and_leaves_fo
                 env={**os.environ, "QUANTKIT_CACHE": str(tmp_path / "cache")})
     assert r.returncode == 1, r.stderr
     summary = json.loads(r.stdout)
-    assert {j["id"]: j["status"] for j in summary["jobs"]} == {"m1/f8": "made", "m2/f8": "failed"}
-    failed = next(j for j in summary["jobs"] if j["status"] == "failed")
+    assert {j["job"]: j["status"] for j in summary} == {"m1/f8": "made", "m2/f8": "failed"}
+    failed = next(j for j in summary if j["status"] == "failed")
     assert f"file://{out}/m2/f8 exists and is not a quantkit artifact: left alone" in failed["error"] and failed["attempts"] == 1
     assert (out / "m2" / "f8" / "notes.txt").read_text() == "not ours" and len(list((out / "m2" / "f8").iterdir())) == 1
     assert sorted(artifact_digests(out)) == ["m1/f8"]
@@ -418,6 +430,6 @@ def test_ray_caps_jobs_in_flight_and_publishes_to_a_url_root(ray_cluster, local_
     r = run_cli("quantize", str(recipe), "--executor", "ray", "--ray-address", address, "--jobs", "1", "-o", f"file://{out}",
                 "--json", env={**env, "QUANTKIT_CACHE": str(tmp_path / "cache")}, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    ran = sorted((j["started_at"], j["ended_at"]) for j in json.loads(r.stdout)["jobs"])
+    ran = sorted((j["started_at"], j["ended_at"]) for j in json.loads(r.stdout))
     assert len(ran) == 4 and all(end <= start for (_, end), (start, _) in zip(ran, ran[1:])), ran  # one at a time
     assert artifact_digests(out) == artifact_digests(reference)

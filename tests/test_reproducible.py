@@ -14,6 +14,8 @@ from test_matrix import ray_cluster  # noqa: F401 - the two-node cluster fixture
 
 from quantkit.threads import DEFAULT_THREADS, MAX_THREADS, THREADS_ENV, compute_threads, pinned_threads
 
+pytestmark = pytest.mark.integration
+
 # what the machine would say without the pin: two threads (unpinned, GPTQ's bytes then differ from a Ray task's)
 MACHINE = {"OMP_NUM_THREADS": "2"}
 OUTPUTS = ("  - {method: gptq, name: g4}\n"
@@ -80,7 +82,7 @@ def test_in_process_local_workers_and_ray_tasks_make_byte_identical_gptq_and_awq
     r = run_cli("quantize", str(recipe), "-o", str(tmp_path / "ray"), "--executor", "ray", "--ray-address", address,
                 "--json", env={**ray_env, THREADS_ENV: "64"}, timeout=600)
     assert r.returncode == 1, r.stderr[-3000:]
-    jobs = {j["id"]: j for j in json.loads(r.stdout)["jobs"]}
+    jobs = {j["job"]: j for j in json.loads(r.stdout)}
     assert jobs["r4"]["status"] == "kept"  # data-free: no thread count changes it
     for name in ("g4", "a4"):
         assert jobs[name]["status"] == "failed" and "computes on 64 CPU threads (QUANTKIT_THREADS)" in jobs[name]["error"]
@@ -110,6 +112,7 @@ def test_a_bad_thread_count_is_refused_in_one_line_before_any_work(wide_model, t
         assert not (tmp_path / "out" / "g4").exists()
 
 
+@pytest.mark.unit
 def test_pinned_threads_give_the_caller_its_count_back(monkeypatch):
     import torch
 

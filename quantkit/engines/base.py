@@ -83,6 +83,11 @@ class Engine(ABC):
         part of an output's input fingerprint, so a new toolchain redoes what it made."""
         return {}
 
+    def needs_hessians(self, output) -> bool:
+        """Whether making the output holds one Hessian (in_features² float32) per linear layer of the layer
+        being calibrated: part of its peak memory estimate (quantkit.matrix.estimate)."""
+        return False
+
     def compute_threads(self, output) -> int | None:
         """The CPU thread count the output's bytes depend on (quantkit.threads), pinned by `run`; part of
         the output's input fingerprint. None: its bytes do not depend on one."""

@@ -2,9 +2,9 @@
 processes) and `ray` (tasks on a Ray cluster). A new executor is one module with a class that has
 `name` and `run(specs, board, retries)`, plus a line in EXECUTORS.
 
-Every executor runs the same job (executors.worker.run_job), writes into the same output root and
-relies on quantize's input fingerprints for resume: a re-submitted job whose artifact is up to date
-is kept, whichever worker made it.
+Every executor runs the same job (executors.worker.run_job) with the run's options (quantkit.jobs.RunOptions),
+writes into the same output root and relies on the input fingerprints of quantkit.resume: a re-submitted
+job whose artifact is up to date is kept, whichever worker made it (unless the run is forced).
 """
 
 from __future__ import annotations
@@ -13,22 +13,29 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from quantkit.errors import QuantkitError
-from quantkit.matrix import Job
+from quantkit.jobs import DEFAULT_OPTIONS, ArtifactSummary, Job, JobResult, JobSpec, QuantizeRun, RunOptions
+from quantkit.matrix import Estimate
+
+if TYPE_CHECKING:
+    from quantkit.artifact import Manifest
 
 # what a worker needs of the driver's environment (caches, toolchains, offline switches)
 FORWARDED_ENV_PREFIXES = ("QUANTKIT_", "HF_", "TRANSFORMERS_", "LLM_COMPRESSOR_", "TQDM_")
 
 
-def job_spec(job: Job, validate: bool = False, python: str | None = None) -> dict:
+def job_spec(job: Job, options: RunOptions = DEFAULT_OPTIONS, python: str | None = None,
+             estimate: Estimate | None = None) -> JobSpec:
     """A job as plain data for a worker: the cell recipe with local paths made absolute (a worker may
-    start elsewhere), the destination, and the environment to forward. The CPU thread count is decided
-    here, once, and sent to every worker explicitly (a Ray node's own environment could say otherwise):
-    the same count on every worker is what makes an artifact the same wherever it was made."""
+    start elsewhere), the destination, the run's options, the environment to forward and the plan's
+    resources. The CPU thread count is decided here, once, and sent to every worker explicitly (a Ray
+    node's own environment could say otherwise): the same count on every worker is what makes an
+    artifact the same wherever it was made."""
+    from quantkit.engines import engine_for
     from quantkit.threads import THREADS_ENV, compute_threads
 
     threads = compute_threads()
@@ -38,14 +45,15 @@ def job_spec(job: Job, validate: bool = False, python: str | None = None) -> dic
         local = Path(os.path.expanduser(src))
         if local.exists():
             recipe[key]["source"] = str(local.resolve())
-    return {
-        "id": job.id, "recipe": json.dumps(recipe), "output": job.output.name,
-        "dest": job.dest if job.remote else str(Path(job.dest).resolve()), "remote": job.remote,
-        "validate": validate, "cwd": os.getcwd(), "python": python,
-        "env": {**{k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)},
-                THREADS_ENV: str(threads)},
-        "threads": threads,
-    }
+    return JobSpec(
+        id=job.id, recipe=json.dumps(recipe), output=job.output.name,
+        dest=job.dest if job.remote else str(Path(job.dest).resolve()), remote=job.remote, cwd=os.getcwd(),
+        threads=threads, options=options, python=python,
+        env={**{k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}, THREADS_ENV: str(threads)},
+        host_bytes=estimate.host_bytes if estimate else None,
+        wants_gpu=estimate.wants_gpu if estimate else engine_for(job.output.method).in_process_torch,
+        gpus=job.cell.recipe.model.gpus,
+    )
 
 
 @dataclass
@@ -79,9 +87,8 @@ class Board:
                 setattr(state, k, v)
         self.changed.set()
 
-    def finish(self, result: dict) -> None:
-        self.update(result["id"], state=result["status"], stage="", seconds=result.get("seconds"),
-                    host=result.get("host"), error=result.get("error"))
+    def finish(self, result: JobResult) -> None:
+        self.update(result.id, state=result.status, stage="", seconds=result.seconds, host=result.host, error=result.error)
 
     def counts(self) -> dict[str, int]:
         with self.lock:
@@ -92,8 +99,9 @@ class Board:
 class Executor(Protocol):
     name: str
 
-    def run(self, specs: list[dict], board: Board, retries: int) -> list[dict]:
-        """Run every spec; return one result record per spec (run_job's shape), in any order."""
+    def run(self, specs: list[JobSpec], board: Board, retries: int) -> list[JobResult]:
+        """Run every spec (each with the run's options, which its child applies); return one result per
+        spec, in any order."""
 
 
 EXECUTORS = {"local": "quantkit.executors.local:LocalExecutor", "ray": "quantkit.executors.ray_cluster:RayExecutor"}
@@ -108,92 +116,74 @@ def executor_for(name: str, **options) -> Executor:
     return getattr(importlib.import_module(module), cls)(**options)
 
 
-@dataclass
-class MatrixRun:
-    results: list[dict]
-    seconds: float
-
-    @property
-    def failed(self) -> list[dict]:
-        return [r for r in self.results if r["status"] == "failed"]
-
-    def summary(self) -> dict:
-        return {"seconds": round(self.seconds, 2),
-                "counts": {k: sum(r["status"] == k for r in self.results) for k in ("made", "kept", "failed")},
-                "jobs": sorted(self.results, key=lambda r: r["id"])}
-
-
-def run_jobs(jobs: list[Job], executor: Executor, board: Board | None = None, retries: int = 1,
-             validate: bool = False, python: str | None = None) -> MatrixRun:
-    """Run `jobs` on `executor`; a failed job is retried up to `retries` times (a crash or a killed
-    worker; not bad input or a failed gate) and reported without stopping the others. `python` runs
-    each job under another interpreter (a worker's own environment); default: this one's."""
-    if retries < 0:
-        raise QuantkitError(f"--retries {retries}: must be 0 or more")
+def run_jobs(jobs: list[Job], executor: Executor, board: Board | None = None, options: RunOptions = DEFAULT_OPTIONS,
+             python: str | None = None) -> QuantizeRun:
+    """Run `jobs` on `executor`; a failed job is retried up to `options.retries` times (a crash or a killed
+    worker; not bad input or a failed gate) and reported without stopping the others. The options reach
+    every job's child (`--force` redoes an up-to-date artifact there, and it is not kept here). `python`
+    runs each job under another interpreter (a worker's own environment); default: this one's."""
+    if options.retries < 0:
+        raise QuantkitError(f"--retries {options.retries}: must be 0 or more")
     board = board or Board.of([j.id for j in jobs])
-    from quantkit.engines import engine_for
     from quantkit.matrix import job_estimates
 
     estimates = job_estimates(jobs)
-    specs = []
-    for job in jobs:
-        est = estimates[job.id]
-        specs.append({**job_spec(job, validate, python), "host_bytes": est.host_bytes if est else None,
-                      "wants_gpu": est.wants_gpu if est else engine_for(job.output.method).in_process_torch,
-                      "gpus": job.cell.recipe.model.gpus})
+    specs = [job_spec(job, options, python, estimates[job.id]) for job in jobs]
     started = time.perf_counter()
-    finished = up_to_date(jobs, board)
-    for job_id in finished:
-        board.finish({"id": job_id, "status": "kept", "seconds": 0.0})
-    results = [{"id": j.id, "status": "kept", "attempts": 0, "seconds": 0.0, "dest": str(j.dest), "host": None}
-               for j in jobs if j.id in finished]
-    results += executor.run([s for s in specs if s["id"] not in finished], board, retries)
-    return MatrixRun(results, time.perf_counter() - started)
+    finished = {} if options.force else up_to_date(jobs, board)
+    results = []
+    for job in jobs:
+        if job.id in finished:
+            result = JobResult(job.id, job.output.name, "kept", str(job.dest), seconds=0.0,
+                               artifact=ArtifactSummary.of(finished[job.id]))
+            board.finish(result)
+            results.append(result)
+    results += executor.run([s for s in specs if s.id not in finished], board, options.retries)
+    order = {j.id: i for i, j in enumerate(jobs)}
+    return QuantizeRun(sorted(results, key=lambda r: order[r.id]), time.perf_counter() - started)
 
 
-def up_to_date(jobs: list[Job], board: Board) -> set[str]:
+def up_to_date(jobs: list[Job], board: Board) -> dict[str, "Manifest"]:
     """Jobs whose artifact is already in the output root and current (quantize's input fingerprints:
-    same model, calibration, output settings and tools), whichever worker made it: not submitted again.
-    Only cells with an artifact there are checked (a check resolves the cell's model here)."""
+    same model, calibration, output settings and tools), whichever worker made it, with their manifests:
+    not submitted again. Only cells with an artifact there are checked (a check resolves the cell's model here)."""
     from quantkit.artifact import is_artifact
+    from quantkit.jobs import by_cell
     from quantkit.output_roots import read_remote
-    from quantkit.quantize import expected_inputs, output_state, stale_reason
+    from quantkit.resume import expected_inputs, output_state, stale_reason
 
     there = {j.id: read_remote(j.dest) for j in jobs if j.remote}
-    cells: dict[str, list[Job]] = {}
-    for job in jobs:
-        present = not there[job.id].problem if job.remote else is_artifact(job.dest)
-        if present:
-            cells.setdefault(job.cell.folder, []).append(job)
-    current: set[str] = set()
-    for group in cells.values():
+    present = [j for j in jobs if (not there[j.id].problem if j.remote else is_artifact(Path(j.dest)))]
+    current: dict[str, Manifest] = {}
+    for cell, group in by_cell(present):
         try:
-            inputs = expected_inputs(group[0].cell.recipe)
+            inputs = expected_inputs(cell.recipe)
         except QuantkitError as e:  # the workers check again when they run the job
-            board.log.append(f"{group[0].cell.folder or group[0].id}: could not check for finished jobs here ({e})")
+            board.log.append(f"{cell.folder or group[0].id}: could not check for finished jobs here ({e})")
             continue
         for job in group:
             if job.remote:
-                fresh = not stale_reason(there[job.id].manifest, inputs[job.output.name])
+                if not stale_reason(there[job.id].manifest, inputs[job.output.name]):
+                    current[job.id] = there[job.id].manifest
             else:
-                fresh = output_state(Path(job.dest), inputs[job.output.name]).current
-            if fresh:
-                current.add(job.id)
+                state = output_state(Path(job.dest), inputs[job.output.name])
+                if state.current:
+                    current[job.id] = state.artifact.manifest
     return current
 
 
-def retrying(spec: dict, board: Board, retries: int, attempt_once) -> dict:
+def retrying(spec: JobSpec, board: Board, retries: int, attempt_once) -> JobResult:
     """Run one spec with `attempt_once(spec, on_stage)` until it succeeds or is not worth retrying."""
-    result: dict = {}
+    result = None
     for attempt in range(1, retries + 2):
-        board.update(spec["id"], state="running", stage="starting", attempts=attempt)
+        board.update(spec.id, state="running", stage="starting", attempts=attempt)
         try:
-            result = attempt_once(spec, lambda stage, _id=spec["id"]: board.update(_id, stage=stage))
+            result = attempt_once(spec, lambda stage, _id=spec.id: board.update(_id, stage=stage))
         except Exception as e:  # noqa: BLE001 - a crashed attempt is a failed job, not a failed matrix
-            result = {"id": spec["id"], "status": "failed", "error": f"{type(e).__name__}: {e}", "retryable": True}
-        result["attempts"] = attempt
-        if result["status"] != "failed" or not result.get("retryable") or attempt > retries:
+            result = JobResult(spec.id, spec.output, "failed", spec.dest, error=f"{type(e).__name__}: {e}", retryable=True)
+        result = replace(result, attempts=attempt)
+        if result.status != "failed" or not result.retryable or attempt > retries:
             break
-        board.log.append(f"{spec['id']}: attempt {attempt} failed; retrying")
+        board.log.append(f"{spec.id}: attempt {attempt} failed; retrying")
     board.finish(result)
     return result

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from quantkit.errors import QuantkitError
 from quantkit.executors import Board, retrying
 from quantkit.executors.worker import run_job
+from quantkit.jobs import JobResult, JobSpec
 
 
 class LocalExecutor:
@@ -18,7 +19,7 @@ class LocalExecutor:
             raise QuantkitError(f"--jobs {jobs}: must be at least 1")
         self.jobs = jobs
 
-    def run(self, specs: list[dict], board: Board, retries: int) -> list[dict]:
+    def run(self, specs: list[JobSpec], board: Board, retries: int) -> list[JobResult]:
         # threads only wait on child processes: the work runs in the children
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="quantkit-job") as pool:
             return list(pool.map(lambda spec: retrying(spec, board, retries, run_job), specs))

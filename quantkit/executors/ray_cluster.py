@@ -13,9 +13,11 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import replace
 
 from quantkit.errors import QuantkitError
 from quantkit.executors import Board
+from quantkit.jobs import JobResult, JobSpec
 
 RAY_HINT = "install it with `pip install 'quantkit[ray]'` (or `pip install ray`)"
 
@@ -46,11 +48,14 @@ def _stage_board_class(ray):
     return StageBoard
 
 
-def _run_on_worker(spec: dict, stages) -> dict:
+def _run_on_worker(spec_json: str, stages) -> str:
+    """The task: the spec and the result cross the cluster as JSON (quantkit.jobs), not as pickled objects."""
     from quantkit.executors.worker import run_job
+    from quantkit.jobs import JobSpec
 
-    stages.report.remote(spec["id"], "starting")
-    return run_job(spec, on_stage=lambda stage: stages.report.remote(spec["id"], stage))
+    spec = JobSpec.from_json(spec_json)
+    stages.report.remote(spec.id, "starting")
+    return run_job(spec, on_stage=lambda stage: stages.report.remote(spec.id, stage)).to_json()
 
 
 class RayExecutor:
@@ -91,7 +96,7 @@ class RayExecutor:
             raise QuantkitError(f"--ray-address {self.address}: cannot connect to a Ray cluster there "
                                 f"({e.strerror or e}); start one with `ray start --head` or check RAY_ADDRESS") from None
 
-    def run(self, specs: list[dict], board: Board, retries: int) -> list[dict]:
+    def run(self, specs: list[JobSpec], board: Board, retries: int) -> list[JobResult]:
         ray = _import_ray()
         # Ray's driver prints worker deaths and node events on stdout, which must stay clean for --json
         sys.stdout.flush()
@@ -109,7 +114,7 @@ class RayExecutor:
             os.dup2(saved_stdout, 1)
             os.close(saved_stdout)
 
-    def _run(self, ray, specs: list[dict], board: Board, retries: int) -> list[dict]:
+    def _run(self, ray, specs: list[JobSpec], board: Board, retries: int) -> list[JobResult]:
         stages = _stage_board_class(ray).remote()
         task = ray.remote(_run_on_worker)
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
@@ -119,33 +124,32 @@ class RayExecutor:
         starts: dict[str, int] = {}
         resubmits: dict[str, int] = {}
         pending: dict = {}
-        results: list[dict] = []
+        results: list[JobResult] = []
 
-        def submit(spec: dict) -> None:
+        def submit(spec: JobSpec) -> None:
             # the task holds the CPUs its job computes on (QUANTKIT_THREADS, pinned in the job)
-            options = {"num_cpus": spec["threads"], "num_gpus": spec.get("gpus", 1) if (has_gpu and spec.get("wants_gpu")) else 0,
+            options = {"num_cpus": spec.threads, "num_gpus": spec.gpus if (has_gpu and spec.wants_gpu) else 0,
                        "max_retries": retries, "retry_exceptions": False,
-                       "runtime_env": {"env_vars": dict(spec.get("env", {}))}}
-            if spec.get("host_bytes"):
-                options["memory"] = spec["host_bytes"]
-            pending[task.options(**options).remote(spec, stages)] = spec
+                       "runtime_env": {"env_vars": dict(spec.env)}}
+            if spec.host_bytes:
+                options["memory"] = spec.host_bytes
+            pending[task.options(**options).remote(spec.to_json(), stages)] = spec
+
+        def refused(spec: JobSpec, error: str) -> None:
+            result = JobResult(spec.id, spec.output, "failed", spec.dest, error=error)
+            board.finish(result)
+            results.append(result)
 
         waiting = []
         for spec in specs:
-            need = spec.get("host_bytes") or 0
+            need = spec.host_bytes or 0
             if node_memory and need > node_memory:
-                result = {"id": spec["id"], "status": "failed", "retryable": False, "attempts": 0,
-                          "error": f"needs about {need / 1e9:.1f} GB of host memory (the plan's estimate); the largest "
-                                   f"node of the cluster has {node_memory / 1e9:.1f} GB for tasks"}
-                board.finish(result)
-                results.append(result)
+                refused(spec, f"needs about {need / 1e9:.1f} GB of host memory (the plan's estimate); the largest "
+                              f"node of the cluster has {node_memory / 1e9:.1f} GB for tasks")
                 continue
-            if node_cpus and spec["threads"] > node_cpus:  # Ray would keep it pending forever
-                result = {"id": spec["id"], "status": "failed", "retryable": False, "attempts": 0,
-                          "error": f"computes on {spec['threads']} CPU threads (QUANTKIT_THREADS) and the largest node of "
-                                   f"the cluster has {node_cpus:g} CPUs; set QUANTKIT_THREADS to {int(node_cpus)} or less"}
-                board.finish(result)
-                results.append(result)
+            if node_cpus and spec.threads > node_cpus:  # Ray would keep it pending forever
+                refused(spec, f"computes on {spec.threads} CPU threads (QUANTKIT_THREADS) and the largest node of "
+                              f"the cluster has {node_cpus:g} CPUs; set QUANTKIT_THREADS to {int(node_cpus)} or less")
                 continue
             waiting.append(spec)
         while pending or waiting:
@@ -163,19 +167,19 @@ class RayExecutor:
             for ref in done:
                 spec = pending.pop(ref)
                 try:
-                    result = ray.get(ref)
+                    result = JobResult.from_json(ray.get(ref))
                 except ray.exceptions.RayError as e:  # retries exhausted: the worker kept dying
                     text = str(e).strip().splitlines()
-                    result = {"id": spec["id"], "status": "failed", "retryable": False,
-                              "error": f"{type(e).__name__}: {text[0] if text else ''}"}
-                result["attempts"] = starts.get(spec["id"], 1)
-                if result["status"] == "failed" and result.get("retryable") and resubmits.get(spec["id"], 0) < retries:
-                    resubmits[spec["id"]] = resubmits.get(spec["id"], 0) + 1
-                    board.log.append(f"{spec['id']}: attempt {result['attempts']} failed; retrying")
+                    result = JobResult(spec.id, spec.output, "failed", spec.dest,
+                                       error=f"{type(e).__name__}: {text[0] if text else ''}")
+                result = replace(result, attempts=starts.get(spec.id, 1))
+                if result.status == "failed" and result.retryable and resubmits.get(spec.id, 0) < retries:
+                    resubmits[spec.id] = resubmits.get(spec.id, 0) + 1
+                    board.log.append(f"{spec.id}: attempt {result.attempts} failed; retrying")
                     submit(spec)
                     continue
                 board.finish(result)
-                board.update(spec["id"], attempts=result["attempts"])
+                board.update(spec.id, attempts=result.attempts)
                 results.append(result)
             if not done:
                 time.sleep(0.05)

@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from quantkit.artifact import MANIFEST_NAME
+from quantkit.jobs import ArtifactSummary, JobResult, JobSpec
+
 EXIT_BAD_INPUT = 2  # quantkit's exit code for input that no retry can fix
 
 
@@ -49,42 +52,61 @@ def _stream(cmd: list[str], env: dict, cwd: str, on_stage: Callable[[str], None]
     return proc.wait(), tail
 
 
-def run_job(spec: dict, on_stage: Callable[[str], None] = lambda s: None) -> dict:
-    """Run one job described by `spec` (made by executors.job_spec); returns its result record. A job
-    whose destination is a URL builds in a folder of this machine, then publishes the artifact there."""
+def child_commands(spec: JobSpec, dest: Path, recipe: Path) -> list[list[str]]:
+    """The child processes of one job: `quantkit quantize` of its one output, with the run's options, and
+    `quantkit validate` of the artifact when the run validates."""
+    python = spec.python or sys.executable
+    quantize = [python, "-m", "quantkit.cli.main", "quantize", str(recipe), "-o", str(dest.parent), "--only", spec.output,
+                "--progress", "plain", *spec.options.child_args()]
+    validate = [python, "-m", "quantkit.cli.main", "validate", str(dest), "--progress", "plain"]
+    return [quantize, validate] if spec.options.validate else [quantize]
+
+
+def run_job(spec: JobSpec, on_stage: Callable[[str], None] = lambda s: None) -> JobResult:
+    """Run one job described by `spec` (made by executors.job_spec); returns its result. A job whose
+    destination is a URL builds in a folder of this machine, then publishes the artifact there."""
     from quantkit.output_roots import build_folder
 
-    dest = build_folder(spec["dest"]) / spec["output"] if spec.get("remote") else Path(spec["dest"])
-    manifest = dest / "quantkit.json"
+    dest = build_folder(spec.dest) / spec.output if spec.remote else Path(spec.dest)
+    manifest = dest / MANIFEST_NAME
     before = manifest.stat().st_mtime_ns if manifest.is_file() else None
     started = time.time()
-    env = {**os.environ, **spec.get("env", {}), "QUANTKIT_PROGRESS": "plain", "PYTHONUNBUFFERED": "1"}
-    python = spec.get("python") or sys.executable
+    env = {**os.environ, **spec.env, "QUANTKIT_PROGRESS": "plain", "PYTHONUNBUFFERED": "1"}
+    code, tail, failed_at = 0, [], None
     with tempfile.TemporaryDirectory(prefix="quantkit-job-") as tmp:
         recipe = Path(tmp) / "recipe.json"  # JSON is YAML: the cell recipe exactly as the driver expanded it
-        recipe.write_text(spec["recipe"])
-        on_stage("quantize")
-        code, tail = _stream([python, "-m", "quantkit.cli.main", "quantize", str(recipe), "-o", str(dest.parent),
-                              "--only", spec["output"], "--progress", "plain"], env, spec["cwd"], on_stage)
-        failed_at = "quantize" if code else None
-        if code == 0 and spec.get("validate"):
-            on_stage("validate")
-            code, tail = _stream([python, "-m", "quantkit.cli.main", "validate", str(dest), "--progress", "plain"],
-                                 env, spec["cwd"], on_stage)
-            failed_at = "validate" if code else None
+        recipe.write_text(spec.recipe)
+        for stage, cmd in zip(("quantize", "validate"), child_commands(spec, dest, recipe)):
+            on_stage(stage)
+            code, tail = _stream(cmd, env, spec.cwd, on_stage)
+            if code:
+                failed_at = stage
+                break
     after = manifest.stat().st_mtime_ns if manifest.is_file() else None
     status = "failed" if code != 0 else "kept" if before is not None and before == after else "made"
-    if spec.get("remote") and failed_at != "quantize":
+    artifact = _summary(dest) if after is not None else None  # read before a URL job's build folder goes
+    if spec.remote and failed_at != "quantize":
         on_stage("publish")
-        code, tail, failed_at = _publish(dest, spec["dest"], code, tail, failed_at)
+        code, tail, failed_at = _publish(dest, spec.dest, code, tail, failed_at)
         status = "failed" if code != 0 else "made"
-    return {"id": spec["id"], "status": status, "exit_code": code, "seconds": round(time.time() - started, 2),
-            "started_at": round(started, 3), "ended_at": round(time.time(), 3),
-            "host": socket.gethostname(), "pid": os.getpid(), "dest": spec["dest"] if spec.get("remote") else str(dest),
-            "error": "\n".join(line for line in tail if line.strip())[-2000:] if code != 0 else None,
-            "failed_at": failed_at,
-            # a gate that failed fails again; bad input stays bad; a crash or a killed process may not recur
-            "retryable": failed_at in ("quantize", "publish") and code != EXIT_BAD_INPUT}
+    return JobResult(
+        id=spec.id, name=spec.output, status=status, dest=spec.dest if spec.remote else str(dest),
+        exit_code=code, seconds=round(time.time() - started, 2), started_at=round(started, 3),
+        ended_at=round(time.time(), 3), host=socket.gethostname(), pid=os.getpid(),
+        error="\n".join(line for line in tail if line.strip())[-2000:] if code != 0 else None, failed_at=failed_at,
+        # a gate that failed fails again; bad input stays bad; a crash or a killed process may not recur
+        retryable=failed_at in ("quantize", "publish") and code != EXIT_BAD_INPUT, artifact=artifact)
+
+
+def _summary(dest: Path) -> ArtifactSummary | None:
+    from pydantic import ValidationError
+
+    from quantkit.artifact import Manifest
+
+    try:
+        return ArtifactSummary.of(Manifest.model_validate_json((dest / MANIFEST_NAME).read_text()))
+    except (OSError, ValidationError, ValueError):
+        return None
 
 
 def _publish(local: Path, url: str, code: int, tail: list[str], failed_at: str | None) -> tuple[int, list[str], str | None]:
