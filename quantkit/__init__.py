@@ -16,7 +16,7 @@ Recipes
     recipe_json_schema()              the recipe's JSON schema (docs/recipe.schema.json)
 
 Quantizing
-    plan(recipe, output_dir, only)    the outputs a run writes and where, without running it
+    plan(recipe, output_dir, only)    the jobs a run makes (each output of each cell, and where), without running it
     quantize(recipe, *, output_dir, only, force, reporter, ...)   write every output; returns the Artifacts
     QuantizeFailed                    raised when some outputs failed (the others were written)
 
@@ -33,7 +33,7 @@ Errors
     RecipeError                       a recipe's problems, all of them
 
 Validation and the serving check are modules: quantkit.validate (validate, validate_run) and
-quantkit.serve_test (run_serve_test). Names are imported on first use, so `import quantkit` (and the
+quantkit.serving.verb (run_serve_test). Names are imported on first use, so `import quantkit` (and the
 CLI's start-up) stays fast.
 """
 
@@ -50,15 +50,15 @@ _EXPORTS = {
     "QuantkitError": "quantkit.errors",
     "RecipeError": "quantkit.errors",
     "QuantizeFailed": "quantkit.quantize",
-    "plan": "quantkit.quantize",
+    "plan": "quantkit.jobs",
     "quantize": "quantkit.quantize",
     "Recipe": "quantkit.recipe",
     "recipe_json_schema": "quantkit.recipe",
     "load_recipe": "quantkit.recipe_loader",
     "parse_recipe": "quantkit.recipe_loader",
-    "push": "quantkit.publishing",
-    "verify": "quantkit.publishing",
-    "pull": "quantkit.publishing",
+    "push": "quantkit.publish.verbs",
+    "verify": "quantkit.publish.verbs",
+    "pull": "quantkit.publish.verbs",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -6,7 +6,7 @@ higher), a thread's samples of the RSS, every 0.1 s, give the step's own peak. I
 memory, so whatever earlier steps still hold is included. (Resetting the kernel's VmHWM via
 /proc/self/clear_refs was tried first; on this machine it reported peaks above the process's own
 ru_maxrss, so it is not used.) Sampling every 10 ms, as quantkit did before, made llama-imatrix
-9% slower on 2 cores (benchmarks/README.md).
+9% slower on 2 cores (docs/decisions.md, "Benchmark history").
 
 Linux carries a parent's peak into a child's `ru_maxrss` (across fork and exec): a quantkit started by
 a large process starts with that process's mark, and its steps fall back to their samples until one

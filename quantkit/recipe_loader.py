@@ -1,22 +1,23 @@
 """Reading recipes: YAML (with line numbers for every error), `--set` overrides, then the pydantic models.
 
 Each problem becomes one message naming the field path, its YAML line and what is allowed, e.g.
-`outputs[0].scheme (line 8): got 'W4A61'; allowed values: 'W4A16', 'W4A16_ASYM' or 'W8A16'`.
+`outputs[0].scheme (line 8): got 'W4A61'; allowed values: 'W4A16', 'W4A16_ASYM' or 'W8A16'`
+(quantkit.recipe_errors writes the messages for pydantic's errors).
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from quantkit.errors import RecipeError
-from quantkit.recipe import METHODS, OUTPUT_CLASSES, CalibrationSpec, ModelSpec, Recipe
+from quantkit.recipe import Recipe
+from quantkit.recipe_errors import describe_error, shortened
 
 MAX_RECIPE_BYTES = 256 << 10
 MAX_KEYS = 1000  # per mapping
@@ -24,7 +25,6 @@ MAX_KEYS = 1000  # per mapping
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_DEPTH = 32  # recipes nest 4 deep; a deeper document is an attack or an accident
 MAX_PROBLEMS = 20  # reported per recipe; the rest are counted
-MAX_SHOWN = 80  # characters of a bad value quoted in a message
 # a number literal's length: far past any recipe value, far below Python's 4,300-digit int parsing limit
 # (and a hex literal of 100 characters is about 120 decimal digits, still printable in a message)
 MAX_NUMBER_CHARS = 100
@@ -48,7 +48,7 @@ def _at_its_line(construct):
             return construct(loader, node)
         except ValueError as e:
             raise yaml.constructor.ConstructorError(
-                None, None, f"{_short(node.value)} cannot be read as a {node.tag.rsplit(':', 1)[-1]} ({e})", node.start_mark,
+                None, None, f"{shortened(node.value)} cannot be read as a {node.tag.rsplit(':', 1)[-1]} ({e})", node.start_mark,
             ) from None
 
     return construct_or_say_where
@@ -103,7 +103,7 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | tup
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
         errors = [err for err in e.errors(include_url=False) if not (no_model and "not neither" in str(err.get("msg")))]
-        described = [_describe_error(err, data, root_node) for err in errors[:MAX_PROBLEMS]]
+        described = [describe_error(err, data, root_node) for err in errors[:MAX_PROBLEMS]]
         raise RecipeError(source, _capped(no_model + described, len(errors) + len(no_model))) from None
     return recipe
 
@@ -125,7 +125,7 @@ class _Open:
             self.items += 1
             return f"{self.path}[{self.items - 1}]"
         self.expecting_key = True
-        key = _short(self.key, 40)
+        key = shortened(self.key, 40)
         return f"{self.path}.{key}" if self.path else key
 
 
@@ -162,7 +162,7 @@ def structure_problems(text: str, root: str = "", lines: bool = True) -> list[st
                 plain = ev.style in (None, "")  # libyaml says "" for a plain scalar, PyYAML None
                 if top and top.kind == "map" and top.expecting_key:
                     if ev.value in top.keys:
-                        return problems + [f"line {line}: key '{_short(ev.value)}' appears twice in one mapping "
+                        return problems + [f"line {line}: key '{shortened(ev.value)}' appears twice in one mapping "
                                            f"(first on line {top.keys[ev.value]}); YAML would silently keep only the last"]
                     if plain and ev.value == "<<":
                         problems.append(f"{where(top.path, line)}: '<<' is a YAML merge key, which would set the keys "
@@ -205,13 +205,8 @@ def _yaml_error(e: yaml.YAMLError) -> str:
     mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
     if mark is not None:
         what = getattr(e, "problem", None) or getattr(e, "context", None) or str(e)
-        return f"YAML syntax error at line {mark.line + 1}, column {mark.column + 1}: {_short(what, 200)}"
-    return f"not readable as YAML: {_short(str(e).splitlines()[0] if str(e) else type(e).__name__, 200)}"
-
-
-def _short(value, limit: int = MAX_SHOWN) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
+        return f"YAML syntax error at line {mark.line + 1}, column {mark.column + 1}: {shortened(what, 200)}"
+    return f"not readable as YAML: {shortened(str(e).splitlines()[0] if str(e) else type(e).__name__, 200)}"
 
 
 def _capped(problems: list[str], total: int | None = None) -> list[str]:
@@ -224,14 +219,14 @@ def _apply_override(data: dict, override: str) -> None:
     """`a.b.0.c=VALUE`: VALUE is parsed as YAML (so `16`, `true`, `[a, b]` have their types)."""
     key, sep, raw = override.partition("=")
     if not sep or not key:
-        raise ValueError(f"override '{_short(override)}' must look like KEY=VALUE, e.g. calibration.num_samples=16")
+        raise ValueError(f"override '{shortened(override)}' must look like KEY=VALUE, e.g. calibration.num_samples=16")
     problems = structure_problems(raw, root=key, lines=False)
     if problems:
-        raise ValueError(f"override '{_short(override)}': {problems[0]}")
+        raise ValueError(f"override '{shortened(override)}': {problems[0]}")
     try:
         value = yaml.load(raw, Loader=_RecipeLoader)
     except yaml.YAMLError as e:
-        raise ValueError(f"override '{_short(override)}': {_yaml_error(e)}") from None
+        raise ValueError(f"override '{shortened(override)}': {_yaml_error(e)}") from None
     parts = key.split(".")
     node: Any = data
     for i, part in enumerate(parts[:-1]):
@@ -246,7 +241,7 @@ def _apply_override(data: dict, override: str) -> None:
     elif isinstance(node, dict):
         node[last] = value
     else:
-        raise ValueError(f"override '{_short(override)}': '{'.'.join(parts[:-1])}' is not a mapping or list")
+        raise ValueError(f"override '{shortened(override)}': '{'.'.join(parts[:-1])}' is not a mapping or list")
 
 
 def _child(node: Any, part: str, path: str) -> Any:
@@ -254,101 +249,11 @@ def _child(node: Any, part: str, path: str) -> Any:
         return node[_index(node, part, path)]
     if isinstance(node, dict):
         return node.get(part)
-    raise ValueError(f"override path '{_short(path)}' goes through a scalar")
+    raise ValueError(f"override path '{shortened(path)}' goes through a scalar")
 
 
 def _index(node: list, part: str, path: str) -> int:
     if not (part.isascii() and part.isdigit()) or len(part) > 9 or int(part) >= len(node):
-        raise ValueError(f"override path '{_short(path)}': '{_short(part, 20)}' is not an index of a list of {len(node)} items")
+        raise ValueError(f"override path '{shortened(path)}': '{shortened(part, 20)}' is not an index of a list of "
+                         f"{len(node)} items")
     return int(part)
-
-
-def _describe_error(err: dict, data: Any, root_node: yaml.Node | None) -> str:
-    loc = _clean_loc(err["loc"], data)
-    path = _format_loc(loc) or "(recipe)"
-    line = _line_of(root_node, loc)
-    where = f"{path} (line {line})" if line else path
-    kind = err["type"]
-    ctx = err.get("ctx") or {}
-    if kind == "extra_forbidden":
-        parent_model = _model_at(loc[:-1], data)
-        allowed = sorted(parent_model.model_fields) if parent_model else []
-        guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f" Did you mean '{guess[0]}'?" if guess else ""
-        return f"{where}: unknown field.{hint} Allowed fields: {', '.join(allowed)}"
-    if kind == "literal_error":
-        return f"{where}: got {_short(repr(err['input']))}; allowed values: {ctx.get('expected', '')}"
-    if kind == "union_tag_invalid":
-        return f"{where}: unknown method {_short(repr(ctx.get('tag')))}; allowed methods: {ctx.get('expected_tags')}"
-    if kind == "union_tag_not_found":
-        return f"{where}: missing `method`; allowed methods: {', '.join(METHODS)}"
-    if kind == "missing":
-        return f"{where}: required field is missing"
-    msg = err["msg"]
-    if kind == "value_error":
-        return f"{where}: {_short(msg.removeprefix('Value error, '), 300)}"
-    value = err.get("input")
-    if isinstance(value, (bool, int, float, str)) or value is None:  # strict types: say what was there
-        return f"{where}: {msg}; got {_short(repr(value))}"
-    return f"{where}: {msg}"
-
-
-def _clean_loc(loc: tuple, data: Any) -> tuple:
-    """Drop pydantic's union-tag and type segments so the path matches the YAML."""
-    out: list = []
-    node = data
-    for part in loc:
-        if isinstance(node, dict) and part not in node and isinstance(part, str) and (
-            part in METHODS or part in ("str", "int")
-        ):
-            continue
-        if isinstance(part, str) and "[" in part and "]" in part and not (isinstance(node, dict) and part in node):
-            continue
-        out.append(part)
-        if isinstance(node, dict):
-            node = node.get(part)
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        else:
-            node = None
-    return tuple(out)
-
-
-def _format_loc(loc: tuple) -> str:
-    s = ""
-    for part in (p if isinstance(p, int) else _short(str(p), 40) for p in loc):
-        s += f"[{part}]" if isinstance(part, int) else (f".{part}" if s else str(part))
-    return s
-
-
-def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
-    line = node.start_mark.line + 1 if node is not None else None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                if k.value == part:
-                    line, node = k.start_mark.line + 1, v
-                    break
-            else:
-                return line
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line
-
-
-def _model_at(loc: tuple, data: Any) -> type[BaseModel] | None:
-    """The pydantic model class that validates the mapping at `loc` (for field suggestions)."""
-    if loc == ():
-        return Recipe
-    if loc == ("model",):
-        return ModelSpec
-    if loc == ("calibration",):
-        return CalibrationSpec
-    if len(loc) == 2 and loc[0] == "outputs" and isinstance(loc[1], int):
-        outputs = data.get("outputs") if isinstance(data, dict) else None
-        if isinstance(outputs, list) and loc[1] < len(outputs) and isinstance(outputs[loc[1]], dict):
-            return OUTPUT_CLASSES.get(outputs[loc[1]].get("method"))
-    return None

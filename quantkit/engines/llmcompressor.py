@@ -8,108 +8,22 @@ earlier layers propagated), which keeps memory at one layer's activations.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from quantkit.engines.base import Engine, EngineJob, EngineResult
+from quantkit.engines.llmcompressor_schemes import describe_args, resolved_scheme, scheme_summary
+from quantkit.engines.llmcompressor_session import offload_folder, progress_from_tqdm, targeted_linear_shapes
 from quantkit.engines.llmcompressor_workarounds import cpu_compat, release_traced_model
 from quantkit.errors import SchemeConstraintError
 from quantkit.library_logs import route_llmcompressor_logs
-from quantkit.progress import Reporter, TqdmBridge
 from quantkit.threads import compute_threads, pinned_threads
 
-# llm-compressor modules whose tqdm bars become quantkit progress bars
-_TQDM_MODULES = (
-    "llmcompressor.pipelines.sequential.pipeline",
-    "llmcompressor.pipelines.cache",
-    "llmcompressor.modifiers.transform.awq.base",
-)
 CANDIDATE_GROUP_SIZES = (16, 32, 64, 128, 256)
-
-
-def _with_weight_overrides(weights: dict, output) -> dict:
-    """A preset's weight arguments with the output's explicit bits, group size and symmetry."""
-    bits, group_size, symmetric = (getattr(output, k, None) for k in ("bits", "group_size", "symmetric"))
-    if bits is not None:
-        weights["num_bits"] = bits
-    if group_size == "channel":
-        weights.update(strategy="channel", group_size=None)
-    elif isinstance(group_size, int):
-        weights.update(strategy="group", group_size=group_size)
-    if symmetric is not None:
-        weights["symmetric"] = symmetric
-    return weights
-
-
-def resolved_scheme(output):
-    """The compressed-tensors QuantizationScheme for an output: its preset plus explicit overrides."""
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme, preset_name_to_scheme
-
-    scheme = preset_name_to_scheme(output.scheme, list(output.targets))
-    weights = _with_weight_overrides(scheme.weights.model_dump(), output)
-    activations = scheme.input_activations
-    if getattr(output, "activations", "dynamic") == "static" and activations is not None:
-        # one scale per tensor, observed on the calibration set (what static-scale int8 kernels take)
-        activations = QuantizationArgs(
-            **{**activations.model_dump(), "strategy": "tensor", "dynamic": False, "observer": "static_minmax"}
-        )
-    return QuantizationScheme(
-        targets=list(output.targets),
-        weights=QuantizationArgs(**weights),
-        input_activations=activations,
-        output_activations=scheme.output_activations,
-        format=scheme.format,
-    )
-
-
-# compressed-tensors' presets for the schemes a recipe can name, as plain data: describing an output
-# (`recipes validate`) then needs no compressed-tensors import, which imports torch (4.5 s here).
-# tests/test_performance.py keeps this equal to the library's presets.
-_W_GROUP = {"type": "int", "symmetric": True, "group_size": 128, "strategy": "group", "block_structure": None,
-            "dynamic": False}
-_FP8_CHANNEL = {"num_bits": 8, "type": "float", "symmetric": True, "group_size": None, "strategy": "channel",
-                "block_structure": None, "dynamic": False}
-_TOKEN_DYNAMIC = {"num_bits": 8, "symmetric": True, "group_size": None, "strategy": "token", "block_structure": None,
-                  "dynamic": True}
-SCHEME_PRESETS: dict[str, tuple[dict, dict | None]] = {
-    "W4A16": ({**_W_GROUP, "num_bits": 4}, None),
-    "W4A16_ASYM": ({**_W_GROUP, "num_bits": 4, "symmetric": False}, None),
-    "W8A16": ({**_W_GROUP, "num_bits": 8}, None),
-    "W8A8": ({**_W_GROUP, "num_bits": 8, "group_size": None, "strategy": "channel"}, {**_TOKEN_DYNAMIC, "type": "int"}),
-    "FP8_DYNAMIC": (_FP8_CHANNEL, {**_TOKEN_DYNAMIC, "type": "float"}),
-    "FP8": ({**_FP8_CHANNEL, "strategy": "tensor"}, {**_FP8_CHANNEL, "strategy": "tensor"}),
-    "FP8_BLOCK": ({**_FP8_CHANNEL, "strategy": "block", "block_structure": [128, 128]},
-                  {**_TOKEN_DYNAMIC, "type": "float", "strategy": "group", "group_size": 128}),
-}
-
-
-def scheme_summary(output) -> tuple[dict, dict | None]:
-    """What `resolved_scheme` gives for the weights and input activations (type, bits, strategy, group or
-    block, symmetry, dynamic), from the preset table and the same overrides, without compressed-tensors."""
-    weights, activations = (dict(x) if x else None for x in SCHEME_PRESETS[output.scheme])
-    weights = _with_weight_overrides(weights, output)
-    if getattr(output, "activations", "dynamic") == "static" and activations is not None:
-        activations.update(strategy="tensor", dynamic=False, group_size=None)
-    return weights, activations
-
-
-def _describe_args(args: dict | None, role: str) -> str:
-    if args is None:
-        return f"{role} unquantized"
-    kind = "fp" if args["type"] == "float" else "int"
-    strategy = args["strategy"]
-    if strategy == "group":
-        strategy = f"group {args['group_size']}"
-    elif strategy == "block":
-        strategy = f"block {args['block_structure']}"
-    sym = "sym" if args["symmetric"] else "asym"
-    dyn = ", dynamic" if args["dynamic"] else (", static" if role == "activations" else "")
-    return f"{role} {kind}{args['num_bits']} {sym} per-{strategy}{dyn}"
 
 
 def _awq_modifiers(output, groups: dict, ignore: list[str]) -> list:
@@ -151,21 +65,24 @@ def _rtn_modifiers(output, groups: dict, ignore: list[str]) -> list:
 
 @dataclass(frozen=True)
 class LLMCompressorMethod:
-    """What one recipe method is in llm-compressor: what it is called, its modifiers (whether it calibrates
-    is the output model's own answer: quantkit.recipe)."""
+    """What one recipe method is in llm-compressor: what it is called, its modifiers, and whether it holds
+    GPTQ's Hessians while a layer calibrates (whether it calibrates is the output model's own answer:
+    quantkit.recipe)."""
 
     algorithm: Callable[[Any], str]
     modifiers: Callable[[Any, dict, list[str]], list]
+    hessians: bool = False
 
 
 # A new llm-compressor method is one row here (plus its output model in quantkit.recipe).
 METHODS: dict[str, LLMCompressorMethod] = {
     "awq": LLMCompressorMethod(lambda o: "AWQ scale search + round-to-nearest", _awq_modifiers),
-    "gptq": LLMCompressorMethod(lambda o: "GPTQ", _gptq_modifiers),
-    # SmoothQuant needs activation statistics; GPTQ needs Hessians
+    "gptq": LLMCompressorMethod(lambda o: "GPTQ", _gptq_modifiers, hessians=True),
+    # SmoothQuant needs activation statistics; GPTQ needs Hessians (estimated for either weight_algorithm:
+    # the memory estimate stays on the safe side)
     "int8": LLMCompressorMethod(
         lambda o: ("SmoothQuant + " if o.smoothquant else "") + ("GPTQ" if o.weight_algorithm == "gptq" else "round-to-nearest"),
-        _int8_modifiers),
+        _int8_modifiers, hessians=True),
     "fp8": LLMCompressorMethod(lambda o: "round-to-nearest FP8 (E4M3)", _rtn_modifiers),
     "rtn": LLMCompressorMethod(lambda o: "round-to-nearest", _rtn_modifiers),
 }
@@ -193,9 +110,12 @@ class LLMCompressorEngine(Engine):
     def algorithm(self, output) -> str:
         return METHODS[output.method].algorithm(output)
 
+    def needs_hessians(self, output) -> bool:
+        return METHODS[output.method].hessians
+
     def describe(self, output) -> str:
         weights, activations = scheme_summary(output)
-        parts = [_describe_args(weights, "weights"), _describe_args(activations, "activations")]
+        parts = [describe_args(weights, "weights"), describe_args(activations, "activations")]
         return f"{self.algorithm(output)}; {'; '.join(parts)}; ignore {', '.join(output.ignore) or 'nothing'}"
 
 
@@ -375,69 +295,3 @@ class LLMCompressorEngine(Engine):
             del model, kwargs["model"]  # what cycles still hold is collected before the next output (quantize._make)
         return EngineResult(format="compressed-tensors", timings_s=timings,
                             details=self.details(out, kwargs, job.model.spec.offload, patches, threads))
-
-
-@contextlib.contextmanager
-def progress_from_tqdm(reporter: Reporter) -> Iterator[None]:
-    bridge = TqdmBridge(reporter)
-    saved = []
-    for name in _TQDM_MODULES:
-        mod = importlib.import_module(name)
-        if hasattr(mod, "tqdm"):
-            saved.append((mod, mod.tqdm))
-            mod.tqdm = bridge.tqdm
-    error = None
-    try:
-        yield
-    except BaseException as e:
-        error = e  # the layers step then ends FAILED/interrupted, not done
-        raise
-    finally:
-        for mod, original in saved:
-            mod.tqdm = original
-        bridge.close(error)
-
-
-@contextlib.contextmanager
-def offload_folder(job: EngineJob) -> Iterator[Path]:
-    """A folder of quantkit's for the disk offload (symlinks into the checkpoint and the weights llm-compressor
-    updates, about the model's size), removed when the output is done or fails. glibc is told to return
-    freed blocks of 128 kB and more to the system: without it freed layer copies stay in the heap and the
-    peak grows with the model (docs/decisions.md)."""
-    import ctypes
-    import shutil
-    import tempfile
-
-    from quantkit.files import cache_dir
-
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc: the peak may grow with the model
-        pass
-    root = cache_dir() / "offload"
-    root.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f"{job.output.name[:60]}-{os.getpid()}-", dir=root))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def targeted_linear_shapes(path, targets, ignore, trust_remote_code=False) -> dict[str, tuple[int, int]]:
-    """{module name: (out_features, in_features)} of the layers a scheme would quantize.
-
-    Built on the meta device from config.json alone: no weights are read.
-    """
-    import torch
-    from compressed_tensors.utils import match_named_modules
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    shapes = {}
-    for name, module in match_named_modules(model, list(targets), list(ignore)):
-        weight = getattr(module, "weight", None)
-        if weight is not None and weight.dim() == 2:
-            shapes[name] = (int(weight.shape[0]), int(weight.shape[1]))
-    return shapes

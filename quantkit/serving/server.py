@@ -79,6 +79,28 @@ def failure_reason(log: str) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
+_QUANT = re.compile(r"Initializing a V1 LLM engine .*?quantization=([\w-]+)")
+_KERNEL = re.compile(r"(Using \S*[Kk]ernel.*|.*Kernel\w* for .*)$")
+
+
+def reported_quantization(log: str) -> str | None:
+    m = _QUANT.search(log)
+    if not m:
+        return None
+    return None if m.group(1) == "None" else m.group(1)
+
+
+def kernel_lines(log: str) -> list[str]:
+    seen: list[str] = []
+    for line in log.splitlines():
+        m = _KERNEL.search(line)
+        if m:
+            text = re.sub(r"^\(\w+ pid=\d+\)\s+\w+\s+[\d-]+ [\d:]+ \[[^\]]+\]\s*", "", line).strip()
+            if text not in seen:
+                seen.append(text)
+    return seen[:20]
+
+
 class ServerProcess:
     """Runs `command + ["--port", PORT]` in its own process group; `wait_ready` polls GET /health."""
 

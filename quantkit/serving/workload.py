@@ -9,7 +9,13 @@ greedy outputs must be identical.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
 from quantkit.serving.client import Request
+
+if TYPE_CHECKING:
+    from quantkit.serving.results import ServeOptions
 
 GREEDY_PROMPT = "The capital of France is"
 
@@ -69,3 +75,46 @@ def smoke_requests(max_tokens: int, limit: int | None = None) -> list[Request]:
 def spec_requests(max_tokens: int, limit: int | None = None) -> list[Request]:
     prompts = SPEC_PROMPTS[:limit] if limit else SPEC_PROMPTS
     return [Request(f"copy-{i}", kind, prompt, max_tokens) for i, (kind, prompt) in enumerate(prompts)]
+
+
+@dataclass
+class WorkloadPlan:
+    """The requests of every phase: --serve-prompts and --serve-max-tokens bound them all (smoke and
+    greedy included), and a scheme this machine serves very slowly gets quantkit.serving.support's
+    short workload, the dropped concurrencies recorded as "not measured here"."""
+
+    smoke: list[Request]
+    greedy_tokens: int
+    workload: list[Request]
+    concurrency: tuple[int, ...]
+    short_because: str | None = None  # why the workload is shorter than asked
+    not_measured_here: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"smoke_requests": len(self.smoke), "smoke_max_tokens": self.smoke[0].max_tokens if self.smoke else None,
+                "greedy_tokens": self.greedy_tokens, "workload_requests": len(self.workload),
+                "max_tokens": self.workload[0].max_tokens if self.workload else None,
+                "concurrency": list(self.concurrency), "short_because": self.short_because}
+
+
+def plan_workload(options: ServeOptions, kind: str | None, device: str) -> WorkloadPlan:
+    from quantkit.serving.support import SLOW_CPU_WORKLOAD, slow_reason
+
+    prompts, max_tokens, concurrency = options.prompts, options.max_tokens, tuple(options.concurrency)
+    slow = slow_reason(kind, device)
+    dropped: dict[str, str] = {}
+    if slow:
+        prompts = min(prompts or SLOW_CPU_WORKLOAD.prompts, SLOW_CPU_WORKLOAD.prompts)
+        max_tokens = min(max_tokens, SLOW_CPU_WORKLOAD.max_tokens)
+        concurrency = (min(concurrency),)
+        # the reason in full is short_because; this names it
+        dropped = {f"concurrency {c}": f"not measured here: {kind} on CPU, short workload"
+                   for c in options.concurrency if c not in concurrency}
+    return WorkloadPlan(
+        smoke=smoke_requests(min(options.smoke_max_tokens, max_tokens), prompts),
+        greedy_tokens=min(options.greedy_tokens, max_tokens),
+        workload=spec_requests(max_tokens, prompts),
+        concurrency=concurrency,
+        short_because=slow,
+        not_measured_here=dropped,
+    )

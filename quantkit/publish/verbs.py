@@ -1,6 +1,9 @@
 """`quantkit push`, `verify` and `pull`: validated artifacts out to model hubs and OCI registries with a
 generated model card and a provenance attestation, and back.
 
+A verb (floor 6 in tests/test_layers.py, with validate) inside the publish package (floor 5): push finds
+the artifacts of a run with validate's own search, so `quantkit.publish`'s `__init__` never imports it.
+
     import quantkit
     quantkit.push("out/smollm2-135m-gptq-w4a16", "my-org/SmolLM2-135M-Instruct-GPTQ", sign_key="ec.key")
     quantkit.verify("oci://localhost:5000/models/smollm2:q4_k_m", key="ec.pub")
@@ -38,6 +41,7 @@ from quantkit.publish.bundle import (
 )
 from quantkit.publish.card import CardContext, base_license, base_model_id, render
 from quantkit.publish.destinations import Destination, PushOptions, PushResult, destination_for
+from quantkit.report.model import ValidationReport
 
 HUB_MADE = (".gitattributes",)  # files a hub adds to every repository by itself
 # what `quantkit validate` writes into a folder after a pull: not covered by the attestation, and named as such
@@ -66,7 +70,7 @@ def prepare(artifact: str | Path | Artifact, destination: Destination, settings:
     problem = validation_problem(art, report)
     if problem:
         # a report for this manifest whose figures hold together failed its gates; anything else is unvalidated
-        failed_gates = (report is not None and report.get("manifest_sha256") == sha256_file(art.path / MANIFEST_NAME)
+        failed_gates = (report is not None and report.manifest_sha256 == sha256_file(art.path / MANIFEST_NAME)
                         and not verdict_problems(report))
         allowed = settings.allow_failed if failed_gates else settings.allow_unvalidated
         flag = "--allow-failed" if failed_gates else "--allow-unvalidated"
@@ -84,7 +88,8 @@ def prepare(artifact: str | Path | Artifact, destination: Destination, settings:
     bundle.add(BundleFile.made(MANIFEST_NAME, CONFIG, pushed_manifest(art, prefixes)))
     if report is not None:
         bundle.add(BundleFile.made(VALIDATION_NAME, CONFIG, pushed_validation(report, prefixes)))
-    ctx = CardContext(destination.ref, destination.kind, license_, settings.base_model or base_model_id(art),
+    ctx = CardContext(destination.ref, destination.pulled_before_run, destination.verify_ref, license_,
+                      settings.base_model or base_model_id(art),
                       tuple(notes), signer)
     bundle.add(BundleFile.made(CARD_NAME, DOC, render(art, report, ctx, prefixes).encode()))
     stmt = provenance.statement({f.path: f.sha256 for f in bundle.files}, predicate(art, report, bundle, prefixes))
@@ -102,7 +107,7 @@ def _hub_token() -> str | None:
     return get_token()
 
 
-def predicate(art: Artifact, report: dict | None, bundle: Bundle, prefixes: list[str]) -> dict:
+def predicate(art: Artifact, report: ValidationReport | None, bundle: Bundle, prefixes: list[str]) -> dict:
     """SLSA provenance v1: the base model and calibration set as resolved dependencies, the recipe as
     external parameters, the tool versions as the builder's, the validation verdict as a byproduct."""
     m = art.manifest
@@ -124,10 +129,11 @@ def predicate(art: Artifact, report: dict | None, bundle: Bundle, prefixes: list
     validation = bundle.file(VALIDATION_NAME)
     if report is not None and validation is not None:
         byproducts.append({"name": VALIDATION_NAME, "digest": {"sha256": validation.sha256}, "annotations": {
-            "passed": bool(report.get("passed")), "settings": without_local_paths(report.get("settings", {}), prefixes),
-            "targets": [{"target": t["target"], "passed": t["passed"],
-                         "metrics": {k: v for c in t.get("checks", []) for k, v in c.get("metrics", {}).items()},
-                         "gates": t.get("gates", [])} for t in report.get("targets", [])]}})
+            "passed": report.passed,
+            "settings": without_local_paths(report.settings.to_dict() if report.settings else {}, prefixes),
+            "targets": [{"target": t.target, "passed": t.passed,
+                         "metrics": {k: v for c in t.checks for k, v in c.metrics.items()},
+                         "gates": [g.to_dict() for g in t.gates]} for t in report.targets]}})
     return {
         "buildDefinition": {
             "buildType": provenance.BUILD_TYPE,
@@ -277,7 +283,7 @@ def pull(ref: str, dest: str | Path, *, force: bool = False, reporter: Reporter 
     replaced, never another folder), digests checked against the attestation; the result is an artifact
     `validate` accepts. Everything is written in a staging folder beside `dest`, renamed into place only
     once every file is complete and verified: a failure leaves `dest` as it was."""
-    from quantkit.artifact import remove_own_files, replace_problem
+    from quantkit.artifact_files import remove_own_files, replace_problem
 
     reporter = reporter or NullReporter()
     destination = destination_for(ref)

@@ -21,7 +21,8 @@ from quantkit.cli.options import (
     VllmPythonOpt,
     serve_options,
 )
-from quantkit.cli.output import Table, console, make_reporter, print_table, sigterm_as_exit, styled
+from quantkit.cli.output import Table, make_reporter, sigterm_as_exit, styled
+from quantkit.cli.render import Output
 
 ServeTimeoutOpt = Annotated[Optional[float], typer.Option(
     "--serve-timeout", metavar="SECONDS", show_default=False,
@@ -63,7 +64,7 @@ def serve_test_command(
 
       quantkit serve-test ~/.cache/quantkit/models/<float base> --speculative draft_model --draft out/smollm2-135m-gptq-w4a16
     """
-    from quantkit.serve_test import run_serve_test
+    from quantkit.serving.verb import run_serve_test
 
     options = with_serve_timeout(
         serve_options(speculative, draft, concurrency, serve_max_tokens, serve_prompts, ready_timeout, serve_dtype), serve_timeout)
@@ -72,16 +73,13 @@ def serve_test_command(
     doc = report.to_dict()
     if output:
         output.write_text(json.dumps(doc, indent=2) + "\n")
-    if as_json:
-        console.print_json(json.dumps(doc))
-    else:
-        print_table(serve_table(doc))
+    Output(doc).table(lambda: serve_table(doc)).emit(as_json)
     if not report.passed:
         raise typer.Exit(1)
 
 
 def serve_table(doc: dict) -> Table:
-    from quantkit.serving.smoke import not_measured_by_reason
+    from quantkit.serving.results import not_measured_by_reason
 
     r = doc["result"]
     t = Table(title=f"quantkit serve-test: {Path(r['model']).name}", title_justify="left")

@@ -1,4 +1,7 @@
-"""`quantkit serve-test PATH` as a library call: `run_serve_test` serves one model in vLLM and gates the result."""
+"""`quantkit serve-test PATH` as a library call: `run_serve_test` serves one model in vLLM and gates the result.
+
+A verb (floor 6 in tests/test_layers.py, with validate) inside the serving package (floor 4): it gates the
+result with checks.serve's gates, one floor up, so the package's `__init__` never imports it."""
 
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ from quantkit.checks.serve import serving_gates
 from quantkit.errors import QuantkitError
 from quantkit.gates import GateResult, evaluate_gates, parse_gate_overrides
 from quantkit.progress import NullReporter, Reporter
-from quantkit.serving.smoke import ServeOptions, ServeResult, greedy_reference, serve_test, unsupported_result
+from quantkit.serving.reference import greedy_reference
+from quantkit.serving.results import ServeOptions, ServeResult
+from quantkit.serving.smoke import serve_test, unsupported_result
 from quantkit.serving.workload import GREEDY_PROMPT
 
 
@@ -29,10 +34,12 @@ class ServeReport:
                 "gates": [g.to_dict() for g in self.gates]}
 
 
-def describe_target(path: Path) -> tuple[Path, str | None, Path]:
-    """(what vLLM loads, the quantization it should report, where logs go)."""
+def describe_target(path: Path) -> tuple[Path, str | None, Path, bool]:
+    """(what vLLM loads, the quantization it should report, where logs go, whether transformers runs
+    what vLLM runs: the greedy reference)."""
     from quantkit.artifact import MANIFEST_NAME, SERVE_LOGS, Artifact
     from quantkit.files import cache_dir
+    from quantkit.formats import format_named
 
     path = Path(path).expanduser()
     if not path.exists():
@@ -40,17 +47,19 @@ def describe_target(path: Path) -> tuple[Path, str | None, Path]:
     if path.is_file():
         if path.suffix != ".gguf":
             raise QuantkitError(f"{path}: expected a model folder or a .gguf file")
-        return path, "gguf", cache_dir() / "serve-logs" / path.stem
+        gguf = format_named("gguf")  # the only single-file format
+        return path, gguf.vllm_quantization, cache_dir() / "serve-logs" / path.stem, gguf.transformers_reference
     if (path / MANIFEST_NAME).is_file():
         art = Artifact.load(path)  # checksums first
         logs = path / SERVE_LOGS / "serve-test"
         first = art.targets()[0]
-        return first.path, first.format, logs
+        fmt = format_named(first.format)
+        return first.path, fmt.vllm_quantization, logs, fmt.transformers_reference
     config = path / "config.json"
     if not config.is_file():
         raise QuantkitError(f"{path} has neither {MANIFEST_NAME} nor config.json: not a model folder")
     qc = json.loads(config.read_text()).get("quantization_config") or {}
-    return path, qc.get("quant_method"), cache_dir() / "serve-logs" / path.name
+    return path, qc.get("quant_method"), cache_dir() / "serve-logs" / path.name, True
 
 
 def run_serve_test(path: str | Path, options: ServeOptions | None = None, *, vllm_python: str | Path | None = None,
@@ -60,13 +69,15 @@ def run_serve_test(path: str | Path, options: ServeOptions | None = None, *, vll
     options = options or ServeOptions()
     reporter = reporter or NullReporter()
     overrides = parse_gate_overrides(gate_overrides)
-    model, expected, log_dir = describe_target(Path(path))
+    model, expected, log_dir, has_reference = describe_target(Path(path))
     env = require_environment(vllm_python)
     with reporter.task("vLLM: can this machine's kernels serve it (kernel library probe, cached)"):
         result = unsupported_result(model, env, expected_quantization=expected, options=options)
     if result is None:
-        with reporter.task(f"transformers: greedy reference for {GREEDY_PROMPT!r}"):
-            reference = greedy_reference(model, expected, options.greedy_tokens)
+        reference = None
+        if has_reference:
+            with reporter.task(f"transformers: greedy reference for {GREEDY_PROMPT!r}"):
+                reference = greedy_reference(model, options.greedy_tokens)
         result = serve_test(model, env, expected_quantization=expected, options=options, log_dir=log_dir,
                             greedy_reference=reference, reporter=reporter)
     gates = {**serving_gates(options), **overrides}
