@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Optional
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from quantkit.cli.options import JsonOpt
-from quantkit.cli.output import Table, console, human_bytes, print_table, say
+from quantkit.cli.output import human_bytes
+from quantkit.cli.render import Column, Output, Rows
+
+if TYPE_CHECKING:
+    from quantkit.cache_store import CacheEntry
 
 app = typer.Typer(help="List and prune quantkit's cached base references, llama.cpp reference logits and lm-eval base scores.",
                   no_args_is_help=True)
@@ -19,27 +25,36 @@ SHOWN_KEYS = {"base_fingerprint": "base", "tokens_sha256": "text", "text_sha256"
               "context": "context", "stride": "stride", "chunks": "chunks", "dtype": "dtype", "tasks": "tasks"}
 
 
+@dataclass(frozen=True)
+class StoredEntry:
+    store: str
+    entry: CacheEntry
+
+
+def computed_from(key: dict) -> str:
+    return ", ".join(f"{label} {str(key[k])[:12]}" for k, label in SHOWN_KEYS.items() if k in key)
+
+
+ENTRY_COLUMNS: tuple[Column[StoredEntry], ...] = (
+    Column("store", "store", lambda r: r.store),
+    Column("path", "entry", lambda r: str(r.entry.path), format=lambda path: Path(path).name[:12]),
+    Column("bytes", "size", lambda r: r.entry.bytes, format=human_bytes, justify="right"),
+    Column("last_used", "last used", lambda r: r.entry.last_used,
+           format=lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M")),
+    Column("key", "computed from", lambda r: r.entry.key, format=computed_from),
+)
+REMOVED_COLUMNS = tuple(c for c in ENTRY_COLUMNS if c.key in ("store", "path", "bytes"))
+
+
 @app.command("list")
 def list_command(as_json: JsonOpt = False) -> None:
     """Every cached entry, most recently used first, with its size and what it was computed from."""
-    from datetime import datetime
-
     from quantkit.cache_store import all_stores
 
-    rows = [(store, e) for store in all_stores() for e in store.entries()]
-    if as_json:
-        console.print_json(json.dumps([{"store": s.name, "path": str(e.path), "bytes": e.bytes, "last_used": e.last_used,
-                                        "key": e.key} for s, e in rows]))
-        return
-    table = Table(title="quantkit cache", title_justify="left")
-    for col, just in (("store", "left"), ("entry", "left"), ("size", "right"), ("last used", "left"), ("computed from", "left")):
-        table.add_column(col, justify=just)
-    for store, e in rows:
-        what = ", ".join(f"{label} {str(e.key[k])[:12]}" for k, label in SHOWN_KEYS.items() if k in e.key)
-        table.add_row(store.name, e.path.name[:12], human_bytes(e.bytes),
-                      datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M"), what)
-    print_table(table)
-    say(f"{len(rows)} entries, {human_bytes(sum(e.bytes for _, e in rows))}")
+    rows = Rows(ENTRY_COLUMNS, [StoredEntry(store.name, e) for store in all_stores() for e in store.entries()],
+                title="quantkit cache", title_justify="left")
+    total = sum(r.entry.bytes for r in rows.records)
+    Output(rows.json()).table(rows).line(f"{len(rows.records)} entries, {human_bytes(total)}").emit(as_json)
 
 
 @app.command("prune")
@@ -55,12 +70,9 @@ def prune_command(
     if max_size is not None and max_size < 0:
         raise QuantkitError(f"--max-size {max_size}: expected a number of GiB >= 0")
     bound = 0 if all_entries else int(max_size * 1024**3) if max_size is not None else max_bytes_setting()
-    removed = [(store.name, e) for store in all_stores() for e in store.prune(bound)]
-    if as_json:
-        console.print_json(json.dumps({"removed": [{"store": s, "path": str(e.path), "bytes": e.bytes} for s, e in removed],
-                                       "bytes": sum(e.bytes for _, e in removed)}))
-        return
-    say(f"removed {len(removed)} entries, {human_bytes(sum(e.bytes for _, e in removed))}")
+    removed = Rows(REMOVED_COLUMNS, [StoredEntry(store.name, e) for store in all_stores() for e in store.prune(bound)])
+    total = sum(r.entry.bytes for r in removed.records)
+    Output({"removed": removed.json(), "bytes": total}).line(f"removed {len(removed.records)} entries, {human_bytes(total)}").emit(as_json)
 
 
 def register(app_: typer.Typer) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Optional
 
 import typer
 
 from quantkit.cli.options import JsonOpt, ProgressOpt
-from quantkit.cli.output import console, make_reporter, say
+from quantkit.cli.output import make_reporter
+from quantkit.cli.render import Output
 
 app = typer.Typer(help="Show the environment; build the llama.cpp toolchain and the vLLM environment.", invoke_without_command=True)
 
@@ -35,20 +35,19 @@ def show(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         "vllm": {**venv.info, "python": str(venv.python)} if venv else None,
         "vllm_error": vllm_error,
     }
-    if as_json:
-        console.print_json(json.dumps(doc))
-        return
+    out = Output(doc)
     for k, v in doc["libraries"].items():
-        say(f"{k}: {v}")
-    say(f"accelerator: {'yes' if doc['accelerator'] else 'none (CPU only)'}")
-    say(f"cache: {doc['cache']}")
-    say(f"llama.cpp: {tc.version} in {tc.root}" if tc
-        else f"llama.cpp: not built (expected in {toolchain_dir()}; run `quantkit env llama.cpp`)")
+        out.line(f"{k}: {v}")
+    out.line(f"accelerator: {'yes' if doc['accelerator'] else 'none (CPU only)'}")
+    out.line(f"cache: {doc['cache']}")
+    out.line(f"llama.cpp: {tc.version} in {tc.root}" if tc
+             else f"llama.cpp: not built (expected in {toolchain_dir()}; run `quantkit env llama.cpp`)")
     if vllm_error:
-        say(f"vLLM: {vllm_error}")
+        out.line(f"vLLM: {vllm_error}")
     else:
-        say(f"vLLM: {venv.version} (torch {venv.info.get('torch')}, compressed-tensors {venv.info.get('compressed_tensors')}) at {venv.python}"
-            if venv else f"vLLM: no environment (expected in {environment_dir()}; run `quantkit env vllm`)")
+        out.line(f"vLLM: {venv.version} (torch {venv.info.get('torch')}, compressed-tensors {venv.info.get('compressed_tensors')}) at {venv.python}"
+                 if venv else f"vLLM: no environment (expected in {environment_dir()}; run `quantkit env vllm`)")
+    out.emit(as_json)
 
 
 @app.command("llama.cpp")
@@ -63,7 +62,8 @@ def llamacpp_command(
     Downloads the llama-cpp-python sdist from PyPI (sha256-pinned), builds with cmake, and caches
     the tools with llama.cpp's converter under the quantkit cache. Needs cmake and a C++ compiler.
     """
-    from quantkit.toolchains.llamacpp import build_toolchain, find_toolchain
+    from quantkit.toolchains.llamacpp import find_toolchain
+    from quantkit.toolchains.llamacpp_build import build_toolchain
 
     existing = None if force else find_toolchain()
     if existing is None:
@@ -71,12 +71,9 @@ def llamacpp_command(
             tc = build_toolchain(reporter, jobs=jobs, force=force)
     else:
         tc = existing
-    if as_json:
-        console.print_json(json.dumps({"version": tc.version, "root": str(tc.root), "built_now": existing is None, **tc.info}))
-    elif existing is not None:
-        say(f"llama.cpp toolchain ready: {tc.version} in {tc.root}")
-    else:
-        say(f"built {tc.version} in {tc.info['build_seconds']} s → {tc.root}")
+    Output({"version": tc.version, "root": str(tc.root), "built_now": existing is None, **tc.info}).line(
+        f"llama.cpp toolchain ready: {tc.version} in {tc.root}" if existing is not None
+        else f"built {tc.version} in {tc.info['build_seconds']} s → {tc.root}").emit(as_json)
 
 
 @app.command("vllm")
@@ -101,14 +98,11 @@ def vllm_command(
     from quantkit.toolchains.vllm import probe_kernels
 
     probe = probe_kernels(venv) if venv.info.get("device", "cpu") == "cpu" else None
-    if as_json:
-        console.print_json(json.dumps({**venv.info, "python": str(venv.python), "built_now": existing is None,
-                                       "kernel_probe": probe, "serves_here": servable_here(probe) if probe else None}))
-        return
-    if existing is not None:
-        say(f"vLLM environment ready: {venv.version} at {venv.python}")
-    else:
-        say(f"created {venv.version} (torch {venv.info['torch']}) in {venv.info['build_seconds']} s → {venv.python}")
+    out = Output({**venv.info, "python": str(venv.python), "built_now": existing is None,
+                  "kernel_probe": probe, "serves_here": servable_here(probe) if probe else None})
+    out.line(f"vLLM environment ready: {venv.version} at {venv.python}" if existing is not None
+             else f"created {venv.version} (torch {venv.info['torch']}) in {venv.info['build_seconds']} s → {venv.python}")
     if probe:
-        say(f"kernels on this CPU ({isa_label(probe)}): {probe.get('kernel_library') or 'none found'}; "
-            f"serves {', '.join(servable_here(probe))}")
+        out.line(f"kernels on this CPU ({isa_label(probe)}): {probe.get('kernel_library') or 'none found'}; "
+                 f"serves {', '.join(servable_here(probe))}")
+    out.emit(as_json)

@@ -8,7 +8,6 @@ signals.install()  # before anything slow is imported: a signal during start-up 
 
 import atexit  # noqa: E402
 import contextlib  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
@@ -22,10 +21,11 @@ from quantkit.cli import plan as plan_cli  # noqa: E402
 from quantkit.cli import push as push_cli  # noqa: E402
 from quantkit.cli import quantize as quantize_cli  # noqa: E402
 from quantkit.cli import recipes as recipes_cli  # noqa: E402
-from quantkit.cli import serve_test as serve_test_cli  # noqa: E402
+from quantkit.cli import serving as serving_cli  # noqa: E402
 from quantkit.cli import validate as validate_cli  # noqa: E402
 from quantkit.cli.options import ArtifactArg, JsonOpt, VerboseOpt  # noqa: E402
-from quantkit.cli.output import configure, console, fail, human_bytes, say, styled  # noqa: E402
+from quantkit.cli.output import configure, fail, styled  # noqa: E402
+from quantkit.cli.render import Output  # noqa: E402
 
 app = typer.Typer(
     name="quantkit",
@@ -45,7 +45,7 @@ def main_options(verbose: VerboseOpt = False) -> None:
 quantize_cli.register(app)
 plan_cli.register(app)
 validate_cli.register(app)
-serve_test_cli.register(app)
+serving_cli.register(app)
 push_cli.register(app)
 app.add_typer(recipes_cli.app, name="recipes")
 app.add_typer(env_cli.app, name="env")
@@ -59,26 +59,16 @@ def inspect_command(artifact: ArtifactArg, as_json: JsonOpt = False) -> None:
 
     a = Artifact.load(artifact, verify=True)
     m = a.manifest
-    if as_json:
-        console.print_json(json.dumps(m.to_json()))
-        return
-    say(styled("[bold]{}[/]", a.path), f": {len(m.files)} files match {a.path.name}/quantkit.json")
-    say(f"  {m.method} {m.scheme} ({m.format}): {m.description}")
-    say(f"  base: {m.base_model.source} fingerprint {m.base_model.fingerprint[:16]}")
+    out = Output(m.to_json())
+    out.line(styled("[bold]{}[/]", a.path), f": {len(m.files)} files match {a.path.name}/quantkit.json")
+    out.line(f"  {m.method} {m.scheme} ({m.format}): {m.description}")
+    out.line(f"  base: {m.base_model.source} fingerprint {m.base_model.fingerprint[:16]}")
     cal = m.calibration
-    say(f"  calibration: {cal.source} {cal.num_tokens} tokens, fingerprint {cal.fingerprint[:16]}" if cal else "  calibration: none")
-    float_bytes = m.base_model.weight_bytes
-    if m.format == "gguf":
-        # each GGUF file is a whole model: the folder's total (every type, the importance matrix) is no model's size
-        targets = a.targets()
-        say(f"  {len(m.files)} files, {human_bytes(m.size_bytes)} in all; each GGUF type against the float base "
-            f"({human_bytes(float_bytes)}):")
-        for t in targets:
-            say(f"    {t.scheme}: {t.path.name}, {human_bytes(t.bytes)}" + (f", {float_bytes / t.bytes:.2f}x smaller" if t.bytes else ""))
-    elif m.compression_ratio:
-        say(f"  size {human_bytes(m.size_bytes)} ({m.compression_ratio:.2f}x smaller than the float base, {human_bytes(float_bytes)})")
-    else:
-        say(f"  size {human_bytes(m.size_bytes)}")
+    out.line(f"  calibration: {cal.source} {cal.num_tokens} tokens, fingerprint {cal.fingerprint[:16]}" if cal else "  calibration: none")
+    from quantkit.formats import format_named
+
+    out.lines(lambda: [f"  {line}" for line in format_named(m.format).size_lines(m, a.targets())])
+    out.emit(as_json)
 
 
 def main() -> None:

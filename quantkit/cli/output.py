@@ -174,7 +174,8 @@ def progress_mode(requested=None) -> str:
 @contextlib.contextmanager
 def make_reporter(requested=None) -> Iterator:
     """The Reporter for --progress: rich bars, timestamped lines, or nothing (all on stderr)."""
-    from quantkit.progress import NullReporter, PlainReporter, RichReporter
+    from quantkit.progress import NullReporter
+    from quantkit.reporters import PlainReporter, RichReporter
 
     mode = progress_mode(requested)
     if mode == "none":
@@ -215,3 +216,6 @@ def print_table(table, target: Console | None = None) -> None:
 def fail(message: str, code: int = 2) -> None:
     err_console.print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
     sys.exit(code)
+
+
+# One output object per command: `--json` and the human rendering come from the same records, in one place.

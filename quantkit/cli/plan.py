@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
-import json
-
 import typer
 
 from quantkit.cli.options import JsonOpt, OnlyOpt, OutputDirOpt, RecipeArg, SetOpt
-from quantkit.cli.output import Table, console, human_bytes, print_table
+from quantkit.cli.output import human_bytes
+from quantkit.cli.render import Column, Output, Rows
+
+
+def size(n: int | None) -> str:
+    return human_bytes(n) if n is not None else "?"
+
+
+# --json prints describe_plan's rows as they are (every key); the table shows these, figures before names
+PLAN_TABLE: tuple[Column[dict], ...] = (
+    Column(None, "job", lambda r: r["job"], no_wrap=True),
+    Column(None, "method", lambda r: f"{r['method']} {r['scheme']}"),
+    Column(None, "runs on", lambda r: r["device"]),
+    Column(None, "host RAM", lambda r: r["host_bytes"], format=size, justify="right"),
+    Column(None, "GPU memory", lambda r: r["gpu_bytes"], format=lambda n: size(n) if n else "-", justify="right"),
+    Column(None, "disk", lambda r: r["disk_bytes"], format=size, justify="right"),
+    Column(None, "model", lambda r: r["model"]),
+    Column(None, "calibration", lambda r: r["calibration"]),
+)
 
 
 def plan_command(
@@ -27,24 +43,13 @@ def plan_command(
 
     parsed = load_recipe(recipe, set_ or [])
     rows = describe_plan(parsed, output_dir, only)
-    if as_json:
-        console.print_json(json.dumps(rows))
-        return
     cells = len({r["cell"] for r in rows})
-
-    def size(n):
-        return human_bytes(n) if n is not None else "?"
-
-    table = Table(title=f"{recipe}: {len(rows)} job(s) in {cells} cell(s) (a cell's jobs share its resolved model and "
-                        "tokenized calibration set)", title_justify="left",
-                  caption="disk: the artifact's size, estimated from config.json (docs/scaling.md); "
-                          "? = the model's config.json is not on this machine yet (it is fetched or converted when the job runs)")
-    for col in ("job", "method", "runs on", "host RAM", "GPU memory", "disk", "model", "calibration"):
-        table.add_column(col, no_wrap=col == "job", justify="right" if col in ("host RAM", "GPU memory", "disk") else "left")
-    for r in rows:
-        table.add_row(r["job"], f"{r['method']} {r['scheme']}", r["device"], size(r["host_bytes"]),
-                      size(r["gpu_bytes"]) if r["gpu_bytes"] else "-", size(r["disk_bytes"]), r["model"], r["calibration"] or "-")
-    print_table(table)
+    table = Rows(PLAN_TABLE, rows, title_justify="left",
+                 title=f"{recipe}: {len(rows)} job(s) in {cells} cell(s) (a cell's jobs share its resolved model and "
+                       "tokenized calibration set)",
+                 caption="disk: the artifact's size, estimated from config.json (docs/scaling.md); "
+                         "? = the model's config.json is not on this machine yet (it is fetched or converted when the job runs)")
+    Output(rows).table(table).emit(as_json)
 
 
 def register(app: typer.Typer) -> None:

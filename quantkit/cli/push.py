@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from quantkit.cli.options import JsonOpt, ProgressOpt
-from quantkit.cli.output import Table, console, human_bytes, make_reporter, print_table, say, sigterm_as_exit, styled
+from quantkit.cli.output import human_bytes, make_reporter, say, sigterm_as_exit, styled
+from quantkit.cli.render import Column, Output, Rows
+
+if TYPE_CHECKING:
+    from quantkit.publish.bundle import BundleFile
 
 
 def register(app: typer.Typer) -> None:
@@ -49,7 +52,7 @@ def push_command(
     """
     from quantkit.errors import QuantkitError
     from quantkit.publish.destinations import PushOptions
-    from quantkit.publishing import PushSettings, push
+    from quantkit.publish.verbs import PushSettings, push
 
     if (repo is None) == (to is None):
         raise QuantkitError("give exactly one of --repo ORG/NAME (Hugging Face Hub) and --to oci://HOST/NAME:TAG")
@@ -58,37 +61,42 @@ def push_command(
     with sigterm_as_exit(), make_reporter(progress) as reporter:
         outcomes = push(artifact, repo if repo is not None else to, settings=settings, options=options, dry_run=dry_run,
                         reporter=reporter)
-    if as_json:
-        console.print_json(json.dumps([_outcome_json(o, dry_run) for o in outcomes]))
-        return
+    out = Output([_outcome_json(o, dry_run) for o in outcomes])
     for o in outcomes:
         verb = "would push" if dry_run else "pushed"
-        table = Table(title=f"{o.artifact.name}: {verb} {len(o.bundle.files)} files, {human_bytes(o.bundle.size)} "
-                            f"to {o.destination}", title_justify="left")
-        for col, just in (("file", "left"), ("size", "right"), ("sha256", "left"), ("what", "left")):
-            table.add_column(col, justify=just)
-        for f in o.bundle.files:
-            table.add_row(f.path, human_bytes(f.size), f.sha256[:16], "made for the push" if f.data is not None else f.role)
-        print_table(table)
+        out.table(_files(o, title=f"{o.artifact.name}: {verb} {len(o.bundle.files)} files, {human_bytes(o.bundle.size)} "
+                                  f"to {o.destination}"))
         for note in o.bundle.notes:
-            say(styled("  [yellow]card says first:[/] "), note)
+            out.line(styled("  [yellow]card says first:[/] "), note)
         if o.result is not None:
             r = o.result
             where = r.pr_url or r.url or r.ref
-            say(f"  done: {where}" + (f" (manifest {r.digest})" if r.digest else ""))
+            out.line(f"  done: {where}" + (f" (manifest {r.digest})" if r.digest else ""))
     if dry_run:
         card = outcomes[0].bundle.file("README.md") if len(outcomes) == 1 else None
         if card is not None:
-            console.rule("README.md (model card)")
-            console.print(card.data.decode(), markup=False, highlight=False)
-        console.print("dry run: nothing was uploaded", highlight=False)
+            out.rule("README.md (model card)").verbatim(card.data.decode())
+        out.verbatim("dry run: nothing was uploaded")
+    out.emit(as_json)
+
+
+FILE_COLUMNS: tuple[Column[BundleFile], ...] = (
+    Column("path", "file", lambda f: f.path),
+    Column("bytes", "size", lambda f: f.size, format=human_bytes, justify="right"),
+    Column("sha256", "sha256", lambda f: f.sha256, format=lambda digest: digest[:16]),
+    Column("role", None, lambda f: f.role),
+    Column("made", None, lambda f: f.data is not None),
+    Column(None, "what", lambda f: "made for the push" if f.data is not None else f.role),
+)
+
+
+def _files(o, title: str | None = None) -> Rows[BundleFile]:
+    return Rows(FILE_COLUMNS, o.bundle.files, title=title, title_justify="left")
 
 
 def _outcome_json(o, dry_run: bool) -> dict:
     out = {"artifact": str(o.artifact), "destination": o.destination, "dry_run": dry_run,
-           "bytes": o.bundle.size, "notes": o.bundle.notes,
-           "files": [{"path": f.path, "bytes": f.size, "sha256": f.sha256, "role": f.role, "made": f.data is not None}
-                     for f in o.bundle.files]}
+           "bytes": o.bundle.size, "notes": o.bundle.notes, "files": _files(o).json()}
     if o.result is not None:
         r = o.result
         out["result"] = {"ref": r.ref, "url": r.url, "pr_url": r.pr_url, "digest": r.digest, "details": r.details}
@@ -106,25 +114,23 @@ def verify_command(
     print its provenance. A pulled folder may also hold the reports of a later `quantkit validate`: they are
     named as not attested, and the attested validation.json is checked where validate kept it
     (validation.attested.json). Exit 1 on any mismatch."""
-    from quantkit.publishing import verify
+    from quantkit.publish.verbs import verify
 
     with sigterm_as_exit(), make_reporter(progress) as reporter:
         report = verify(source, key=key, digests_only=digests_only, reporter=reporter)
     pred = report.predicate
-    if as_json:
-        console.print_json(json.dumps({"source": report.source, "verified": True, "key_id": report.key_id,
-                                       "files": report.files, "predicate": pred, "validation_report": report.validation_report,
-                                       "local_reports": report.local_reports}))
-        return
+    out = Output({"source": report.source, "verified": True, "key_id": report.key_id,
+                  "files": report.files, "predicate": pred, "validation_report": report.validation_report,
+                  "local_reports": report.local_reports})
     signed = f"signature verified (key id {report.key_id[:16]})" if report.key_id else "signature NOT checked (--digests-only)"
-    say(styled("[bold green]verified[/] "), f"{report.source}: {signed}; {len(report.files)} files match their sha256")
+    out.line(styled("[bold green]verified[/] "), f"{report.source}: {signed}; {len(report.files)} files match their sha256")
     if report.validation_report:
-        say(f"  validation report checked: {report.validation_report} (the attested one"
-            + (", kept there by a local quantkit validate)" if report.validation_report != "validation.json" else ")"))
+        out.line(f"  validation report checked: {report.validation_report} (the attested one"
+                 + (", kept there by a local quantkit validate)" if report.validation_report != "validation.json" else ")"))
     if report.local_reports:
-        say(f"  not attested, written here after the pull (quantkit validate): {', '.join(report.local_reports)}")
-    for line in provenance_lines(pred):
-        say(f"  {line}")
+        out.line(f"  not attested, written here after the pull (quantkit validate): {', '.join(report.local_reports)}")
+    out.lines(lambda: [f"  {line}" for line in provenance_lines(pred)])
+    out.emit(as_json)
 
 
 def provenance_lines(pred: dict) -> list[str]:
@@ -155,7 +161,7 @@ def pull_command(
 ) -> None:
     """Bring a pushed artifact back as a local artifact (digests checked) that `quantkit validate` accepts.
     Requests time out after $QUANTKIT_REGISTRY_TIMEOUT seconds of silence (default 60)."""
-    from quantkit.publishing import pull
+    from quantkit.publish.verbs import pull
 
     with sigterm_as_exit(), make_reporter(progress) as reporter:
         out = pull(ref, dest, force=force, reporter=reporter)

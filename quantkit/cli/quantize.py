@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Optional
 
 import typer
 
 from quantkit.cli.options import ForceOpt, JsonOpt, OnlyOpt, OutputDirOpt, ProgressOpt, RecipeArg, SetOpt
-from quantkit.cli.output import Table, console, human_bytes, library_logs_to_stderr, make_reporter, print_table, sigterm_as_exit
+from quantkit.cli.output import Table, human_bytes, library_logs_to_stderr, make_reporter, sigterm_as_exit
+from quantkit.cli.render import Output
 
 
 def quantize_command(
@@ -45,41 +45,32 @@ def quantize_command(
       quantkit quantize recipes/matrix.yaml --executor ray -o s3://bucket/release-7 --jobs 8
     """
     from quantkit.engines import engine_for
+    from quantkit.jobs import RunOptions
     from quantkit.output_roots import is_url
-    from quantkit.quantize import QuantizeFailed, quantize
+    from quantkit.quantize import quantize_run
     from quantkit.recipe_loader import load_recipe
 
     parsed = load_recipe(recipe, set_ or [])
     if gpus is not None:
         check_gpus(gpus)
         parsed = parsed.with_gpus(gpus)
+    options = RunOptions(force=force, force_space=force_space, force_memory=force_memory, retries=retries, validate=validate_)
     if executor != "local" or jobs is not None or validate_ or worker_python or is_url(output_dir or parsed.output_dir):
-        return _run_matrix(parsed, str(recipe), output_dir, only, executor, jobs, ray_address, retries, validate_,
-                           progress, as_json, worker_python)
+        return _run_on_executor(parsed, str(recipe), output_dir, only, executor, jobs, ray_address, options, progress,
+                                as_json, worker_python)
     if any(engine_for(o.method).in_process_torch for o in parsed.outputs):
         library_logs_to_stderr()  # imports llm-compressor: only for a recipe that will run it
-    artifacts, failed = [], None
     with sigterm_as_exit(), make_reporter(progress) as reporter:
-        try:
-            artifacts = quantize(parsed, output_dir=output_dir, only=only, force=force, reporter=reporter,
-                                 force_space=force_space, force_memory=force_memory)
-        except QuantizeFailed as e:
-            artifacts, failed = e.artifacts, e
-    if as_json:
-        console.print_json(json.dumps([{"path": str(a.path), **_row(a)} for a in artifacts]))
-    else:
-        print_table(results_table(artifacts))
-    if failed:
-        raise failed
+        run = quantize_run(parsed, output_dir=output_dir, only=only, options=options, reporter=reporter)
+    Output(run.rows()).table(results_table(run.artifacts)).emit(as_json)
+    if run.failed:
+        raise run.error()
 
 
 def _ratio_text(a) -> str:
-    m = a.manifest
-    if m.format == "gguf":  # several files, each a full model: the ratio of each file is what matters
-        ratios = sorted(m.base_model.weight_bytes / t.bytes for t in a.targets() if t.bytes)
-        if ratios:
-            return f"{ratios[0]:.2f}–{ratios[-1]:.2f}x/file"
-    return f"{m.compression_ratio:.2f}x" if m.compression_ratio else "-"
+    from quantkit.formats import format_named
+
+    return format_named(a.manifest.format).ratio_text(a.manifest, a.targets())
 
 
 def _row(a) -> dict:
@@ -128,15 +119,12 @@ def status_command(
 
     Example: quantkit status recipes/smollm2-135m.yaml -o out
     """
-    from quantkit.quantize import status
     from quantkit.recipe_loader import load_recipe
+    from quantkit.resume import status
 
     parsed = load_recipe(recipe, set_ or [])
     with sigterm_as_exit(), make_reporter(None) as reporter:
         rows = status(parsed, output_dir, reporter)
-    if as_json:
-        console.print_json(json.dumps(rows))
-        return
     table = Table(title=f"{recipe}: {sum(r['state'] == 'up to date' for r in rows)} of {len(rows)} outputs up to date",
                   title_justify="left")
     for col in ("output", "state", "why", "runs"):
@@ -145,19 +133,19 @@ def status_command(
         runs = [f"running (pid {x['pid']})" for x in r["running"]] + [f"killed run's staging (pid {x['pid']})"
                                                                       for x in r["stale_partials"]]
         table.add_row(r["output"], r["state"], r["reason"], ", ".join(runs))
-    print_table(table)
+    Output(rows).table(table).emit(as_json)
 
 
-def _run_matrix(parsed, recipe_path: str, output_dir, only, executor: str, jobs, ray_address, retries: int,
-                validate: bool, progress, as_json: bool, worker_python: str | None = None) -> None:
+def _run_on_executor(parsed, recipe_path: str, output_dir, only, executor: str, jobs, ray_address, options,
+                     progress, as_json: bool, worker_python: str | None = None) -> None:
     from quantkit.cli.matrix_view import watch
-    from quantkit.errors import JobsFailed, RecipeError
+    from quantkit.errors import RecipeError
     from quantkit.executors import Board, executor_for, run_jobs
-    from quantkit.matrix import jobs as matrix_jobs
+    from quantkit.jobs import plan
     from quantkit.output_roots import is_url, root_problems
-    from quantkit.quantize import preflight_problems
+    from quantkit.preflight import preflight_problems
 
-    selected = matrix_jobs(parsed, output_dir, only)
+    selected = plan(parsed, output_dir, only)
     problems = preflight_problems(parsed, output_dir)
     root = output_dir or parsed.output_dir
     if is_url(root):
@@ -170,23 +158,18 @@ def _run_matrix(parsed, recipe_path: str, output_dir, only, executor: str, jobs,
     board = Board.of([j.id for j in selected])
     title = f"quantkit quantize {recipe_path} ({executor}{f', {jobs} at once' if jobs else ''})"
     with sigterm_as_exit():
-        run = watch(board, title, lambda: run_jobs(selected, runner, board, retries, validate, worker_python), progress)
-    if as_json:
-        console.print_json(json.dumps(run.summary()))
-    else:
-        print_table(_summary_table(run, title))
+        run = watch(board, title, lambda: run_jobs(selected, runner, board, options, worker_python), progress)
+    Output(run.rows()).table(_summary_table(run, title)).emit(as_json)
     if run.failed:
-        lines = "\n".join(f"  - {r['id']}: {((r.get('error') or '').strip().splitlines() or ['failed'])[-1]}" for r in run.failed)
-        raise JobsFailed(f"{len(run.failed)} of {len(run.results)} job(s) failed:\n{lines}")
+        raise run.error()
 
 
 def _summary_table(run, title: str) -> Table:
     table = Table(title=f"{title}: {run.seconds:.1f} s", title_justify="left")
     for col in ("job", "result", "attempts", "time", "host", "artifact"):
         table.add_column(col, no_wrap=col in ("job", "artifact"))
-    for r in sorted(run.results, key=lambda r: r["id"]):
-        table.add_row(r["id"], r["status"], str(r.get("attempts", 1)), f"{r.get('seconds') or 0:.1f} s",
-                      r.get("host") or "", r.get("dest") or "")
+    for r in sorted(run.results, key=lambda r: r.id):
+        table.add_row(r.id, r.status, str(r.attempts), f"{r.seconds or 0:.1f} s", r.host or "", r.dest or "")
     return table
 
 

@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from quantkit.cli.options import JsonOpt, OutputDirOpt, RecipeArg, SetOpt
-from quantkit.cli.output import Table, console, print_table, say, styled
+from quantkit.cli.output import say, styled
+from quantkit.cli.render import Column, Output, Rows
+
+if TYPE_CHECKING:
+    from quantkit.jobs import Job
 
 app = typer.Typer(help="Validate recipes, list the shipped ones, print the JSON schema.", no_args_is_help=True)
+
+
+def _engine(job: Job):
+    from quantkit.engines import engine_for
+
+    return engine_for(job.output.method)
+
+
+# what `quantize` would make of each job (JSON only: the human rendering is a bullet list)
+JOB_COLUMNS: tuple[Column[Job], ...] = (
+    Column("name", None, lambda j: j.output.name),
+    Column("job", None, lambda j: j.id),
+    Column("destination", None, lambda j: str(j.dest)),
+    Column("method", None, lambda j: j.output.method),
+    Column("scheme", None, lambda j: j.output.scheme),
+    Column("calibrated", None, lambda j: _engine(j).needs_calibration(j.output)),
+    Column("description", None, lambda j: _engine(j).describe(j.output)),
+)
 
 
 @app.command("validate")
@@ -20,37 +42,31 @@ def validate_command(recipe: RecipeArg, set_: SetOpt = None, output_dir: OutputD
 
     Example: quantkit recipes validate recipes/smollm2-135m.yaml
     """
-    from quantkit.engines import engine_for
     from quantkit.errors import RecipeError
-    from quantkit.quantize import preflight_problems
+    from quantkit.preflight import preflight_problems
     from quantkit.recipe_loader import load_recipe
 
     r = load_recipe(recipe, set_ or [])
     problems = preflight_problems(r, output_dir)
     if problems:
         raise RecipeError(str(recipe), problems)
-    from quantkit.matrix import jobs
+    from quantkit.jobs import plan
 
-    selected = jobs(r, output_dir)
-    if as_json:
-        outputs = [{"name": j.output.name, "job": j.id, "destination": str(j.dest), "method": j.output.method,
-                    "scheme": j.output.scheme, "calibrated": engine_for(j.output.method).needs_calibration(j.output),
-                    "description": engine_for(j.output.method).describe(j.output)} for j in selected]
-        console.print_json(json.dumps({"recipe": str(recipe), "valid": True, "parsed": r.model_dump(mode="json"), "outputs": outputs}))
-        return
-    say(styled("[bold]{}[/]", recipe), f": recipe '{r.name}' is well-formed.")
+    selected = Rows(JOB_COLUMNS, plan(r, output_dir))
+    out = Output({"recipe": str(recipe), "valid": True, "parsed": r.model_dump(mode="json"), "outputs": selected.json()})
+    out.line(styled("[bold]{}[/]", recipe), f": recipe '{r.name}' is well-formed.")
     for m in r.models or [r.model]:
-        say(f"model: {m.source} ({m.dtype}{', trust_remote_code' if m.trust_remote_code else ''})")
+        out.line(f"model: {m.source} ({m.dtype}{', trust_remote_code' if m.trust_remote_code else ''})")
     for cal in r.calibrations or [r.calibration]:
-        say(f"calibration: {cal.source} (split {cal.split}), {cal.num_samples} × {cal.seq_len} tokens, "
-            f"shuffle seed {cal.shuffle_seed}, chat template {'on' if cal.chat_template else 'off'}")
+        out.line(f"calibration: {cal.source} (split {cal.split}), {cal.num_samples} × {cal.seq_len} tokens, "
+                 f"shuffle seed {cal.shuffle_seed}, chat template {'on' if cal.chat_template else 'off'}")
     if r.is_matrix:
-        say(f"a matrix: {len(selected)} jobs in {len(r.cells())} cells (quantkit plan shows their estimates)")
-    for j in selected:
-        eng = engine_for(j.output.method)
-        calibrated = "calibrated" if eng.needs_calibration(j.output) else "no calibration"
-        say("• ", styled("[bold]{}[/]", j.output.name), f" → {j.dest}")
-        say(f"    {j.output.method} {j.output.scheme}, {calibrated}: {eng.describe(j.output)}")
+        out.line(f"a matrix: {len(selected.records)} jobs in {len(r.cells())} cells (quantkit plan shows their estimates)")
+    for j in selected.records:
+        calibrated = "calibrated" if _engine(j).needs_calibration(j.output) else "no calibration"
+        out.line("• ", styled("[bold]{}[/]", j.output.name), f" → {j.dest}")
+        out.line(f"    {j.output.method} {j.output.scheme}, {calibrated}: {_engine(j).describe(j.output)}")
+    out.emit(as_json)
 
 
 @app.command("schema")
@@ -104,24 +120,33 @@ def list_command(
     paths = sorted(folder.glob("*.y*ml"))
     if not paths:
         raise QuantkitError(f"recipes list: {folder} holds no recipe (no *.yaml or *.yml file)")
-    rows = []
+    listed = []
     for p in paths:
         try:
             r = load_recipe(p)
             models = ", ".join(m.source for m in r.models or [r.model])
-            rows.append({"recipe": str(p), "valid": True, "model": models, "outputs": [o.name for o in r.outputs]})
+            listed.append(ListedRecipe(str(p), True, model=models, outputs=[o.name for o in r.outputs]))
         except RecipeError as e:
-            rows.append({"recipe": str(p), "valid": False, "error": str(e.problems[0])})
-    if as_json:
-        console.print_json(json.dumps(rows))
-        return
-    table = Table()
-    table.add_column("recipe", no_wrap=True)
-    for col in ("model", "outputs"):
-        table.add_column(col)
-    for row in rows:
-        if row["valid"]:
-            table.add_row(row["recipe"], row["model"], ", ".join(row["outputs"]))
-        else:
-            table.add_row(row["recipe"], styled("[red]invalid[/]"), row["error"])
-    print_table(table)
+            listed.append(ListedRecipe(str(p), False, error=str(e.problems[0])))
+    Rows(LISTED_COLUMNS, listed).emit(as_json)
+
+
+@dataclass(frozen=True)
+class ListedRecipe:
+    """One recipe file of `recipes list`: its model and outputs, or why it does not load."""
+
+    recipe: str
+    valid: bool
+    model: str | None = None
+    outputs: list[str] | None = None
+    error: str | None = None
+
+
+# an invalid recipe's row says so where the model would be, and why where the outputs would be
+LISTED_COLUMNS: tuple[Column[ListedRecipe], ...] = (
+    Column("recipe", "recipe", lambda r: r.recipe, no_wrap=True),
+    Column("valid", None, lambda r: r.valid),
+    Column("model", "model", lambda r: r.model, omit_none=True, cell=lambda r: r.model if r.valid else styled("[red]invalid[/]")),
+    Column("outputs", "outputs", lambda r: r.outputs, omit_none=True, cell=lambda r: ", ".join(r.outputs) if r.valid else r.error),
+    Column("error", None, lambda r: r.error, omit_none=True),
+)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -21,8 +20,9 @@ from quantkit.cli.options import (
     VllmPythonOpt,
     serve_options,
 )
-from quantkit.cli.output import Table, console, err_console, make_reporter, print_table, say, sigterm_as_exit, styled
-from quantkit.cli.serve_test import ServeTimeoutOpt
+from quantkit.cli.output import Table, err_console, make_reporter, say, sigterm_as_exit, styled
+from quantkit.cli.render import Output
+from quantkit.cli.serving import ServeTimeoutOpt
 
 
 def validate_command(
@@ -36,6 +36,7 @@ def validate_command(
     domain: Annotated[Optional[list[str]], typer.Option("--domain", help="Held-out text: NAME=FILE (.jsonl/.json/.txt/.parquet, field `text`) or NAME=builtin:prose|code. Repeatable; replaces the built-in prose and code domains.", show_default=False)] = None,
     base: Annotated[Optional[str], typer.Option("--base", help="The float base to score against: a folder, hub id ORG/NAME or built-in name (default: the one the artifact records; needed for an artifact made from a folder on another machine). Its fingerprint must match the artifact's record.", show_default=False)] = None,
     allow_base_mismatch: Annotated[bool, typer.Option("--allow-base-mismatch", help="Validate against a base whose fingerprint differs from the one the artifact was made from; validation.json records it.")] = False,
+    runtime: Annotated[Optional[str], typer.Option("--runtime", help="The runtime that scores the artifacts (default: each format's own: transformers for compressed-tensors, llama.cpp for GGUF; `quantkit env` lists none others today).", show_default=False)] = None,
     no_write: Annotated[bool, typer.Option("--no-write", help="Print the results only: write no validation.json/md/html (a read-only artifact folder).")] = False,
     task: Annotated[Optional[list[str]], typer.Option("--task", help="lm-eval task to run on base and artifact (e.g. quantkit_docstring_mc, shipped and offline). Repeatable.", show_default=False)] = None,
     task_limit: Annotated[Optional[int], typer.Option("--task-limit", help="Documents per lm-eval task (default: all).", show_default=False)] = None,
@@ -72,14 +73,15 @@ def validate_command(
       quantkit validate out/smollm2-135m-gptq-w4a16 --serve --concurrency 1 --concurrency 8
     """
     from quantkit.gates import parse_gate_overrides
-    from quantkit.validate import load_domains, validate_run
+    from quantkit.sources.heldout import load_domains
+    from quantkit.validate import validate_run
 
     overrides = parse_gate_overrides(gate)
     domains = load_domains(domain)
     serve_settings = None
     if serve is not False:
         from quantkit.checks.serve import ServeSettings
-        from quantkit.cli.serve_test import with_serve_timeout
+        from quantkit.cli.serving import with_serve_timeout
 
         options = with_serve_timeout(serve_options(speculative, draft, concurrency, serve_max_tokens, serve_prompts,
                                                    ready_timeout, serve_dtype), serve_timeout)
@@ -88,14 +90,14 @@ def validate_command(
         reports = validate_run(path, recipe=recipe, reporter=reporter, gate_overrides=overrides, context=context, stride=stride,
                                max_tokens=max_tokens, device=device, dtype=dtype, domains=domains, tasks=task,
                                task_limit=task_limit, serve=serve_settings, base=base,
-                               allow_base_mismatch=allow_base_mismatch, write=not no_write)
+                               allow_base_mismatch=allow_base_mismatch, write=not no_write, runtime=runtime)
     for r in reports:
         if r.base is not None and not r.base.matches:
             say(f"warning: {r.path.name} was validated against {r.base.path}, whose fingerprint {r.base.fingerprint[:12]} "
                 f"differs from the recorded {r.base.recorded_fingerprint[:12]} (--allow-base-mismatch)", target=err_console)
     if not no_write:  # one artifact too: validation.html beside its validation.json
         from quantkit.errors import ArtifactError
-        from quantkit.report_html import write_run_report
+        from quantkit.report.html import write_run_report
 
         try:
             html_path = write_run_report(reports, path)
@@ -103,27 +105,31 @@ def validate_command(
             raise ArtifactError(f"cannot write validation.html into {path} ({e.strerror or e}); pass --no-write "
                                 "to print the results without writing reports") from None
         say(f"run report: {html_path}", target=err_console)
-    if as_json:
-        console.print_json(json.dumps([r.to_dict() for r in reports]))
-    else:
-        print_table(results_table(reports))
-        print_table(gates_table(reports))
-        serving = serving_table(reports)
-        if serving.row_count:
-            print_table(serving)
+    validation_output(reports).emit(as_json)
+    if not as_json:
         for r in reports:
             say(resources_line(r), target=err_console)
     if not all(r.passed for r in reports):
         raise typer.Exit(1)
 
 
+def validation_output(reports) -> Output:
+    """The reports as JSON (validation.json's documents), or the results, the gates, then each check's own table."""
+    from quantkit.report.sections import run_sections
+
+    out = Output([r.to_dict() for r in reports]).table(lambda: results_table(reports)).table(lambda: gates_table(reports))
+    for section in run_sections(reports):
+        out.table(lambda section=section: section_table(section))
+    return out
+
+
 def resources_line(report) -> str:
     from quantkit.cli.output import human_bytes
 
     res, s = report.resources, report.settings
-    gpu = f", GPU peak {human_bytes(res['peak_gpu_bytes'])}" if res.get("peak_gpu_bytes") is not None else ""
-    return (f"{report.path.name}: {s['device']} {s['dtype']}, {res['wall_s']:.1f} s, "
-            f"peak RSS {human_bytes(res['peak_rss_bytes'])}{gpu}")
+    gpu = f", GPU peak {human_bytes(res.peak_gpu_bytes)}" if res.peak_gpu_bytes is not None else ""
+    return (f"{report.path.name}: {s.device} {s.dtype}, {res.wall_s:.1f} s, "
+            f"peak RSS {human_bytes(res.peak_rss_bytes)}{gpu}")
 
 
 def results_table(reports) -> Table:
@@ -137,7 +143,7 @@ def results_table(reports) -> Table:
             verdict = styled("[green]pass[/]") if t.passed else styled("[red]FAIL[/] ({} of {})", sum(not g.passed for g in t.gates), len(t.gates))
             if t.runtime_unavailable:
                 table.add_row(t.target, styled("[yellow]skipped[/]: {}", t.runtime_unavailable), "0", "-", "-", "-", "-", verdict)
-            for i, s in enumerate(t.scores):
+            for i, s in enumerate(t.domains):
                 table.add_row(t.target if i == 0 else "", s.domain, str(s.n_tokens), f"{s.base_ppl:.3f}", f"{s.ppl:.3f}",
                               f"{s.kld_mean:.4f}", f"{s.top1_agreement:.1%}", verdict if i == 0 else "")
     return table
@@ -157,19 +163,14 @@ def gates_table(reports) -> Table:
     return table
 
 
-def serving_table(reports) -> Table:
-    from quantkit.serving.smoke import summary_line
-
-    table = Table(title="vLLM serving smoke test", title_justify="left")
+def section_table(section) -> Table:
+    """A check's table (quantkit.report.model.Section): the same rows validation.md and validation.html show."""
+    table = Table(title=section.title, title_justify="left")
     table.add_column("target", justify="left", no_wrap=True)
-    table.add_column("serving", justify="left")
-    for r in reports:
-        if r.settings.get("serve") is None:
-            continue
-        for t in r.targets:
-            serve = next((c for c in t.checks if c.check == "serve"), None)
-            if serve is not None:
-                table.add_row(t.target, summary_line(serve.to_dict()))
+    for c in section.columns:
+        table.add_column(c.header, justify="right" if c.numeric else "left")
+    for row in section.rows:
+        table.add_row(*row)
     return table
 
 
