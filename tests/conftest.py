@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,7 +72,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600):
 @pytest.fixture(scope="session")
 def llamacpp():
     """The pinned llama.cpp toolchain; built here (≈5 min on 2 cores) if the cache lacks it."""
-    from quantkit.toolchains.llamacpp import build_toolchain
+    from quantkit.toolchains.llamacpp_build import build_toolchain
 
     return build_toolchain()
 
@@ -108,6 +109,20 @@ def vllm_env():
     from quantkit.toolchains.vllm import build_environment
 
     return build_environment()
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: it must see each test's one resolved tier
+def pytest_collection_modifyitems(config, items):
+    tiers.apply_tiers(config, items)
+
+
+def pytest_configure(config):
+    tiers.install_guards()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    tiers.enter(item)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -10,6 +10,8 @@ from quantkit.artifact import Artifact, write_manifest
 from quantkit.errors import ArtifactError
 from quantkit.files import remove_stale_partials, staged_folder
 
+pytestmark = pytest.mark.unit
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -133,6 +135,7 @@ def test_a_malformed_manifest_is_one_clear_error(text, problem, tmp_path):
     assert problem in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.integration
 def test_force_replaces_only_an_artifact_never_a_folder_of_the_users(tiny_model, tmp_path):
     """The issue's case: `mkdir -p O/t-rtn; echo keep > O/t-rtn/precious.txt; quantize -o O --force`."""
     from conftest import run_cli, tiny_recipe_text
@@ -185,6 +188,7 @@ def test_an_artifact_is_closed_and_its_manifest_consistent(tmp_path):
             Artifact.load(dest)
 
 
+@pytest.mark.integration
 def test_a_manifest_holds_no_absolute_path_of_this_machine(tiny_model, tmp_path):
     """Sources as given, relative to the output root when they were absolute; the base model's folder
     only in the local side file (which push never uploads)."""

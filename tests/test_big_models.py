@@ -11,6 +11,8 @@ from conftest import run_cli
 
 from quantkit.files import cache_dir
 
+pytestmark = pytest.mark.integration
+
 WIDTH, INTER = 512, 1408
 LAYER_BYTES = (4 * WIDTH * WIDTH + 3 * WIDTH * INTER) * 4  # one float32 decoder layer: 12.8 MB
 
@@ -57,6 +59,7 @@ def test_disk_offload_peak_stays_near_one_layer_as_the_model_grows(growing_model
     assert not any((cache_dir() / "offload").glob("q-*"))
 
 
+@pytest.mark.unit
 def test_offload_is_a_recipe_field_with_its_choices():
     from quantkit.errors import RecipeError
     from quantkit.recipe_loader import parse_recipe

@@ -8,6 +8,8 @@ from quantkit.errors import CalibrationError
 from quantkit.recipe import CalibrationSpec
 from quantkit.sources.calibration import build_calibration, builtin_dir, builtin_sets, builtin_texts, load_texts
 
+pytestmark = pytest.mark.unit
+
 
 def test_builtin_sets_have_two_domains():
     assert {"prose", "code", "mixed"} <= set(builtin_sets())
@@ -26,6 +28,7 @@ def test_holdout_never_overlaps_calibration(domain):
     assert not {r["text"] for r in train} & {r["text"] for r in holdout}
 
 
+@pytest.mark.integration  # tens of seconds by design: too slow for the unit tier
 def test_committed_sets_match_their_generator(tmp_path):
     info = json.loads((REPO / "calibration" / "SOURCES.json").read_text())
     if info["python"] != platform.python_version():

@@ -8,7 +8,9 @@ import re
 import pytest
 from conftest import REPO, run_cli, tiny_recipe_text
 
-from quantkit.progress import PlainReporter
+from quantkit.reporters import PlainReporter
+
+pytestmark = pytest.mark.unit
 
 LOG = {"COLUMNS": "80"}  # what a CI log gets: no terminal, rich's default width
 LONG = "tiny-llama-for-the-release-pipeline-fp8-dynamic-with-a-long-name"
@@ -73,6 +75,7 @@ def quantized(tiny_model, tmp_path_factory):
     return d / "out", r
 
 
+@pytest.mark.integration
 def test_quantize_in_a_log_prints_full_names_and_timed_steps(quantized):
     _, r = quantized
     assert LONG in r.stdout and "…" not in r.stdout  # the table is not cut to 80 columns
@@ -89,6 +92,7 @@ def test_quantize_in_a_log_prints_full_names_and_timed_steps(quantized):
     assert "\x1b[" not in r.stderr  # no terminal control codes in a log
 
 
+@pytest.mark.integration
 def test_validate_in_a_log_prints_full_names_and_timed_steps(quantized):
     out, _ = quantized
     r = run_cli("validate", str(out), "--max-tokens", "64", "--context", "32", "--no-serve", env=LOG)
@@ -104,6 +108,7 @@ def test_validate_in_a_log_prints_full_names_and_timed_steps(quantized):
     assert len(starts) == len(ends) == 2 and all(s < e for s, e in zip(starts, ends))
 
 
+@pytest.mark.integration
 def test_progress_modes(quantized, tmp_path):
     out, _ = quantized
     art = out / LONG
@@ -117,6 +122,7 @@ def test_progress_modes(quantized, tmp_path):
     assert json.loads(r.stdout)["name"] == LONG
 
 
+@pytest.mark.integration
 def test_every_command_has_json(tmp_path):
     r = run_cli("recipes", "validate", str(REPO / "recipes" / "smollm2-135m.yaml"), "--json")
     assert r.returncode == 0, r.stderr
@@ -168,7 +174,7 @@ def test_scoring_steps_show_tokens_per_second_and_an_eta():
 def test_rich_scoring_bar_shows_tokens_per_second():
     from rich.console import Console
 
-    from quantkit.progress import RichReporter
+    from quantkit.reporters import RichReporter
 
     out = io.StringIO()
     with RichReporter(Console(file=out, force_terminal=True, width=160)) as rep:

@@ -14,6 +14,8 @@ from quantkit.errors import ArtifactError, QuantkitError, RecipeError
 from quantkit.estimates import artifact_bytes, shape_from_config
 from quantkit.recipe_loader import load_recipe, parse_recipe
 
+pytestmark = pytest.mark.integration
+
 # one output per method family and per kind of scale: per channel (rtn W8A16 on 128-wide rows, int8,
 # fp8) and per group of 64 (gptq)
 METHOD_OUTPUTS = (
@@ -40,7 +42,7 @@ def made(tiny_model, tmp_path_factory):
 
 def test_the_plan_and_the_preflight_estimate_each_artifact_within_15_percent(made, tiny_model):
     from quantkit.matrix import describe_plan
-    from quantkit.quantize import estimated_bytes
+    from quantkit.preflight import estimated_bytes
     from quantkit.sources.models import resolve_model
 
     recipe, artifacts = made
@@ -52,6 +54,7 @@ def test_the_plan_and_the_preflight_estimate_each_artifact_within_15_percent(mad
         assert estimated_bytes(out, model, recipe.model.dtype) == (planned[out.name], "config.json and the schemes")
 
 
+@pytest.mark.unit
 def test_the_estimate_follows_the_load_dtype_of_the_unquantized_tensors(tiny_model):
     """Embeddings, the ignored lm_head, norms and scales are written in model.dtype: bfloat16 halves them."""
     config = json.loads((tiny_model / "config.json").read_text())
@@ -95,7 +98,7 @@ def test_a_disk_that_cannot_hold_the_artifacts_is_refused_on_the_estimate(made, 
     import shutil
     from collections import namedtuple
 
-    from quantkit.quantize import check_free_space
+    from quantkit.preflight import check_free_space
     from quantkit.sources.models import resolve_model
 
     recipe, artifacts = made
@@ -119,8 +122,9 @@ def matrix_recipe(tmp_path: Path, model: Path, outputs: str) -> Path:
     return path
 
 
+@pytest.mark.unit
 def test_outputs_that_need_no_calibration_are_one_job_per_model():
-    from quantkit.matrix import jobs
+    from quantkit.jobs import plan as jobs
 
     r = parse_recipe("name: mx\nmodels: [a, b]\ncalibrations: [{source: 'builtin:prose'}, {source: 'builtin:code'}]\n"
                      "outputs:\n  - {method: fp8, name: f8}\n  - {method: rtn, name: r8, scheme: W8A16}\n"
@@ -137,6 +141,7 @@ def test_outputs_that_need_no_calibration_are_one_job_per_model():
     assert [str(j.dest) for j in jobs(one, "/o")] == ["/o/f8", "/o/prose/g", "/o/code/g"]
 
 
+@pytest.mark.unit
 def test_a_data_free_output_named_like_a_calibration_set_is_refused():
     clash = r"outputs\[0\] 'code' needs no calibration data, so its artifact is written once per model.*calibrations\[1\]"
     with pytest.raises(RecipeError, match=clash):
@@ -148,7 +153,8 @@ def test_a_data_free_output_named_like_a_calibration_set_is_refused():
 
 
 def test_a_matrix_makes_the_fp8_artifact_once_and_status_resume_and_validate_find_it(tiny_model, tmp_path):
-    from quantkit.quantize import quantize, status
+    from quantkit.quantize import quantize
+    from quantkit.resume import status
     from quantkit.validate import validate_run
 
     path = matrix_recipe(tmp_path, tiny_model, "  - {method: fp8, name: f8}\n"
@@ -176,7 +182,7 @@ def test_a_matrix_makes_the_fp8_artifact_once_and_status_resume_and_validate_fin
 
 
 def test_only_takes_the_artifact_name_quantize_prints_as_well_as_the_job_id(tmp_path):
-    from quantkit.matrix import jobs
+    from quantkit.jobs import plan as jobs
 
     r = parse_recipe("name: mx\nmodels: [a, b]\noutputs:\n  - {method: fp8}\n  - {method: rtn, name: r8, scheme: W8A16}\n")
     everything = jobs(r, "/o")

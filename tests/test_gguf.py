@@ -11,6 +11,8 @@ from quantkit.errors import RecipeError, SchemeConstraintError
 from quantkit.progress import NullReporter
 from quantkit.toolchains.llamacpp import ToolchainError
 
+pytestmark = pytest.mark.integration
+
 
 def gguf_recipe(model, out, types="[Q8_0]", extra="", **kw):
     return tiny_recipe_text(model, out, f"  - {{method: gguf, name: g, types: {types}{extra}}}\n", **kw)
@@ -25,6 +27,7 @@ def problems(text):
     return "\n".join(e.value.problems)
 
 
+@pytest.mark.unit
 def test_gguf_recipe_validation(tmp_path):
     r = quantkit.parse_recipe(gguf_recipe("m", tmp_path, "[Q8_0, Q4_K_M, IQ4_XS]", ", tensor_types: {'ffn_down': q6_k}"))
     out = r.outputs[0]

@@ -24,6 +24,8 @@ from quantkit.recipe import Recipe
 from quantkit.recipe_loader import load_recipe, parse_recipe
 from quantkit.sources.calibration import file_texts
 
+pytestmark = pytest.mark.unit
+
 COUNTS = {"recipe_text": 2500, "recipe_tree": 3000, "override": 1500, "recipe_bytes": 1000, "manifest": 1500,
           "calibration": 1000}
 VALID = {"name": "fuzz", "model": "smollm2-135m", "calibration": {"num_samples": 8, "seq_len": 64},
@@ -161,6 +163,7 @@ def test_generated_case_count_is_at_least_ten_thousand():
 # ------------------------------------------------------------------ the CLI: one `error:` line, exit 2
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", ["non-utf8", "control", "deep", "set", "dup", "bool", "laughs"])
 def test_bad_recipes_exit_2_with_one_error_line(case, tmp_path):
     body = {"non-utf8": b"name: caf\xe9\n", "control": b"name: a\x07\n", "deep": b"name: " + b"[" * 600 + b"]" * 600,
@@ -177,6 +180,7 @@ def test_bad_recipes_exit_2_with_one_error_line(case, tmp_path):
     assert r.stderr.count("error:") == 1 and len(r.stderr) < 2000, r.stderr
 
 
+@pytest.mark.integration
 def test_cli_inputs_out_of_range_exit_2(tmp_path):
     (tmp_path / "bad.yaml").write_bytes(b"name: \xff\n")
     (tmp_path / "good.yaml").write_text("name: a\nmodel: m\noutputs: [{method: fp8}]\n")
@@ -195,6 +199,7 @@ def test_cli_inputs_out_of_range_exit_2(tmp_path):
     assert "Traceback" not in r.stderr and "good.yaml" in r.stdout + r.stderr and "bad.yaml" in r.stdout + r.stderr, r.stderr
 
 
+@pytest.mark.integration
 def test_recipes_validate_refuses_a_missing_local_model_and_calibration_file(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"name: a\nmodel: {tmp_path / 'no-model'}\ncalibration: {{source: {tmp_path / 'no.jsonl'}}}\n"
@@ -204,6 +209,7 @@ def test_recipes_validate_refuses_a_missing_local_model_and_calibration_file(tmp
     assert Path(recipe).is_file()
 
 
+@pytest.mark.integration
 def test_broken_model_sources_are_one_line_errors(tiny_model, tmp_path):
     import shutil
 

@@ -19,6 +19,8 @@ from quantkit.artifact import Artifact
 from quantkit.errors import ArtifactError
 from quantkit.files import staged_folder
 
+pytestmark = pytest.mark.unit
+
 COUNTS = {"artifact_folder": 800, "validation_report": 800, "registry_manifest": 1200, "registry_index": 400,
           "layer_path": 800, "model_folder": 300}
 FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), derandomize=False)
@@ -127,10 +129,10 @@ def test_any_validation_report_is_read_and_judged_or_is_one_artifact_error(clean
 
 def _refused_or_parsed(model, raw: bytes, what: str):
     from quantkit.publish.destinations.base import PushError
-    from quantkit.publish.destinations.oci import _parse
+    from quantkit.publish.destinations.oci_manifest import parse_answer
 
     try:
-        return _parse(model, raw, what)
+        return parse_answer(model, raw, what)
     except PushError as e:
         assert str(e) and "\n" not in str(e) and "Traceback" not in str(e)
         return None
@@ -153,7 +155,7 @@ LAYER = st.fixed_dictionaries({
                                         "config": st.one_of(LAYER, values), "layers": st.lists(LAYER, max_size=4)})
                  .map(lambda d: json.dumps(d).encode())))
 def test_any_registry_manifest_is_a_model_manifest_or_one_push_error(raw):
-    from quantkit.publish.destinations.oci import ModelManifest, layer_path_problem
+    from quantkit.publish.destinations.oci_manifest import ModelManifest, layer_path_problem
 
     counted("registry_manifest")
     parsed = _refused_or_parsed(ModelManifest, raw, "the manifest")
@@ -168,7 +170,7 @@ def test_any_registry_manifest_is_a_model_manifest_or_one_push_error(raw):
                  st.fixed_dictionaries({"schemaVersion": st.one_of(st.just(2), values), "manifests": st.lists(LAYER, max_size=3)})
                  .map(lambda d: json.dumps(d).encode())))
 def test_any_referrers_index_is_an_index_or_one_push_error(raw):
-    from quantkit.publish.destinations.oci import ReferrersIndex
+    from quantkit.publish.destinations.oci_manifest import ReferrersIndex
 
     counted("registry_index")
     _refused_or_parsed(ReferrersIndex, raw, "the referrers index")
@@ -179,7 +181,7 @@ def test_any_referrers_index_is_an_index_or_one_push_error(raw):
 @given(st.one_of(st.text(max_size=40), st.lists(st.sampled_from(["a", "..", ".", "", "/", "\\", "b.txt", "\x00", "~"]),
                                                 max_size=6).map("/".join)))
 def test_any_layer_path_is_inside_the_destination_or_refused(tmp_path_factory, rel):
-    from quantkit.publish.destinations.oci import layer_path_problem
+    from quantkit.publish.destinations.oci_manifest import layer_path_problem
 
     counted("layer_path")
     if layer_path_problem(rel) is None:
@@ -236,7 +238,7 @@ def test_any_model_folder_resolves_or_is_one_model_source_error(model_folder, tm
 
 def test_a_registry_key_with_a_newline_is_quoted_on_one_line():
     """Found by the referrers-index generator: a key of the registry's JSON reached the error's field path."""
-    from quantkit.publish.destinations.oci import ReferrersIndex
+    from quantkit.publish.destinations.oci_manifest import ReferrersIndex
 
     raw = json.dumps({"schemaVersion": 2, "manifests": [{"mediaType": "x", "digest": "sha256:" + "a" * 64, "size": 1,
                                                          "annotations": {"\n\x1b[2J": None}}]}).encode()

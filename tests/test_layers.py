@@ -4,20 +4,25 @@ even through imports inside functions or under TYPE_CHECKING (docs/architecture.
 import ast
 from pathlib import Path
 
+import pytest
 from conftest import REPO
+
+pytestmark = pytest.mark.unit
 
 # lowest first; a module may import its own floor and the ones below
 LAYERS: list[tuple[str, ...]] = [
-    ("quantkit.errors", "quantkit.files", "quantkit.cache_store", "quantkit.device", "quantkit.progress", "quantkit.memory",
-     "quantkit.background", "quantkit.threads", "quantkit.library_logs"),
-    ("quantkit.gates", "quantkit.calibration_sets"),
-    ("quantkit.recipe", "quantkit.artifact", "quantkit.output_roots"),
-    ("quantkit.recipe_loader", "quantkit.sources", "quantkit.toolchains"),
+    ("quantkit.errors", "quantkit.files", "quantkit.cache_store", "quantkit.device", "quantkit.progress", "quantkit.reporters",
+     "quantkit.memory", "quantkit.background", "quantkit.threads", "quantkit.library_logs"),
+    ("quantkit.gates", "quantkit.calibration_sets", "quantkit.formats"),
+    ("quantkit.recipe", "quantkit.artifact", "quantkit.artifact_files", "quantkit.output_roots", "quantkit.report.model",
+     "quantkit.report.plots"),
+    ("quantkit.recipe_loader", "quantkit.recipe_errors", "quantkit.sources", "quantkit.toolchains",
+     "quantkit.jobs"),
     ("quantkit.engines", "quantkit.runtimes", "quantkit.tasks", "quantkit.serving"),
-    ("quantkit.checks", "quantkit.publish", "quantkit.estimates"),
-    ("quantkit.quantize", "quantkit.matrix", "quantkit.validate", "quantkit.serve_test", "quantkit.testing",
-     "quantkit.publishing"),
-    ("quantkit.report_html", "quantkit.executors"),
+    ("quantkit.checks", "quantkit.publish", "quantkit.estimates", "quantkit.resume", "quantkit.report"),
+    ("quantkit.quantize", "quantkit.preflight", "quantkit.matrix", "quantkit.validate", "quantkit.serving.verb",
+     "quantkit.testing", "quantkit.publish.verbs"),
+    ("quantkit.executors",),
     ("quantkit.cli",),
     ("quantkit",),  # the package facade
 ]

@@ -15,9 +15,12 @@ from conftest import run_cli, tiny_recipe_text
 from quantkit.errors import ModelSourceError, RecipeError
 from quantkit.recipe import MAX_JOBS, ModelSpec
 from quantkit.recipe_loader import parse_recipe
-from quantkit.sources import models
-from quantkit.sources.models import CONFIG_SIZE_LIMITS, resolve_model
+from quantkit.sources import checkpoint
+from quantkit.sources.model_folder import CONFIG_SIZE_LIMITS
+from quantkit.sources.models import resolve_model
 from quantkit.testing import edit_weights
+
+pytestmark = pytest.mark.unit
 
 OUTPUTS = "  - {method: rtn, scheme: W8A16}\n"
 LAYER = "model.layers.1.mlp.up_proj.weight"
@@ -81,6 +84,7 @@ MISMATCHED_WEIGHTS = {  # the same path, in this process
 }
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("case", list(BROKEN_WEIGHTS))
 def test_broken_weights_are_refused_by_name_before_loading(case, tiny_model, tmp_path):
@@ -127,6 +131,7 @@ HANGS = {
 }
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("case", list(HANGS))
 def test_what_would_hang_is_refused_in_one_line(case, tiny_model, tmp_path):
@@ -136,6 +141,7 @@ def test_what_would_hang_is_refused_in_one_line(case, tiny_model, tmp_path):
     quantize_refuses(model, tmp_path, message, timeout=100)
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_a_million_job_matrix_is_refused_before_it_expands(tmp_path):
     models_list = ", ".join(f"x/m{i}" for i in range(1000))
@@ -212,7 +218,7 @@ def test_sound_checkpoints_of_other_layouts_pass(tmp_path):
 def test_nonfinite_values_are_found_in_any_chunk_and_a_clean_verdict_is_not_reused_for_a_changed_file(
         tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(models, "FINITE_CHUNK_BYTES", 1000)  # the 128 KB layer is read in 132 pieces
+    monkeypatch.setattr(checkpoint, "FINITE_CHUNK_BYTES", 1000)  # the 128 KB layer is read in 132 pieces
     model = copy_model(tiny_model, tmp_path / "model")
     resolve_model(ModelSpec(source=str(model)))  # clean: its verdict is cached
     assert list((tmp_path / "cache" / "fingerprints" / "finite").glob("*.json"))

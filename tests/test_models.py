@@ -6,6 +6,8 @@ from quantkit.errors import ModelSourceError
 from quantkit.recipe import ModelSpec
 from quantkit.sources.models import BUILTIN_MODELS, fingerprint_folder, resolve_model
 
+pytestmark = pytest.mark.unit
+
 
 def test_local_folder(tiny_model):
     r = resolve_model(ModelSpec(source=str(tiny_model)))

@@ -23,7 +23,10 @@ from conftest import REPO, run_cli, tiny_recipe_text
 
 import quantkit
 from quantkit.artifact import ATTESTED_VALIDATION_NAME, LOCAL_NAME, MANIFEST_NAME
-from quantkit.progress import PlainReporter, TqdmBridge
+from quantkit.progress import TqdmBridge
+from quantkit.reporters import PlainReporter
+
+pytestmark = pytest.mark.integration
 
 LOOSE = {"kld_mean_max": 100.0, "ppl_increase_max": 100.0, "top1_agreement_min": 0.0}  # a random model's gates
 
@@ -104,7 +107,7 @@ def keys(tmp_path_factory) -> tuple[Path, Path]:
 def test_validate_keeps_a_pulled_artifact_verifiable(library_run, keys, tiny_model, tmp_path):
     from test_pull_hostile import FakeRegistry
 
-    from quantkit.publishing import PushSettings
+    from quantkit.publish.verbs import PushSettings
     from quantkit.validate import validate
 
     art = Path(shutil.copytree(library_run.artifact, tmp_path / "art" / "tiny-w8a16"))
@@ -169,6 +172,7 @@ def plain() -> tuple[PlainReporter, io.StringIO]:
     return PlainReporter(stream, heartbeat=0), stream
 
 
+@pytest.mark.unit
 def test_a_step_that_raised_or_was_interrupted_is_not_done():
     reporter, stream = plain()
     with reporter.task("fine"):
@@ -181,6 +185,7 @@ def test_a_step_that_raised_or_was_interrupted_is_not_done():
     assert [e.split(" (")[0].split() for e in ends] == [["done", "fine"], ["FAILED", "broken"], ["interrupted", "stopped"]]
 
 
+@pytest.mark.unit
 def test_calibration_that_raised_does_not_end_its_layers_step_done():
     from quantkit.engines.llmcompressor import progress_from_tqdm
 
@@ -222,6 +227,7 @@ FAKE_IMATRIX = textwrap.dedent("""
 """)
 
 
+@pytest.mark.unit
 @pytest.mark.timeout(120)
 def test_the_imatrix_counter_advances_with_each_chunk(tmp_path):
     from quantkit.engines.gguf import compute_imatrix
@@ -302,6 +308,7 @@ def test_the_wheel_ships_the_recipes(tmp_path):
     assert {f"quantkit_recipes/{p.name}" for p in (REPO / "recipes").glob("*.yaml")} <= set(names), names
 
 
+@pytest.mark.unit
 def test_help_quantkit_lists_the_public_api():
     import pydoc
 
@@ -366,7 +373,7 @@ def test_one_artifact_gets_its_html_report_with_legends_beside_the_plots(library
     assert r.returncode == 0, r.stderr
     assert (art / "validation.html").read_text().count("data:image/png;base64,") >= 2 and "run report:" in r.stderr
 
-    from quantkit import report_html
+    from quantkit.report import html as report_html
     from quantkit.validate import validate
 
     report = validate(art, max_tokens=64, context=32, gate_overrides=LOOSE)

@@ -19,6 +19,8 @@ from quantkit import files
 from quantkit.files import cached_sha256, sha256_file, sha256_files
 from tests.conftest import REPO, tiny_recipe_text
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("size", [0, 1, 2047, 4096, 4097, 3 * 1024 + 5, 64 * 1024 + 1])
 def test_sha256_file_matches_hashlib(tmp_path, size):
@@ -97,6 +99,7 @@ def test_cached_sha256_rehashes_only_changed_files(tmp_path, monkeypatch):
     assert cached_sha256(p) == hashlib.sha256(b"b" * 1000).hexdigest() and counts[p.resolve()] == 3
 
 
+@pytest.mark.integration
 def test_base_and_artifacts_hashed_once(tiny_model, tmp_path, monkeypatch):
     """One quantize of two outputs reads each base file at most once and each artifact file once; a second
     run on an unchanged base reads no base file; validate hashes the artifact's files once and no base file."""
@@ -136,6 +139,7 @@ def test_base_and_artifacts_hashed_once(tiny_model, tmp_path, monkeypatch):
 HEAVY = ("torch", "transformers", "llmcompressor", "compressed_tensors", "numpy", "datasets")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args", [["--help"], ["quantize", "--help"], ["validate", "--help"], ["push", "--help"],
                                   ["recipes", "validate", "recipes/smollm2-135m.yaml"],
                                   ["recipes", "validate", "recipes/smollm2-135m.yaml", "--json"],
@@ -163,7 +167,7 @@ CASES = [{"scheme": s} for s in ("W4A16", "W4A16_ASYM", "W8A16")] + [
 ])
 def test_scheme_table_equals_compressed_tensors(output):
     """The preset table that describes outputs without importing torch says what compressed-tensors would build."""
-    from quantkit.engines.llmcompressor import resolved_scheme, scheme_summary
+    from quantkit.engines.llmcompressor_schemes import resolved_scheme, scheme_summary
     from quantkit.recipe import Recipe
 
     out = Recipe.model_validate({"name": "r", "model": "m", "outputs": [{"name": "o", **output}]}).outputs[0]
@@ -177,6 +181,7 @@ def test_scheme_table_equals_compressed_tensors(output):
     assert activations == as_dict(real.input_activations, activations or {})
 
 
+@pytest.mark.integration
 def test_base_hashed_while_the_output_is_made(tiny_model, tmp_path, monkeypatch):
     """A new output does not wait for the base's fingerprint before its engine starts: the hash runs in the
     background and is joined for the manifest (on a first run of a large base, seconds of wall time)."""
@@ -229,6 +234,7 @@ def _run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("code", [0, 2, 143, None])
 def test_exit_now_keeps_code_output_and_atexit(code):
     """The CLI skips the interpreter's teardown (1.2-1.6 s once transformers is imported) but keeps what
@@ -247,6 +253,7 @@ def test_exit_now_keeps_code_output_and_atexit(code):
     assert "logged" in proc.stderr
 
 
+@pytest.mark.integration
 def test_exit_now_waits_for_a_running_thread():
     """A non-daemon thread still at work gets Python's own exit, which waits for it to finish."""
     proc = _run_python(
@@ -258,6 +265,7 @@ def test_exit_now_waits_for_a_running_thread():
     assert (proc.returncode, proc.stdout) == (3, "thread finished"), proc.stderr
 
 
+@pytest.mark.integration
 def test_cli_exit_codes_through_exit_now(tmp_path):
     """The installed entry point (`main`) keeps its exit codes: 0 with the whole output, 2 with the one-line error."""
     ok = subprocess.run([sys.executable, "-m", "quantkit.cli.main", "recipes", "schema"], cwd=REPO, capture_output=True,

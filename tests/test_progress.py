@@ -1,9 +1,13 @@
 import io
 
+import pytest
 from rich.console import Console
 
 from quantkit.memory import PeakRSS
-from quantkit.progress import NullReporter, RichReporter, TqdmBridge
+from quantkit.progress import NullReporter, TqdmBridge
+from quantkit.reporters import RichReporter
+
+pytestmark = pytest.mark.unit
 
 
 def test_tqdm_bridge_turns_layer_loops_into_one_layer_bar():

@@ -23,7 +23,9 @@ from quantkit.artifact import ATTESTATION_NAME
 from quantkit.errors import QuantkitError
 from quantkit.publish.destinations import PushError
 from quantkit.publish.destinations.oci import FILEPATH, MAX_BLOB, MAX_MANIFEST, OCIRegistry
-from quantkit.publishing import PushSettings, pull
+from quantkit.publish.verbs import PushSettings, pull
+
+pytestmark = pytest.mark.integration
 
 TAG = "w8a16"
 MANIFEST_PATH = re.compile(r"^/v2/(?P<name>.+)/(?P<kind>manifests|blobs)/(?P<ref>[^/]+)$")

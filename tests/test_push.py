@@ -20,8 +20,10 @@ from quantkit.artifact import ATTESTATION_NAME, json_digest
 from quantkit.errors import ArtifactError, QuantkitError
 from quantkit.publish.destinations import destination_for
 from quantkit.publish.provenance import AttestationError
-from quantkit.publishing import PushSettings, prepare, verify
+from quantkit.publish.verbs import PushSettings, prepare, verify
 from quantkit.validate import validate
+
+pytestmark = pytest.mark.integration
 
 TOKEN = "hf_quantkitTestTOKEN0123456789"
 LOOSE = {"kld_mean_max": 100.0, "ppl_increase_max": 100.0, "top1_agreement_min": 0.0}

@@ -13,10 +13,10 @@ from oci_registry import LoopbackRegistry
 from test_push import require_registry
 
 from quantkit.publish.destinations import destination_for
-from quantkit.publishing import PushSettings, prepare, pull, push
+from quantkit.publish.verbs import PushSettings, prepare, pull, push
 from quantkit.validate import validate
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 GPTQ = "smollm2-135m-gptq-w4a16"
 SETTINGS = {"max_tokens": 512, "context": 256}

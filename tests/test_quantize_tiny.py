@@ -15,6 +15,8 @@ from quantkit.errors import QuantkitError, SchemeConstraintError
 from quantkit.files import sha256_file
 from quantkit.progress import NullReporter
 
+pytestmark = pytest.mark.integration
+
 METHOD_OUTPUTS = {
     "awq": ("  - {method: awq, group_size: 64, n_grid: 3}\n", "pack-quantized", 4, None),
     "gptq": ("  - {method: gptq, scheme: W4A16_ASYM, group_size: 64}\n", "pack-quantized", 4, None),

@@ -7,6 +7,8 @@ from quantkit.errors import RecipeError
 from quantkit.recipe import recipe_json_schema_text
 from quantkit.recipe_loader import load_recipe, parse_recipe
 
+pytestmark = pytest.mark.unit
+
 GOOD = """
 name: demo
 model: smollm2-135m

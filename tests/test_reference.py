@@ -17,7 +17,10 @@ from quantkit.cache_store import REFERENCES as STORE
 from quantkit.cache_store import CacheStore
 from quantkit.progress import NullReporter
 from quantkit.runtimes.transformers import TransformersModel, score_lockstep
-from quantkit.validate import domain_text, validate
+from quantkit.sources.heldout import domain_text, evaluation_texts
+from quantkit.validate import validate
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +61,7 @@ def test_cached_and_uncached_references_give_identical_scores(fp8, tiny_model, c
     # the stored reference agrees with the exact lockstep pass (16-bit rows: well within 0.1%)
     base, quant = TransformersModel(tiny_model), TransformersModel(art)
     s = first.targets[0].scores[0]
-    ids = base.tokenize(quantkit.validate.evaluation_texts(None, 200)["prose"])[: 200 + 32]
+    ids = base.tokenize(evaluation_texts(None, 200)["prose"])[: 200 + 32]
     exact = score_lockstep(base, quant, ids, "prose", context=64, stride=32)
     assert s.n_tokens == exact.n_tokens == 200
     assert s.base_ppl == pytest.approx(exact.base_ppl, rel=1e-6) and s.ppl == pytest.approx(exact.ppl, rel=1e-6)
@@ -70,7 +73,7 @@ def test_a_changed_input_gets_a_new_reference(fp8, tiny_model, cache, tmp_path, 
     art = fp8["tiny-fp8-fp8-dynamic"]
     other = next(path for name, path in fp8.items() if "rtn" in name)
     prose = tmp_path / "prose.txt"
-    prose.write_text(quantkit.validate.evaluation_texts(None, 300)["prose"])
+    prose.write_text(evaluation_texts(None, 300)["prose"])
     kwargs = dict(context=64, max_tokens=120, domains={"prose": prose.read_text()}, write=False)
     validate(art, **kwargs)
     assert len(reference_entries(cache)) == 1
@@ -128,11 +131,12 @@ def test_two_concurrent_validates_make_one_entry(fp8, cache, tmp_path):
         assert (e.path / "logprobs.u16").stat().st_size == meta["positions"] * meta["vocab"] * 2
 
 
+@pytest.mark.unit
 def test_every_scored_token_checked_by_an_independent_per_token_loop(tiny_model):
     """The recorded scored positions, each scored by its own forward pass over exactly the tokens
     before it in its window: perplexity agrees within 0.1%."""
     model = TransformersModel(tiny_model)
-    ids = model.tokenize(quantkit.validate.evaluation_texts(None, 300)["code"])[:180]
+    ids = model.tokenize(evaluation_texts(None, 300)["code"])[:180]
     s = score_lockstep(model, model, ids, "code", context=48, stride=24)
     nll = []
     for begin, end, first in s.scored_tokens["windows"]:
@@ -145,6 +149,7 @@ def test_every_scored_token_checked_by_an_independent_per_token_loop(tiny_model)
     assert float(torch.stack(nll).mean().exp()) == pytest.approx(s.base_ppl, rel=1e-3)
 
 
+@pytest.mark.unit
 def test_domain_files_are_scored_as_written(tmp_path):
     code = "def f(x):\n\n\n        return x  \n\n\tpass\n"
     (tmp_path / "code.txt").write_text(code)
@@ -181,6 +186,7 @@ def test_validate_on_the_gpu_in_bfloat16_matches_the_cpu(fp8, cache):
         assert g.base_ppl == pytest.approx(c.base_ppl, rel=0.02)
 
 
+@pytest.mark.unit
 def test_fingerprint_is_cached_until_a_file_changes(tiny_model, cache, tmp_path, monkeypatch):
     import shutil
 
@@ -199,6 +205,7 @@ def test_fingerprint_is_cached_until_a_file_changes(tiny_model, cache, tmp_path,
     assert models.fingerprint_folder(folder)[0] != first[0] and hashed[n:] == ["config.json"]  # only the changed file
 
 
+@pytest.mark.unit
 def test_cache_store_is_bounded_lru_and_skips_entries_in_use(tmp_path):
     import time
 
@@ -263,6 +270,7 @@ def test_parameter_bytes_are_counted_from_the_config_alone(fp8, tiny_model):
     assert parameter_bytes(fp8["tiny-fp8-fp8-dynamic"], torch.bfloat16) == 2 * params
 
 
+@pytest.mark.unit
 def test_stored_rows_round_trip_and_the_fused_kld_matches_the_spelled_out_one():
     from quantkit.runtimes.reference import dequantize_rows, kl_from_codes, quantize_rows
 

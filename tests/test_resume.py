@@ -14,6 +14,8 @@ from conftest import run_cli, tiny_recipe_text
 
 from quantkit.artifact import Artifact
 
+pytestmark = pytest.mark.integration
+
 OUTPUTS = ("  - {method: rtn, name: t-rtn, scheme: W8A16}\n"  # no calibration
            "  - {method: gptq, name: t-gptq, group_size: 64}\n")  # calibrated
 
@@ -60,21 +62,65 @@ def test_rerun_keeps_current_outputs_and_redoes_what_an_input_change_invalidates
     assert r.returncode == 0 and r.stderr.count("--force: redoing it") == 2
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_a_run_killed_after_its_first_output_finishes_on_a_plain_rerun(sig, tiny_model, tmp_path):
-    out, recipe = tmp_path / "out", tmp_path / "r.yaml"
-    slow = "  - {method: rtn, name: t-rtn, scheme: W8A16}\n  - {method: awq, name: t-awq, group_size: 64, n_grid: 50}\n"
-    recipe.write_text(tiny_recipe_text(tiny_model, out, slow, num_samples=64, seq_len=256))
-    proc = subprocess.Popen([sys.executable, "-m", "quantkit.cli.main", "quantize", str(recipe)],
+# the real CLI with one addition: the first module forward pass once OUTPUT's staging folder exists (inside
+# llm-compressor's calibration of that output) writes READY and waits there for the test's signal, so the
+# kill lands mid-calibration on any machine, fast or loaded, and the AWQ itself can be small
+HELD_RUN = """
+import sys, time
+from pathlib import Path
+
+import torch
+
+out, output, ready = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+
+
+def hold(module, args):
+    if not ready.exists() and any(out.glob(f".{output}.partial-*")):
+        ready.write_text(type(module).__name__)
+        while True:
+            time.sleep(0.1)
+
+
+torch.nn.modules.module.register_module_forward_pre_hook(hold)
+from quantkit.cli.main import main
+
+sys.argv = ["quantkit", *sys.argv[4:]]
+sys.exit(main())
+"""
+AWQ = "  - {method: awq, name: t-awq, group_size: 64, n_grid: 3}\n"
+HELD_OUTPUTS = "  - {method: rtn, name: t-rtn, scheme: W8A16}\n" + AWQ
+
+
+def start_held_run(recipe, out, output: str = "t-awq") -> subprocess.Popen:
+    """`quantkit quantize RECIPE`, returned once it is held inside llm-compressor calibrating `output`."""
+    ready = out.parent / f"{output}.held"
+    proc = subprocess.Popen([sys.executable, "-c", HELD_RUN, str(out), output, str(ready), "quantize", str(recipe)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-
-    def awq_started() -> bool:
-        return out.exists() and any(p.name.startswith(".t-awq.partial-") for p in out.iterdir())
-
-    while time.time() < deadline and not awq_started():
+    deadline = time.time() + 300
+    while time.time() < deadline and not ready.exists():
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.05)
+    assert ready.exists(), "the run never reached its calibration"
+    assert any(out.glob(f".{output}.partial-*")) and not (out / output).exists()
+    return proc
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model, tmp_path_factory):
+    """HELD_OUTPUTS made by one plain run: what a killed-and-resumed run must equal."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    recipe = root / "r.yaml"
+    recipe.write_text(tiny_recipe_text(tiny_model, root / "out", HELD_OUTPUTS))
+    r = run_cli("quantize", str(recipe))
+    assert r.returncode == 0, r.stderr
+    return root / "out"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_run_killed_after_its_first_output_finishes_on_a_plain_rerun(sig, tiny_model, tmp_path, uninterrupted):
+    out, recipe = tmp_path / "out", tmp_path / "r.yaml"
+    recipe.write_text(tiny_recipe_text(tiny_model, out, HELD_OUTPUTS))
+    proc = start_held_run(recipe, out)
     first = created(out, "t-rtn")
     proc.send_signal(sig)
     proc.wait(timeout=60)
@@ -93,10 +139,8 @@ def test_a_run_killed_after_its_first_output_finishes_on_a_plain_rerun(sig, tiny
     # the resumed artifacts equal an uninterrupted run's, tensor for tensor (AWQ and RTN are deterministic on CPU)
     from safetensors.numpy import load_file
 
-    clean = tmp_path / "clean"
-    assert run_cli("quantize", str(recipe), "-o", str(clean)).returncode == 0
     for name in ("t-rtn", "t-awq"):
-        a, b = load_file(out / name / "model.safetensors"), load_file(clean / name / "model.safetensors")
+        a, b = load_file(out / name / "model.safetensors"), load_file(uninterrupted / name / "model.safetensors")
         assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), name
 
 
@@ -120,14 +164,8 @@ def test_a_run_that_cannot_fit_on_disk_is_refused_before_calibration(tiny_model,
 
 def test_a_second_run_on_the_same_outputs_is_refused_while_the_first_runs(tiny_model, tmp_path):
     out, recipe = tmp_path / "out", tmp_path / "r.yaml"
-    recipe.write_text(tiny_recipe_text(tiny_model, out, "  - {method: awq, name: t-awq, group_size: 64, n_grid: 50}\n",
-                                       num_samples=64, seq_len=256))
-    first = subprocess.Popen([sys.executable, "-m", "quantkit.cli.main", "quantize", str(recipe)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    while time.time() < deadline and not (out.exists() and any(p.name.startswith(".t-awq.partial-") for p in out.iterdir())):
-        assert first.poll() is None, first.stderr.read()
-        time.sleep(0.05)
+    recipe.write_text(tiny_recipe_text(tiny_model, out, AWQ))
+    first = start_held_run(recipe, out)
     second = run_cli("quantize", str(recipe), timeout=120)
     assert second.returncode == 2 and f"another quantkit run (pid {first.pid}) is writing" in second.stderr, second.stderr
     r = run_cli("status", str(recipe), "--json")
@@ -173,7 +211,7 @@ def test_a_read_only_output_folder_is_refused_before_any_work(tiny_model, tmp_pa
     recipe.write_text(tiny_recipe_text(tiny_model, tmp_path / "out", OUTPUTS))
     import quantkit
     from quantkit.errors import RecipeError
-    from quantkit.quantize import preflight_problems
+    from quantkit.preflight import preflight_problems
 
     parsed = quantkit.load_recipe(recipe)
     assert preflight_problems(parsed) == []

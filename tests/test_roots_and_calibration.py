@@ -20,6 +20,8 @@ from quantkit.recipe import CalibrationSpec
 from quantkit.sources.calibration import build_calibration, builtin_dir, builtin_domain_text, load_texts
 from quantkit.sources.chat_template import ChatTemplate
 
+pytestmark = pytest.mark.unit
+
 ALLOWED = "use a local path or one of file://, s3://, gs://, gcs://, az://, abfs://"
 
 
@@ -42,6 +44,7 @@ def one_error_line(r) -> str:
 # ------------------------------------------------------------------ output roots
 
 
+@pytest.mark.integration
 def test_an_ftp_root_is_refused_by_validate_plan_and_quantize_without_a_connection(recipe_file):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -61,6 +64,7 @@ def test_an_ftp_root_is_refused_by_validate_plan_and_quantize_without_a_connecti
         listener.close()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("url", ["zip://inner::file:///tmp/a.zip", "reference://x", "github://o:r@main/x",
                                  "arrow_hdfs://namenode/x"])
 def test_a_root_on_a_protocol_that_is_not_storage_is_one_error_line(recipe_file, url):
@@ -70,17 +74,18 @@ def test_a_root_on_a_protocol_that_is_not_storage_is_one_error_line(recipe_file,
                        f"writes artifacts to; {ALLOWED}"
 
 
+@pytest.mark.integration
 def test_a_memory_root_is_refused_by_a_command_and_taken_by_the_library(recipe_file, tmp_path):
     r = run_cli("quantize", str(recipe_file()), "-o", "memory://qk/out", timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "output_dir memory://qk/out: 'memory://' lives in this process only; what a quantkit command writes there " \
            "is gone when it exits" in r.stderr and "made" not in r.stdout
 
-    from quantkit.matrix import jobs
+    from quantkit.jobs import plan
     from quantkit.output_roots import file_system, root_problems
 
     recipe = quantkit.load_recipe(recipe_file())
-    [job] = jobs(recipe, "memory://qk/out")  # the library's caller outlives what it publishes (tests/test_matrix.py)
+    [job] = plan(recipe, "memory://qk/out")  # the library's caller outlives what it publishes (tests/test_matrix.py)
     assert job.dest == "memory://qk/out/f8" and file_system("memory://qk/out")[1] == "/qk/out"
     assert root_problems("file:///tmp/x", "local") == []
     with pytest.raises(QuantkitError, match="'ftp://' is not a storage protocol"):
@@ -193,6 +198,7 @@ def smol_tokenizer_llama(tmp_path_factory, llamacpp):
                             tokenizer=load_tokenizer(smol))
 
 
+@pytest.mark.integration
 def test_a_gguf_artifact_never_holds_the_calibration_text(llamacpp, smol_tokenizer_llama, tmp_path):
     marker = "Quokka-7f3a private calibration note"
     private = tmp_path / "private.jsonl"

@@ -18,8 +18,11 @@ from conftest import run_cli
 from quantkit.checks.serve import serving_gates
 from quantkit.errors import QuantkitError
 from quantkit.gates import evaluate_gates
-from quantkit.serving.smoke import ServeOptions, serve_test, summary_line
+from quantkit.serving.results import ServeOptions, summary_line
+from quantkit.serving.smoke import serve_test
 from quantkit.toolchains.vllm import VllmEnv
+
+pytestmark = pytest.mark.unit
 
 FAKE = Path(__file__).parent / "fake_vllm"
 FP8_CONFIG = {"quantization_config": {"quant_method": "compressed-tensors", "config_groups": {
@@ -64,8 +67,8 @@ def test_prompt_and_token_options_bound_every_phase(fake_env, tmp_path):
 
 
 def test_fp8_on_cpu_gets_a_short_workload_with_every_gate_measured(fake_env, tmp_path):
-    from quantkit.serving.smoke import plan_workload
     from quantkit.serving.support import SERVING_CLASSES
+    from quantkit.serving.workload import plan_workload
 
     assert SERVING_CLASSES["FP8"].cpu_slow and not SERVING_CLASSES["W8A8"].cpu_slow  # the fact lives in support.py
     model = tmp_path / "fp8"
@@ -88,6 +91,7 @@ def test_fp8_on_cpu_gets_a_short_workload_with_every_gate_measured(fake_env, tmp
     assert (len(full.smoke), len(full.workload), full.concurrency) == (8, 8, (1, 8))
 
 
+@pytest.mark.integration  # tens of seconds by design: too slow for the unit tier
 def test_a_serve_timeout_stops_the_server_and_keeps_what_was_measured(fake_env, tmp_path, monkeypatch):
     """Ready, smoke and greedy fit the budget; the copy workload does not (one prompt streams at 1 s/token, 60
     tokens). The budget leaves ~25 s for the first three, which take ~3 s on an idle machine: a loaded CI
@@ -114,8 +118,8 @@ def test_a_serve_timeout_stops_the_server_and_keeps_what_was_measured(fake_env, 
         {"status": "measured", "reason": r.reason, "details": r.to_dict()})
     from rich.console import Console
 
-    from quantkit.cli.serve_test import serve_table
-    from quantkit.serve_test import ServeReport
+    from quantkit.cli.serving import serve_table
+    from quantkit.serving.verb import ServeReport
 
     console = Console(width=240, record=True, file=open(os.devnull, "w"))
     console.print(serve_table(ServeReport(tmp_path / "m", r, list(gates.values())).to_dict()))
@@ -138,7 +142,7 @@ def test_gate_values_come_from_what_was_measured_when_a_later_request_fails(fake
     """A server that got ready with the right quantization, whose greedy request then failed: ready time and
     quantization match are gate values (they were 'not measured' and serve_loaded 0), the failure fails
     serve_failed_requests_max."""
-    from quantkit.serve_test import run_serve_test
+    from quantkit.serving.verb import run_serve_test
 
     monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("FAKE_VLLM_NO_TOKEN_IDS", "1")
@@ -154,6 +158,7 @@ def test_gate_values_come_from_what_was_measured_when_a_later_request_fails(fake
     assert not report.passed
 
 
+@pytest.mark.integration
 def test_serve_timeout_option_is_checked(tiny_model):
     for value in ("0", "-5", "inf"):
         r = run_cli("serve-test", str(tiny_model), "--vllm-python", sys.executable, "--serve-timeout", value)
@@ -162,6 +167,7 @@ def test_serve_timeout_option_is_checked(tiny_model):
         ServeOptions(timeout=float("nan"))
 
 
+@pytest.mark.integration
 def test_sigterm_during_the_smoke_requests_stops_the_server_and_exits_143(fake_env, tiny_model, tmp_path):
     """The real CLI, the stand-in server streaming at 1 s/token and ignoring SIGTERM (vLLM drains its
     requests): SIGTERM in the smoke phase ends the command with 143 within seconds, its server and the

@@ -13,9 +13,12 @@ import pytest
 from conftest import run_cli
 
 from quantkit.serving.metrics import parse_counters, percentile, spec_decode_stats
-from quantkit.serving.server import ServerError, ServerProcess, failure_reason, free_port
-from quantkit.serving.smoke import ServeOptions, kernel_lines, reported_quantization, serve_test, summary_line
+from quantkit.serving.results import ServeOptions, summary_line
+from quantkit.serving.server import ServerError, ServerProcess, failure_reason, free_port, kernel_lines, reported_quantization
+from quantkit.serving.smoke import serve_test
 from quantkit.toolchains.vllm import VllmEnv
+
+pytestmark = pytest.mark.unit
 
 FAKE = Path(__file__).parent / "fake_vllm"
 METRICS = """# HELP vllm:spec_decode_num_drafts Number of spec decoding drafts.
@@ -151,6 +154,7 @@ def test_a_model_vllm_cannot_load_is_failed_with_its_reason(fake_env, tmp_path, 
     assert "GGUF is not supported" in r.log_tail
 
 
+@pytest.mark.integration
 def test_serve_test_cli_with_a_stand_in_server(fake_env, tiny_model, tmp_path):
     r = run_cli("serve-test", str(tiny_model), "--vllm-python", sys.executable, "--serve-max-tokens", "8",
                 "--serve-prompts", "2", "--concurrency", "2", "--json", "--output", str(tmp_path / "serve.json"))
@@ -166,6 +170,7 @@ def test_serve_test_cli_with_a_stand_in_server(fake_env, tiny_model, tmp_path):
     assert r.returncode == 2 and "not found" in r.stderr
 
 
+@pytest.mark.integration
 def test_no_vllm_environment_is_a_clear_error_or_a_skip(tiny_model, tmp_path):
     env = {"QUANTKIT_CACHE": str(tmp_path / "empty-cache"), "QUANTKIT_VLLM_PYTHON": ""}
     r = run_cli("serve-test", str(tiny_model), env=env)
@@ -174,6 +179,7 @@ def test_no_vllm_environment_is_a_clear_error_or_a_skip(tiny_model, tmp_path):
     assert r.returncode == 2 and "vLLM interpreter not found" in r.stderr
 
 
+@pytest.mark.integration
 def test_validate_runs_the_serving_check_and_gates_it(fake_env, tiny_model, tmp_path, monkeypatch):
     from conftest import tiny_recipe_text
 
@@ -195,7 +201,7 @@ def test_validate_runs_the_serving_check_and_gates_it(fake_env, tiny_model, tmp_
     assert "vLLM serving smoke test" in (art.path / "validation.md").read_text()
     assert (art.path / "serve-logs" / t.target / "serve-vllm.log").is_file()
     quantkit.Artifact.load(art.path)  # the logs do not break the checksums
-    from quantkit.report_html import write_run_report
+    from quantkit.report.html import write_run_report
 
     page = write_run_report([report], tmp_path).read_text()
     assert page.count("data:image/png;base64,") == 4  # size/KLD, per-domain ppl, KLD by position, vLLM throughput
@@ -227,6 +233,7 @@ def test_a_server_that_fails_requests_is_failed_with_the_logged_reason(fake_env,
     assert r.dtype == "bfloat16"  # quantized on CPU: the dtype vLLM's CPU kernels implement
 
 
+@pytest.mark.integration
 def test_a_failed_vllm_environment_build_leaves_nothing(tmp_path, monkeypatch):
     import quantkit.toolchains.vllm as vllm_env
     from quantkit.toolchains.vllm import VllmEnvError, build_environment, environment_dir, find_environment
@@ -272,7 +279,7 @@ def test_the_greedy_reference_follows_validates_device_and_dtype(tiny_model):
     """validate hands --device/--dtype to the serve check: its transformers greedy reference is not
     pinned to float32 on the CPU (a 70B model would not fit)."""
     from quantkit.checks import build_checks
-    from quantkit.serving.smoke import transformers_greedy_ids
+    from quantkit.serving.reference import transformers_greedy_ids
 
     serve = next(c for c in build_checks(device="cpu", dtype="bfloat16") if c.name == "serve")
     assert (serve.device, serve.dtype) == ("cpu", "bfloat16")

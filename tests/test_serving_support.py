@@ -15,6 +15,8 @@ from quantkit.serving.smoke import ServeOptions, serve_test
 from quantkit.serving.support import isa_label, servable_here, serving_class, unsupported_reason
 from quantkit.toolchains.vllm import KERNEL_OPS, VllmEnv, kernel_probe_path
 
+pytestmark = pytest.mark.unit
+
 FAKE = Path(__file__).parent / "fake_vllm"
 AVX2_OPS = {op: op not in ("cpu_gemm_wna16", "int8_scaled_mm_with_quant", "fp8_scaled_mm_cpu", "convert_weight_packed")
             for op in KERNEL_OPS}
@@ -87,6 +89,7 @@ def w4a16(tiny_model, tmp_path_factory) -> Path:
     return art.path
 
 
+@pytest.mark.integration
 def test_serve_test_refuses_w4a16_at_once_where_the_kernel_is_missing(simulated, w4a16):
     env, seed = simulated
     seed("avx2")
@@ -111,6 +114,7 @@ def test_serve_test_refuses_w4a16_at_once_where_the_kernel_is_missing(simulated,
     assert res["status"] == "measured" and res["serving_class"] == "W4A16"
 
 
+@pytest.mark.integration
 def test_validate_records_unsupported_serving_and_gates_it_only_when_asked(simulated, w4a16):
     from quantkit.checks.serve import ServeSettings
     from quantkit.validate import validate

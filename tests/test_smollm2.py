@@ -13,7 +13,7 @@ from conftest import EXPECTED, GGUF, GGUF_TYPES, REPO, run_cli
 from quantkit.artifact import Artifact
 from quantkit.sources.calibration import builtin_holdout_text
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 def test_shipped_recipe_produces_all_four(artifacts):
@@ -199,7 +199,8 @@ def test_stored_reference_kld_agrees_with_the_exact_lockstep_kld_within_1_percen
     """validate's KLD (artifact against the stored 16-bit base reference, one model in memory) against
     the exact float32 full-vocabulary KLD with both models in memory, same tokens and windows."""
     from quantkit.runtimes.transformers import TransformersModel, score_lockstep
-    from quantkit.validate import evaluation_texts, validate
+    from quantkit.sources.heldout import evaluation_texts
+    from quantkit.validate import validate
 
     out, _, _ = artifacts
     text = evaluation_texts(None, 1024)["code"]

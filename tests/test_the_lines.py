@@ -13,12 +13,15 @@ import pytest
 from conftest import run_cli, tiny_recipe_text
 
 import quantkit
-from quantkit.artifact import Artifact, remove_own_files
+from quantkit.artifact import Artifact
+from quantkit.artifact_files import remove_own_files
 from quantkit.errors import ArtifactError
 from quantkit.files import sha256_file
 from quantkit.publish.destinations import destination_for
-from quantkit.publishing import PushSettings, prepare
+from quantkit.publish.verbs import PushSettings, prepare
 from quantkit.validate import validate
+
+pytestmark = pytest.mark.integration
 
 LOOSE = {"kld_mean_max": 100.0, "ppl_increase_max": 100.0, "top1_agreement_min": 0.0}
 RTN = "  - {method: rtn, name: t-rtn, scheme: W8A16}\n"
@@ -67,10 +70,11 @@ def test_a_model_folders_code_never_reaches_the_artifact(code_folder, tmp_path):
     assert r.returncode == 2 and "code file: modeling_x.py" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+@pytest.mark.unit
 def test_admission_keeps_only_the_formats_files_and_the_trusted_models_code_pointers(tmp_path):
     """With model.trust_remote_code the configs keep `auto_map` (a model type transformers lacks cannot load
     without it); the code itself never stays."""
-    from quantkit.artifact import admit_files
+    from quantkit.artifact_files import admit_files
 
     for trusted in (False, True):
         staging = tmp_path / f"staging-{trusted}"

@@ -22,8 +22,10 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from quantkit.errors import RecipeError
-from quantkit.progress import PlainReporter, RichReporter
 from quantkit.recipe_loader import MAX_NUMBER_CHARS, load_recipe, parse_recipe
+from quantkit.reporters import PlainReporter, RichReporter
+
+pytestmark = pytest.mark.unit
 
 MARK = "[/bold]-[red]x[/]"  # a closing tag with nothing open (MarkupError) and a style that would eat the brackets
 LOOSE_GATES = ["--gate", "kld_mean_max=100", "--gate", "ppl_increase_max=100", "--gate", "top1_agreement_min=0"]
@@ -62,11 +64,13 @@ def marked(tiny_model, tmp_path_factory):
     return {"model": model, "cal": cal, "out": out, "recipe": recipe, "artifact": out / "tiny-fp8", "dir": d}
 
 
+@pytest.mark.integration
 def test_recipes_validate_prints_marked_paths_as_written(marked):
     r = run_cli("recipes", "validate", str(marked["recipe"]), "-o", str(marked["out"]))
     _ok(r, str(marked["recipe"]), str(marked["model"]), str(marked["cal"]), str(marked["out"] / "tiny-fp8"))
 
 
+@pytest.mark.integration
 def test_plan_prints_marked_paths_as_written(marked):
     recipe = _with_mark(marked["dir"], "plan", ".yaml")  # a calibrated output too, so the calibration column names the file
     recipe.write_text(marked["recipe"].read_text().replace("name: tiny-fp8}", "name: tiny-fp8}\n  - {method: gptq}"))
@@ -74,6 +78,7 @@ def test_plan_prints_marked_paths_as_written(marked):
     _ok(r, str(recipe), str(marked["model"]), str(marked["cal"]))
 
 
+@pytest.mark.integration
 def test_status_prints_marked_paths_as_written(marked):
     r = run_cli("status", str(marked["recipe"]), "-o", str(marked["out"]))
     _ok(r, str(marked["recipe"]), "up to date")
@@ -81,6 +86,7 @@ def test_status_prints_marked_paths_as_written(marked):
     _ok(r, str(marked["recipe"]), "not made")
 
 
+@pytest.mark.integration
 def test_errors_name_marked_values_as_written(marked, tmp_path):
     missing = _with_mark(tmp_path, "no-model")
     recipe = _with_mark(tmp_path, "r", ".yaml")
@@ -89,6 +95,7 @@ def test_errors_name_marked_values_as_written(marked, tmp_path):
     _ok(run_cli("validate", str(marked["artifact"]), "--domain", f"{MARK}=nofile.txt"), MARK, code=2)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("progress", ["plain", "rich"])
 def test_validate_prints_a_marked_domain_name_as_written(marked, progress):
     text = _with_mark(marked["dir"], f"domain-{progress}", ".txt")
@@ -99,6 +106,7 @@ def test_validate_prints_a_marked_domain_name_as_written(marked, progress):
     assert f"perplexity and KLD on {MARK}" in r.stderr  # the progress lines (bars in rich mode)
 
 
+@pytest.mark.integration
 def test_inspect_and_validate_print_a_marked_manifest_as_written(marked):
     # the base is named relative to the artifact
     _ok(run_cli("inspect", str(marked["artifact"])), str(marked["artifact"]), f"model-{MARK}")
@@ -215,6 +223,7 @@ def test_set_overrides_are_read_as_written():
     assert parse_recipe(base, overrides=("calibration.seq_len=256",)).calibration.seq_len == 256
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("digits", [MAX_NUMBER_CHARS + 1, 5000, 100_000])
 def test_an_integer_too_long_is_one_line(digits, tmp_path):
     problem = _refusal(_recipe(f"seq_len: {'9' * digits}"))

@@ -12,9 +12,12 @@ from hypothesis import strategies as st
 
 import quantkit
 from quantkit.errors import ArtifactError, QuantkitError
+from quantkit.formats import format_named
 from quantkit.gates import class_defaults, evaluate_gates, parse_gate_overrides
 from quantkit.runtimes.transformers import TransformersModel, score_lockstep, windows
 from quantkit.validate import validate
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +34,7 @@ def tiny_artifacts(tiny_model, tmp_path_factory):
     return {a.name: a.path for a in quantkit.quantize(recipe)}
 
 
+@pytest.mark.unit
 @settings(max_examples=300, deadline=None)
 @given(n=st.integers(1, 400), context=st.integers(2, 64), data=st.data())
 def test_windows_score_every_token_from_the_lead_once_with_the_lead_as_context(n, context, data):
@@ -43,11 +47,13 @@ def test_windows_score_every_token_from_the_lead_once_with_the_lead_as_context(n
     assert scored == list(range(lead, n))
 
 
+@pytest.mark.unit
 def test_default_windows_give_every_scored_token_half_a_context():
     spans = windows(2048, 512, 256)
     assert spans[:2] == [(0, 512, 256), (256, 768, 512)] and spans[-1] == (1536, 2048, 1792)
 
 
+@pytest.mark.unit
 def test_kld_of_a_model_against_itself_is_zero(tiny_model):
     from quantkit.runtimes.transformers import perplexity
 
@@ -59,6 +65,7 @@ def test_kld_of_a_model_against_itself_is_zero(tiny_model):
     assert perplexity(rt, ids, context=64, stride=32) == (pytest.approx(s.ppl, rel=1e-5), len(ids) - 32)
 
 
+@pytest.mark.unit
 def test_kld_grows_with_a_perturbation(tiny_model, tmp_path):
     perturbed = tmp_path / "perturbed"
     shutil.copytree(tiny_model, perturbed)
@@ -79,6 +86,7 @@ def test_kld_grows_with_a_perturbation(tiny_model, tmp_path):
     assert all((v is None) == (c == 0) for c, v in zip(counts, s.kld_by_position))
 
 
+@pytest.mark.unit
 def test_llamacpp_windows_score_the_second_half_of_full_chunks():
     from quantkit.runtimes.transformers import llamacpp_windows
 
@@ -86,6 +94,7 @@ def test_llamacpp_windows_score_the_second_half_of_full_chunks():
     assert llamacpp_windows(100, 8, 2) == [(0, 8, 5), (8, 16, 13)]
 
 
+@pytest.mark.unit
 def test_uniform_model_perplexity_is_the_vocabulary_size(tiny_model):
     rt = TransformersModel(tiny_model)
     with torch.no_grad():
@@ -106,6 +115,7 @@ def test_w8a8_activations_are_quantized_in_the_forward_pass(tiny_artifacts):
     assert (w8a8.logprobs(ids) - w8a16.logprobs(ids)).abs().max() > 1e-4
 
 
+@pytest.mark.unit
 def test_recipe_gate_keys_are_the_validation_gate_keys():
     from typing import get_args
 
@@ -115,12 +125,14 @@ def test_recipe_gate_keys_are_the_validation_gate_keys():
     assert set(get_args(GateKey)) == set(GATE_KEYS)
 
 
+@pytest.mark.unit
 def test_gate_defaults_and_evaluation():
-    assert class_defaults("fp8", "FP8_DYNAMIC")["kld_mean_max"] == 0.01
-    assert class_defaults("gptq", "W4A16_ASYM")["kld_mean_max"] == 0.06
-    assert class_defaults("gguf", "Q6_K")["kld_mean_max"] == 0.02
-    assert class_defaults("gguf", "IQ2_XXS")["kld_mean_max"] == 0.4
-    assert class_defaults("rtn", "W4A16", bits=2)["kld_mean_max"] == 0.4
+    ct, gguf = format_named("compressed-tensors"), format_named("gguf")  # the format answers the precision class
+    assert class_defaults(ct.nominal_bits("FP8_DYNAMIC"))["kld_mean_max"] == 0.01
+    assert class_defaults(ct.nominal_bits("W4A16_ASYM"))["kld_mean_max"] == 0.06
+    assert class_defaults(gguf.nominal_bits("Q6_K"))["kld_mean_max"] == 0.02
+    assert class_defaults(gguf.nominal_bits("IQ2_XXS"))["kld_mean_max"] == 0.4
+    assert class_defaults(ct.nominal_bits("W4A16", bits=2))["kld_mean_max"] == 0.4
     [g] = evaluate_gates({"kld_mean_max": 0.05}, {"kld_mean": 0.05})
     assert g.passed
     [g] = evaluate_gates({"kld_mean_max": 0.05}, {"kld_mean": 0.0501})
@@ -195,7 +207,7 @@ def test_a_broken_artifact_fails_the_default_gates(tiny_artifacts):
 
 
 def test_user_domains(tiny_artifacts, tmp_path):
-    from quantkit.validate import load_domains
+    from quantkit.sources.heldout import load_domains
 
     (tmp_path / "legal.jsonl").write_text('{"text": "The party of the first part shall indemnify."}\n' * 40)
     domains = load_domains([f"legal={tmp_path / 'legal.jsonl'}", "code=builtin:code"])

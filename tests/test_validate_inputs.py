@@ -15,9 +15,11 @@ from conftest import run_cli, tiny_recipe_text
 import quantkit
 from quantkit.cache_store import REFERENCES, CacheStore
 from quantkit.errors import ArtifactError, QuantkitError
-from quantkit.sources.heldout import DomainText
+from quantkit.sources.heldout import DomainText, domain_text
 from quantkit.sources.models import fingerprint_folder
-from quantkit.validate import domain_text, validate
+from quantkit.validate import validate
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +99,7 @@ def test_validate_memory_is_bounded_by_max_tokens_not_by_the_domain_file(fp8, tm
     assert scores["domain"] == "big" and scores["n_tokens"] == 256 == scores["scored_tokens"]["scored"]
 
 
+@pytest.mark.unit
 def test_only_the_scored_prefix_is_read_and_it_tokenizes_as_the_whole_text(tmp_path, tiny_tokenizer):
     path = write_jsonl(tmp_path / "d.jsonl", 3_000_000)
     tokenized_chars = []
@@ -118,6 +121,7 @@ def test_only_the_scored_prefix_is_read_and_it_tokenizes_as_the_whole_text(tmp_p
     assert DomainText.from_file(short).prefix(count, 10_000) == domain_text(short) == "a few words\nonly"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".txt", ".parquet"])
 def test_streamed_domain_files_are_the_text_as_written(tmp_path, suffix):
     texts = ["  indented\n\n\n", "", "b" * 40_000, "é\u2028 unicode", "last"]
@@ -137,8 +141,9 @@ def test_streamed_domain_files_are_the_text_as_written(tmp_path, suffix):
     assert domain_text(path) == expected
 
 
+@pytest.mark.unit
 def test_unreadable_domain_files_are_one_line_errors(tmp_path):
-    from quantkit.validate import load_domains
+    from quantkit.sources.heldout import load_domains
 
     cases = {"bad.jsonl": b'{"text": "ok"}\n{"text": \n', "bad.json": b'[{"text": "a"}, {"text": }]',
              "notlist.json": b'{"text": "a"}', "latin1.txt": "caf\xe9".encode("latin-1"), "x.csv": b"text\na\n",

@@ -10,13 +10,13 @@ from conftest import GGUF, REPO, run_cli
 
 from quantkit.serving.smoke import ServeOptions
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 SHORT = ["--serve-max-tokens", "48", "--concurrency", "1", "--concurrency", "8"]
 
 
 def test_float_base_serves_and_speculation_keeps_greedy_output(artifacts, vllm_env, tmp_path):
     from quantkit.recipe import ModelSpec
-    from quantkit.serve_test import run_serve_test
+    from quantkit.serving.verb import run_serve_test
     from quantkit.sources.models import resolve_model
 
     base = resolve_model(ModelSpec(source="smollm2-135m"))
