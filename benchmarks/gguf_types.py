@@ -26,7 +26,8 @@ from quantkit.progress import NullReporter
 from quantkit.recipe import CalibrationSpec, GGUFOutput, ModelSpec
 from quantkit.sources.calibration import build_calibration, builtin_holdout_text
 from quantkit.sources.models import load_tokenizer, resolve_model
-from quantkit.toolchains.llamacpp import build_toolchain, converted_base
+from quantkit.toolchains.llamacpp import converted_base
+from quantkit.toolchains.llamacpp_build import build_toolchain
 
 DEFAULT_TYPES = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_K_S", "Q3_K_M", "IQ4_XS", "Q4_0"]
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from oci_registry import LoopbackRegistry  # noqa: E402
 
 from quantkit.artifact import Artifact  # noqa: E402
-from quantkit.publishing import PushSettings, pull, push  # noqa: E402
+from quantkit.publish.verbs import PushSettings, pull, push  # noqa: E402
 
 
 def main() -> None:

@@ -28,8 +28,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from quantkit.artifact import MANIFEST_NAME, Artifact
-    from quantkit.serve_test import run_serve_test
     from quantkit.serving.smoke import ServeOptions
+    from quantkit.serving.verb import run_serve_test
 
     targets = []
     for folder in sorted(d for d in args.run.iterdir() if (d / MANIFEST_NAME).is_file()):
