@@ -19,6 +19,7 @@ from quantkit.report.model import CardResult, Column, Section, fixed
 
 # llm-compressor's own CI gates task recovery at 0.95
 RECOVERY_MIN_DEFAULT = 0.95
+TASK_COLUMNS = (Column("task"), Column("base accuracy", True), Column("accuracy", True), Column("recovery", True))
 
 
 class LMEvalCheck(Check):
@@ -82,11 +83,19 @@ class LMEvalCheck(Check):
         return {"recovery_min": RECOVERY_MIN_DEFAULT} if self.tasks and scorable else {}
 
     @classmethod
-    def card_section(cls, report) -> Section:
-        rows = tuple((t.target, task, fixed(v["base_acc"]), fixed(v["acc"]), fixed(v.get("recovery")))
+    def task_rows(cls, report) -> tuple[tuple[str, ...], ...]:
+        """(target, task, base accuracy, accuracy, recovery) of every task measured; none where no task ran."""
+        return tuple((t.target, task, fixed(v["base_acc"]), fixed(v["acc"]), fixed(v.get("recovery")))
                      for t, c in cls.results(report) if c.status == "measured" for task, v in c.per_domain.items())
-        return Section("Tasks (lm-eval)", (Column("task"), Column("base accuracy", True), Column("accuracy", True),
-                                           Column("recovery", True)), rows)
+
+    @classmethod
+    def run_section(cls, report) -> Section:
+        return Section("lm-eval tasks", TASK_COLUMNS, cls.task_rows(report),
+                       note="Accuracy of the base and of the target on each task, and recovery: target over base")
+
+    @classmethod
+    def card_section(cls, report) -> Section:
+        return Section("Tasks (lm-eval)", TASK_COLUMNS, cls.task_rows(report))
 
     @classmethod
     def card_results(cls, target, result) -> list[CardResult]:

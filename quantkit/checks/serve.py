@@ -95,15 +95,14 @@ class ServeCheck(Check):
         result = serve_test(target.path, s.env, expected_quantization=expected, options=s.options, log_dir=log_dir,
                             greedy_reference=greedy_reference(target.path, s.options.greedy_tokens, self.device,
                                                               self.dtype) if fmt.transformers_reference else None)
-        details = result.to_dict()
-        if details.get("greedy", {}).get("reference"):
-            details["greedy"]["reference"] = f"transformers ({self.device}, {self.dtype})"
+        if result.greedy and result.greedy.reference:
+            result.greedy.reference = f"transformers ({self.device}, {self.dtype})"
         return CheckResult(
             self.name, "measured" if result.status == "measured" else "failed", metrics=result.metrics(),
-            sample={"smoke_requests": result.smoke.get("requests"),
-                    "workload_requests": {c: p["requests"] for c, p in result.performance.items()},
-                    "max_tokens": result.plan.get("max_tokens")},
-            reason=result.reason, details=details,
+            sample={"smoke_requests": result.smoke.requests if result.smoke else None,
+                    "workload_requests": {c: p.requests for c, p in result.performance.items()},
+                    "max_tokens": result.plan.max_tokens if result.plan else None},
+            reason=result.reason, details=result.to_dict(),
         )
 
     def default_gates(self, target, result) -> dict[str, float]:
@@ -121,7 +120,7 @@ class ServeCheck(Check):
         if report.settings is None or report.settings.serve is None:
             return None  # not requested: the library leaves serving out, and so do the reports
         return Section("vLLM serving smoke test", (Column("serving"),),
-                       tuple((t.target, summary_line(c.model_dump(mode="json"))) for t, c in cls.results(report)),
+                       tuple((t.target, summary_line(c)) for t, c in cls.results(report)),
                        note=f"Speed workload: {WORKLOAD_NOTE}")
 
     @classmethod
@@ -129,19 +128,21 @@ class ServeCheck(Check):
         from quantkit.serving.results import WORKLOAD_NOTE, summary_line
 
         return Section("Serving (vLLM)", (Column("serving"),),
-                       tuple((t.target, summary_line(c.model_dump(mode="json"))) for t, c in cls.results(report)
-                             if c.status in ("measured", "failed")),
+                       tuple((t.target, summary_line(c)) for t, c in cls.results(report) if c.status in ("measured", "failed")),
                        note=f"Speed workload: {WORKLOAD_NOTE}")
 
     @classmethod
     def html_plots(cls, reports) -> list[tuple[str, str]]:
         """Output tokens/s with and without speculative decoding, per target and concurrency."""
+        from quantkit.serving.results import ServeResult
+
         bars = []
-        for t, c in ((t, c) for r in reports for t, c in cls.results(r) if c.details.get("performance")):
-            sd = c.details.get("speculative") or {}
-            for conc, p in c.details["performance"].items():
-                spec = (sd.get("performance") or {}).get(conc, {}).get("output_tokens_per_s")
-                bars.append((f"{t.target.split('/')[-1]}\nc={conc}", p["output_tokens_per_s"] or 0, spec or 0))
+        for t, c in ((t, c) for r in reports for t, c in cls.results(r)):
+            served = ServeResult.from_details(c.details)
+            spec = served.speculative.performance if served and served.speculative else {}
+            for conc, p in (served.performance if served else {}).items():
+                with_spec = spec[conc].output_tokens_per_s if conc in spec else None
+                bars.append((f"{t.target.split('/')[-1]}\nc={conc}", p.output_tokens_per_s or 0, with_spec or 0))
         if not bars:
             return []
         from quantkit.report.plots import outside_legend, png, pyplot

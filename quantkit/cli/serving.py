@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -23,6 +23,9 @@ from quantkit.cli.options import (
 )
 from quantkit.cli.output import Table, make_reporter, sigterm_as_exit, styled
 from quantkit.cli.render import Output
+
+if TYPE_CHECKING:
+    from quantkit.serving.verb import ServeReport
 
 ServeTimeoutOpt = Annotated[Optional[float], typer.Option(
     "--serve-timeout", metavar="SECONDS", show_default=False,
@@ -73,59 +76,60 @@ def serve_test_command(
     doc = report.to_dict()
     if output:
         output.write_text(json.dumps(doc, indent=2) + "\n")
-    Output(doc).table(lambda: serve_table(doc)).emit(as_json)
+    Output(doc).table(lambda: serve_table(report)).emit(as_json)
     if not report.passed:
         raise typer.Exit(1)
 
 
-def serve_table(doc: dict) -> Table:
+def serve_table(report: "ServeReport | dict") -> Table:
+    """serve-test's table: the report, or its JSON (`--json`, `--output`)."""
     from quantkit.serving.results import not_measured_by_reason
+    from quantkit.serving.verb import ServeReport
 
-    r = doc["result"]
-    t = Table(title=f"quantkit serve-test: {Path(r['model']).name}", title_justify="left")
+    report = report if isinstance(report, ServeReport) else ServeReport.from_dict(report)
+    r = report.result
+    t = Table(title=f"quantkit serve-test: {Path(r.model).name}", title_justify="left")
     t.add_column("measure", justify="left")
     t.add_column("value", justify="left")
-    t.add_row("status", r["status"] + (f" ({r['reason']})" if r.get("reason") else ""))
-    t.add_row("vLLM", f"{r['vllm'].get('distribution', 'vllm')} {r['vllm'].get('vllm')} ({r['vllm'].get('device', '?')})")
-    if r.get("serving_class"):
-        t.add_row("serving class", r["serving_class"])
-    probe = r.get("kernel_probe") or {}
-    if probe.get("kernel_library"):
-        t.add_row("vLLM kernel library", probe["kernel_library"])
-    t.add_row("time to ready", "-" if r["ready_s"] is None else f"{r['ready_s']:.1f} s")
-    t.add_row("quantization (vLLM / artifact)", f"{r['quantization']} / {r['expected_quantization']}")
-    if r["greedy"]:
-        g = r["greedy"]
-        t.add_row("greedy agreement with transformers", "-" if g["agreeing_tokens"] is None else f"{g['agreeing_tokens']} / {g['tokens']} tokens")
-    if r["smoke"]:
-        t.add_row("smoke requests", f"{r['smoke']['requests'] - r['smoke']['failed']} / {r['smoke']['requests']} ok")
-    sd = r.get("speculative") or {}
-    for c, p in r["performance"].items():
-        line = (f"{p['output_tokens_per_s']:.1f} tok/s, TTFT p50/p95 {_ms(p['ttft_p50_s'])}/{_ms(p['ttft_p95_s'])}, "
-                f"TPOT p50/p95 {_ms(p['tpot_p50_s'])}/{_ms(p['tpot_p95_s'])}")
+    t.add_row("status", r.status + (f" ({r.reason})" if r.reason else ""))
+    t.add_row("vLLM", r.vllm_label)
+    if r.serving_class:
+        t.add_row("serving class", r.serving_class)
+    if r.kernel_library:
+        t.add_row("vLLM kernel library", r.kernel_library)
+    t.add_row("time to ready", "-" if r.ready_s is None else f"{r.ready_s:.1f} s")
+    t.add_row("quantization (vLLM / artifact)", f"{r.quantization} / {r.expected_quantization}")
+    if g := r.greedy:
+        t.add_row("greedy agreement with transformers", "-" if g.agreeing_tokens is None else f"{g.agreeing_tokens} / {g.tokens} tokens")
+    if r.smoke:
+        t.add_row("smoke requests", f"{r.smoke.requests - r.smoke.failed} / {r.smoke.requests} ok")
+    sd = r.speculative
+    for c, p in r.performance.items():
+        line = (f"{p.output_tokens_per_s:.1f} tok/s, TTFT p50/p95 {_ms(p.ttft_p50_s)}/{_ms(p.ttft_p95_s)}, "
+                f"TPOT p50/p95 {_ms(p.tpot_p50_s)}/{_ms(p.tpot_p95_s)}")
         t.add_row(f"concurrency {c}", line)
-        sp = sd.get("performance", {}).get(c)
+        sp = sd.performance.get(c) if sd else None
         if sp:
-            acc = sd["acceptance"].get(c, {})
-            rate, length, speedup = acc.get("acceptance_rate"), acc.get("mean_acceptance_length"), sd["speedup"].get(c)
-            t.add_row(f"  with {sd['method']}", f"{sp['output_tokens_per_s']:.1f} tok/s, speedup {_num(speedup, '.2f')}x, "
+            acc = sd.acceptance.get(c)
+            rate, length = (acc.acceptance_rate, acc.mean_acceptance_length) if acc else (None, None)
+            t.add_row(f"  with {sd.method}", f"{sp.output_tokens_per_s:.1f} tok/s, speedup {_num(sd.speedup.get(c), '.2f')}x, "
                       f"acceptance {_num(rate, '.0%')}, mean acceptance length {_num(length, '.2f')}")
-    if sd.get("compared_outputs") is not None:
-        t.add_row("speculative outputs identical", f"{sd['compared_outputs'] - sd['mismatches']} / {sd['compared_outputs']}")
-    elif sd.get("reason") and sd.get("status") != "not measured":
-        t.add_row("speculative", f"failed: {sd['reason']}")
-    plan = r.get("plan") or {}
-    if plan.get("short_because"):
-        t.add_row("short workload", f"{plan['smoke_requests']} smoke, {plan['workload_requests']} prompt(s) x "
-                                    f"{plan['max_tokens']} tokens: {plan['short_because']}")
-    for why, phases in not_measured_by_reason(r.get("not_measured") or {}).items():
+    if sd and sd.compared_outputs is not None:
+        t.add_row("speculative outputs identical", f"{sd.compared_outputs - sd.mismatches} / {sd.compared_outputs}")
+    elif sd and sd.reason and sd.status != "not measured":
+        t.add_row("speculative", f"failed: {sd.reason}")
+    plan = r.plan
+    if plan and plan.short_because:
+        t.add_row("short workload", f"{plan.smoke_requests} smoke, {plan.workload_requests} prompt(s) x "
+                                    f"{plan.max_tokens} tokens: {plan.short_because}")
+    for why, phases in not_measured_by_reason(r.not_measured).items():
         t.add_row(why, ", ".join(phases))
-    unmeasured = r.get("unmeasured_metrics") or {}
-    for g in doc["gates"]:
-        mark = "[green]✓[/]" if g["passed"] else "[red]✗[/]"
-        op = "≤" if g["gate"].endswith("_max") else "≥"
-        value = _num(g["value"], ".4g") if g["value"] is not None else unmeasured.get(g["metric"], "not measured")
-        t.add_row(f"gate {g['gate']}", styled(mark + " {} ({} {})", value, op, g["threshold"]))
+    unmeasured = r.unmeasured_metrics()
+    for g in report.gates:
+        mark = "[green]✓[/]" if g.passed else "[red]✗[/]"
+        op = "≤" if g.gate.endswith("_max") else "≥"
+        value = _num(g.value, ".4g") if g.value is not None else unmeasured.get(g.metric, "not measured")
+        t.add_row(f"gate {g.gate}", styled(mark + " {} ({} {})", value, op, g.threshold))
     return t
 
 

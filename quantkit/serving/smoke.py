@@ -33,7 +33,19 @@ from quantkit.serving import reference
 from quantkit.serving.budget import Budget, ServeTimeout, within
 from quantkit.serving.client import complete_token_ids, get_text, run_workload
 from quantkit.serving.metrics import parse_counters, spec_decode_stats
-from quantkit.serving.results import WORKLOAD_NOTE, ServeOptions, ServeResult, summary_line  # noqa: F401 - re-exported: their old home
+from quantkit.serving.results import (  # noqa: F401 - WORKLOAD_NOTE, summary_line re-exported: their old home
+    WORKLOAD_NOTE,
+    AcceptanceStats,
+    Divergence,
+    GreedyResult,
+    PlannedWorkload,
+    ServeOptions,
+    ServeResult,
+    SmokeResult,
+    SpeculativeResult,
+    WorkloadSummary,
+    summary_line,
+)
 from quantkit.serving.server import (
     ABORT_GRACE_S,
     ServerError,
@@ -66,14 +78,11 @@ def _request_failure(error: Exception, server: ServerProcess) -> str:
     return f"request failed ({type(error).__name__}: {first_line}); vLLM: {failure_reason(server.log_text())}"
 
 
-def _divergence(plain: str, speculative: str) -> dict:
+def _divergence(request: str, concurrency: int, plain: str, speculative: str) -> Divergence:
     """Where two outputs part, with 40 characters either side."""
     at = next((i for i, (x, y) in enumerate(zip(plain, speculative)) if x != y), min(len(plain), len(speculative)))
-    return {
-        "first_difference_at_char": at,
-        "plain": plain[max(0, at - 40) : at + 40],
-        "speculative": speculative[max(0, at - 40) : at + 40],
-    }
+    return Divergence(request=request, concurrency=concurrency, first_difference_at_char=at,
+                      plain=plain[max(0, at - 40) : at + 40], speculative=speculative[max(0, at - 40) : at + 40])
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -97,9 +106,9 @@ def unsupported_result(
         return None
     options = options or ServeOptions()
     return ServeResult(
-        "unsupported",
-        str(model_path),
-        expected_quantization,
+        status="unsupported",
+        model=str(model_path),
+        expected_quantization=expected_quantization,
         reason=reason,
         vllm=dict(env.info),
         options=options.to_dict(),
@@ -113,15 +122,17 @@ def _record_timeout(result: ServeResult, budget: Budget, plan: WorkloadPlan, spe
     """Every phase without figures is "not measured: serve timeout of N s reached"."""
     result.timed_out = True
     result.reason = f"serve timeout of {budget.seconds:g} s reached"
-    phases = {"server start": result.ready_s is not None, "smoke": bool(result.smoke), "greedy": bool(result.greedy),
-              **{f"concurrency {c}": str(c) in result.performance for c in plan.concurrency}}
+    compared = result.speculative is not None and result.speculative.mismatches is not None
+    phases = {"server start": result.ready_s is not None, "smoke": result.smoke is not None,
+              "greedy": result.greedy is not None, **{f"concurrency {c}": str(c) in result.performance for c in plan.concurrency}}
     if speculative:
-        phases["speculative"] = result.speculative.get("mismatches") is not None
+        phases["speculative"] = compared
     for phase, done in phases.items():
         if not done:
             result.not_measured.setdefault(phase, budget.reason)
-    if speculative and result.speculative.get("mismatches") is None:
-        result.speculative.update(status="not measured", reason=budget.reason)
+    if speculative and not compared:
+        result.speculative = result.speculative or SpeculativeResult()
+        result.speculative.status, result.speculative.reason = "not measured", budget.reason
 
 
 def serve_test(
@@ -142,12 +153,13 @@ def serve_test(
     spec_config = options.speculative_config()  # bad options fail before any server starts
     cpu = env.info.get("device", "cpu") == "cpu"
     budget = Budget(options.timeout)
-    result = ServeResult("measured", str(model_path), expected_quantization, vllm=dict(env.info), options=options.to_dict())
+    result = ServeResult(status="measured", model=str(model_path), expected_quantization=expected_quantization,
+                         vllm=dict(env.info), options=options.to_dict())
     from quantkit.serving.support import serving_class
 
     result.serving_class = serving_class(model_path)
     plan = plan_workload(options, result.serving_class, "cpu" if cpu else "gpu")
-    result.plan, result.not_measured = plan.to_dict(), dict(plan.not_measured_here)
+    result.plan, result.not_measured = PlannedWorkload(**plan.to_dict()), dict(plan.not_measured_here)
     if plan.short_because:
         reporter.log(f"short serving workload ({len(plan.workload)} prompt(s) x {plan.workload[0].max_tokens} tokens, "
                      f"concurrency {plan.concurrency[0]}): {plan.short_because}")
@@ -180,30 +192,30 @@ def serve_test(
         smoke = plan.smoke
         with reporter.task(f"vLLM: {len(smoke)} smoke requests (chat + completion, concurrent)"):
             run = run_workload(plain.base_url, SERVED_NAME, smoke, concurrency=len(smoke), deadline=deadline)
-        result.smoke = {
-            "requests": len(run.results),
-            "failed": run.failed,
-            "max_tokens": smoke[0].max_tokens,
-            "served_models": [m["id"] for m in served],
-            "max_model_len": served[0].get("max_model_len") if served else None,
-            "errors": [f"{r.id}: {r.error}" for r in run.results if not r.ok],
-            "samples": {r.id: r.text[:200] for r in run.results[:2]},
-        }
+        result.smoke = SmokeResult(
+            requests=len(run.results),
+            failed=run.failed,
+            max_tokens=smoke[0].max_tokens,
+            served_models=[m["id"] for m in served],
+            max_model_len=served[0].get("max_model_len") if served else None,
+            errors=[f"{r.id}: {r.error}" for r in run.results if not r.ok],
+            samples={r.id: r.text[:200] for r in run.results[:2]},
+        )
         with reporter.task(f"vLLM: greedy agreement on {GREEDY_PROMPT!r} ({plan.greedy_tokens} tokens)"):
             ids = within(deadline, lambda: complete_token_ids(plain.base_url, SERVED_NAME, GREEDY_PROMPT, plan.greedy_tokens))
-        result.greedy = {
-            "prompt": GREEDY_PROMPT,
-            "tokens": plan.greedy_tokens,
-            "vllm_ids": ids,
-            "reference": "transformers" if greedy_reference is not None else None,
-            "agreeing_tokens": (_common_prefix(ids, greedy_reference[:plan.greedy_tokens])
-                                if greedy_reference is not None else None),
-        }
+        result.greedy = GreedyResult(
+            prompt=GREEDY_PROMPT,
+            tokens=plan.greedy_tokens,
+            vllm_ids=ids,
+            reference="transformers" if greedy_reference is not None else None,
+            agreeing_tokens=(_common_prefix(ids, greedy_reference[:plan.greedy_tokens])
+                             if greedy_reference is not None else None),
+        )
         plain_texts = {}
         for c in plan.concurrency:
             with reporter.task(f"vLLM: copy/edit workload, {len(workload)} requests at concurrency {c}"):
                 run = run_workload(plain.base_url, SERVED_NAME, workload, concurrency=c, deadline=deadline)
-            result.performance[str(c)] = run.summary()
+            result.performance[str(c)] = WorkloadSummary(**run.summary())
             plain_texts[c] = {r.id: r.text for r in run.results}
     except ServeTimeout:
         plain.stop(grace=ABORT_GRACE_S)
@@ -227,7 +239,7 @@ def serve_test(
 
     if spec_config is None:
         return result
-    sd: dict = {"method": spec_config["method"], "config": spec_config, "performance": {}, "speedup": {}, "acceptance": {}}
+    sd = SpeculativeResult(method=spec_config["method"], config=spec_config, performance={}, speedup={}, acceptance={})
     result.speculative = sd
     if budget.expired():
         _record_timeout(result, budget, plan, True)
@@ -236,7 +248,7 @@ def serve_test(
     try:
         with reporter.task(f"vLLM: starting the server with {spec_config['method']} speculation"):
             spec.start()
-            sd["ready_s"] = spec.wait_ready(options.ready_timeout, deadline=deadline)
+            sd.ready_s = spec.wait_ready(options.ready_timeout, deadline=deadline)
         mismatches, compared, diverged = 0, 0, []
         first = parse_counters(within(deadline, lambda: get_text(spec.base_url, "/metrics")))
         after = first
@@ -245,28 +257,28 @@ def serve_test(
             with reporter.task(f"vLLM: same workload with speculation at concurrency {c}"):
                 run = run_workload(spec.base_url, SERVED_NAME, workload, concurrency=c, deadline=deadline)
             after = parse_counters(within(deadline, lambda: get_text(spec.base_url, "/metrics")))
-            sd["performance"][str(c)] = run.summary()
-            sd["acceptance"][str(c)] = spec_decode_stats(before, after)
-            base_tps = result.performance[str(c)]["output_tokens_per_s"]
-            spec_tps = sd["performance"][str(c)]["output_tokens_per_s"]
-            sd["speedup"][str(c)] = spec_tps / base_tps if base_tps and spec_tps else None
+            sd.performance[str(c)] = WorkloadSummary(**run.summary())
+            sd.acceptance[str(c)] = AcceptanceStats(**spec_decode_stats(before, after))
+            base_tps = result.performance[str(c)].output_tokens_per_s
+            spec_tps = sd.performance[str(c)].output_tokens_per_s
+            sd.speedup[str(c)] = spec_tps / base_tps if base_tps and spec_tps else None
             for r in (r for r in run.results if r.ok and r.id in plain_texts[c]):
                 compared += 1
                 if r.text != plain_texts[c][r.id]:
                     mismatches += 1
-                    diverged.append({"request": r.id, "concurrency": c, **_divergence(plain_texts[c][r.id], r.text)})
-        sd["compared_outputs"], sd["mismatches"], sd["diverged"] = compared, mismatches, diverged
-        overall = spec_decode_stats(first, after)  # over every concurrency
-        if overall["available"]:
-            sd["acceptance_rate"], sd["mean_acceptance_length"] = overall["acceptance_rate"], overall["mean_acceptance_length"]
+                    diverged.append(_divergence(r.id, c, plain_texts[c][r.id], r.text))
+        sd.compared_outputs, sd.mismatches, sd.diverged = compared, mismatches, diverged
+        overall = AcceptanceStats(**spec_decode_stats(first, after))  # over every concurrency
+        if overall.available:
+            sd.acceptance_rate, sd.mean_acceptance_length = overall.acceptance_rate, overall.mean_acceptance_length
     except ServeTimeout:
         spec.stop(grace=ABORT_GRACE_S)
         _record_timeout(result, budget, plan, True)
     except ServerError as e:
         # the plain results stand; the speculative gates fail as unmeasured
-        sd["status"], sd["reason"], result.spec_log_tail = "failed", str(e), e.log_tail
+        sd.status, sd.reason, result.spec_log_tail = "failed", str(e), e.log_tail
     except (httpx.HTTPError, KeyError, ValueError) as e:
-        sd["status"], sd["reason"] = "failed", _request_failure(e, spec)
+        sd.status, sd.reason = "failed", _request_failure(e, spec)
     except BaseException:  # Ctrl-C or SIGTERM
         spec.stop(grace=ABORT_GRACE_S)
         raise

@@ -33,6 +33,11 @@ class ServeReport:
         return {"target": str(self.target), "passed": self.passed, "result": self.result.to_dict(),
                 "gates": [g.to_dict() for g in self.gates]}
 
+    @classmethod
+    def from_dict(cls, doc: dict) -> "ServeReport":
+        """A report read back from its JSON (`serve-test --json`, `--output`)."""
+        return cls(Path(doc["target"]), ServeResult.model_validate(doc["result"]), [GateResult(**g) for g in doc["gates"]])
+
 
 def describe_target(path: Path) -> tuple[Path, str | None, Path, bool]:
     """(what vLLM loads, the quantization it should report, where logs go, whether transformers runs
