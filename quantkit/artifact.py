@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from quantkit.errors import ArtifactError
 from quantkit.files import sha256_files
 from quantkit.formats import FORMATS, Target, format_named
+from quantkit.formats.tensors import Coverage
 from quantkit.recipe import format_of_method
 
 MANIFEST_NAME = "quantkit.json"
@@ -154,6 +155,8 @@ class Manifest(BaseModel):
     # left out of the artifact, and the code pointers (auto_map) removed from its configs
     dropped_files: list[str] = Field(default_factory=list)
     dropped_keys: list[str] = Field(default_factory=list)
+    # each target's coverage table (quantkit.coverage): how every base tensor is in it; None: an older quantkit
+    coverage: dict[str, Coverage] | None = None
 
     @property
     def method(self) -> str:

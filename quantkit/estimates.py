@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from quantkit.errors import QuantkitError
 from quantkit.formats.gguf import EMBD_TYPE, GGML_FALLBACK, GGML_TYPES, GGUF_FILE_TYPES, LOW_IQ
+from quantkit.formats.gguf_names import GGUF_PROJ as _GGUF_PROJ
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # tokenizer.json (or vocab + merges) in a checkpoint, and the token table in a GGUF's metadata: about
@@ -60,10 +61,6 @@ class ModelShape:
     tied: bool  # lm_head shares the input embeddings (stored once)
     linears: tuple[LinearLayer, ...]  # every Linear module: the decoder layers', and lm_head when untied
     norm_params: int  # 1-D tensors (norms), kept in float by every format
-
-
-_GGUF_PROJ = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
-              "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
 
 
 def shape_from_config(config: dict) -> ModelShape:

@@ -19,12 +19,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantkit.artifact import LOCAL_NAME, Artifact, is_artifact, library_versions, utc_now, write_manifest
+from quantkit.artifact import LOCAL_NAME, Artifact, Manifest, is_artifact, library_versions, utc_now, write_manifest
 from quantkit.artifact_files import admit_files, remove_own_files, replace_problem
+from quantkit.coverage import refuse_uncovered, target_coverage
 from quantkit.device import accelerator_available
 from quantkit.engines import EngineJob, engine_for
 from quantkit.errors import ArtifactError, QuantkitError, RecipeError
 from quantkit.files import exclusive_outputs, folder_size, remove_stale_partials, staged_folder
+from quantkit.formats import format_named
 from quantkit.jobs import DEFAULT_OPTIONS, ArtifactSummary, Job, JobResult, QuantizeRun, RunOptions, Status, by_cell, plan
 from quantkit.memory import PeakRSS
 from quantkit.output_roots import is_url
@@ -284,6 +286,14 @@ def _produce(
             "peak_rss_method": peak.method,
             "inputs": inputs,
         }
+        # every base tensor accounted for, before the manifest: an output that fails it is never written
+        checked = time.perf_counter()
+        fmt = format_named(result.format)
+        coverage = target_coverage(fmt, fmt.targets(Manifest.model_validate(manifest), staging), output, model.path,
+                                   model.spec.trust_remote_code)
+        refuse_uncovered(coverage, output.name)
+        manifest["coverage"] = {name: c.model_dump(mode="json") for name, c in coverage.items()}
+        manifest["timings_s"]["coverage_s"] = round(time.perf_counter() - checked, 3)
         manifest["compression_ratio"] = round(model.weight_bytes / max(folder_size(staging), 1), 3)
         manifest = write_manifest(staging, manifest)
     return Artifact(dest, manifest), result.failures

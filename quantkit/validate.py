@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from quantkit.artifact import MANIFEST_NAME, SERVE_LOGS, TRACKED_LIBRARIES, Artifact, library_versions, utc_now
 from quantkit.checks import CheckContext, build_checks
+from quantkit.coverage import check_artifact
 from quantkit.device import resolve_device, resolve_dtype
 from quantkit.errors import ArtifactError, QuantkitError
 from quantkit.files import atomic_write_text, cache_dir, sha256_file
@@ -108,6 +109,7 @@ def validate(
             reporter.log(f"base {base_used.path}: fingerprint {base_used.fingerprint[:12]} differs from the recorded "
                          f"{base_used.recorded_fingerprint[:12]} (allowed: --allow-base-mismatch; recorded in the report)")
         base_folder = BaseFolder(base_used.path, base_used.fingerprint)
+        check_artifact(art, base_used.path)  # every base tensor accounted for, before any model is loaded
         if runtime.work_in_subprocesses:
             peak.watch_tools()
         scored = runtime.evaluate(art, base_folder, texts, EvaluationSettings(context, stride, max_tokens, device, dtype),

@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("quantkit.recipe", "quantkit.artifact", "quantkit.artifact_files", "quantkit.output_roots", "quantkit.report.model",
      "quantkit.report.plots"),
     ("quantkit.recipe_loader", "quantkit.recipe_errors", "quantkit.sources", "quantkit.toolchains",
-     "quantkit.jobs"),
+     "quantkit.jobs", "quantkit.coverage"),
     ("quantkit.engines", "quantkit.runtimes", "quantkit.tasks", "quantkit.serving"),
     ("quantkit.checks", "quantkit.publish", "quantkit.estimates", "quantkit.resume", "quantkit.report"),
     ("quantkit.quantize", "quantkit.preflight", "quantkit.matrix", "quantkit.validate", "quantkit.serving.verb",

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar
 
 from quantkit.files import human_bytes
+from quantkit.formats.tensors import BaseTensor, CheckpointTensor, TensorMap
 
 if TYPE_CHECKING:  # the manifest is read by attribute only (quantkit.artifact sits on a higher floor)
     from typing import Any as Manifest
@@ -66,6 +67,18 @@ class Format:
         """The kernel class vLLM needs for a checkpoint of this format (W4A16, W8A8, FP8: quantkit.serving.support),
         from its config's `quantization_config`; None when quantkit has no rule for it (vLLM's own start decides)."""
         return None
+
+    # ---------------------------------------------------------------- its tensors against the base's
+
+    def artifact_tensors(self, target: Target) -> list[CheckpointTensor]:
+        """Every tensor one target holds, from the headers (no tensor data read)."""
+        raise NotImplementedError
+
+    def map_tensors(self, base: list[BaseTensor], tensors: list[CheckpointTensor], output) -> TensorMap:
+        """Each of `base` as `tensors` (one target's) hold it: quantized, kept in float (and by which rule), or a
+        problem naming it; a tensor of `tensors` that no base tensor accounts for is a problem too. `output`:
+        the recipe output that made it (quantkit.coverage accounts for tied and dropped tensors itself)."""
+        raise NotImplementedError
 
     # ---------------------------------------------------------------- how it is shown
 

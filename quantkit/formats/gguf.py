@@ -7,6 +7,7 @@ precision classes and the card ask this module."""
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from quantkit.errors import ArtifactError
 from quantkit.files import human_bytes
 from quantkit.formats.base import Format, Target
+from quantkit.formats.gguf_names import map_gguf_tensors, read_gguf_tensors
+from quantkit.formats.tensors import BaseTensor, CheckpointTensor, TensorMap
 
 # ggml tensor types: bits per weight and block width (a row's length must be a multiple of it); ggml.c's type_traits
 GGML_TYPES = {
@@ -114,6 +117,15 @@ class GGUF(Format):
 
     def file_role(self, rel: str) -> str | None:
         return "config" if rel.startswith(IMATRIX_PREFIX) else None  # how the weights were made
+
+    def artifact_tensors(self, target: Target) -> list[CheckpointTensor]:
+        try:
+            return read_gguf_tensors(target.path)
+        except (OSError, ValueError, KeyError, struct.error, UnicodeDecodeError, RecursionError) as e:
+            raise ArtifactError(f"{target.path} is not a readable GGUF file ({type(e).__name__}: {str(e)[:160]})") from None
+
+    def map_tensors(self, base: list[BaseTensor], tensors: list[CheckpointTensor], output) -> TensorMap:
+        return map_gguf_tensors(base, tensors)
 
     def size_lines(self, manifest, targets: list[Target]) -> list[str]:
         # each GGUF file is a whole model: the folder's total (every type, the importance matrix) is no model's size

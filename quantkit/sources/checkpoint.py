@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from quantkit.errors import ModelSourceError
 from quantkit.files import atomic_write_text, cache_dir
+from quantkit.formats.tensors import FLOAT_DTYPES, CheckpointTensor, read_checkpoint_headers
+from quantkit.formats.tensors import shown as _shown
 from quantkit.recipe import ModelSpec
 
 WEIGHT_PATTERNS_SAFE = ("*.safetensors",)
@@ -24,20 +25,8 @@ def weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
     return files
 
 
-FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")  # safetensors' names; F8_* are quantized formats, not a float source
-SHOWN_NAMES = 6  # names listed per kind of problem; the rest are counted
 FINITE_CHUNK_BYTES = 1 << 26  # read at a time for the finiteness check (a multiple of 8: whole elements of every dtype)
 FINITE_CACHE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class CheckpointTensor:
-    """One tensor of a safetensors file, from its header."""
-
-    name: str
-    file: Path
-    dtype: str  # safetensors' dtype name: F32, BF16, I8, ...
-    shape: tuple[int, ...]
 
 
 def checkpoint_files(folder: Path, config: dict) -> list[Path]:
@@ -72,28 +61,6 @@ def checkpoint_files(folder: Path, config: dict) -> list[Path]:
             raise ModelSourceError(f"{chosen} names the shard {str(shard)[:80]!r}, which is not a file in {folder}")
         files.append(path)
     return files
-
-
-def read_checkpoint_headers(files: list[Path]) -> list[CheckpointTensor]:
-    """Every tensor's name, dtype and shape from the safetensors headers (no tensor data is read)."""
-    from safetensors import safe_open
-
-    tensors = []
-    for path in files:
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                for name in f.keys():
-                    piece = f.get_slice(name)
-                    tensors.append(CheckpointTensor(name, path, piece.get_dtype(), tuple(piece.get_shape())))
-        except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError, OSError, ValueError
-            detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-            raise ModelSourceError(f"{path} is not a readable safetensors file ({detail})") from None
-    return tensors
-
-
-def _shown(names: list[str]) -> str:
-    listed = ", ".join(names[:SHOWN_NAMES])
-    return listed + (f" and {len(names) - SHOWN_NAMES} more" if len(names) > SHOWN_NAMES else "")
 
 
 def weight_problems(folder: Path, spec: ModelSpec, config: dict, tensors: list[CheckpointTensor]) -> list[str]:
