@@ -170,13 +170,17 @@ class Manifest(BaseModel):
 
         from quantkit.recipe import OutputSpec
 
+        # the name is the manifest's own (checked against `name` by manifest_problems), kept as written: a
+        # recipe's naming rule does not decide whether an artifact can be read
+        fields = {k: v for k, v in self.output.items() if k != "name"}
         try:
-            return TypeAdapter(OutputSpec).validate_python(self.output)
+            spec = TypeAdapter(OutputSpec).validate_python(fields)
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(x) for x in first["loc"])
             raise ArtifactError(f"manifest field output.{where} is not a recipe output of this quantkit: "
                                 f"{first['msg']}") from None
+        return spec.model_copy(update={"name": self.output.get("name")})
 
     @property
     def gates(self) -> dict[str, float]:
