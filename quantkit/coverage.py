@@ -21,10 +21,32 @@ DROPPED = {re.compile(r"(^|\.)rotary_emb\.inv_freq$"): "rotary inv_freq buffer (
 SHOWN_PROBLEMS = 8
 
 
+# (folder, trust, the stat of every file in it) -> base_tensors' answer: a recipe's outputs share one base,
+# whose headers and meta-device model are then read and built once per run, not once per output
+_BASE_CACHE: dict[tuple, tuple[tuple[BaseTensor, ...], tuple[Accounted, ...]]] = {}
+
+
 def base_tensors(folder: Path, trust_remote_code: bool = False) -> tuple[list[BaseTensor], list[Accounted]]:
     """The base checkpoint's tensors every target must account for, and those accounted for already (tied
-    to another tensor, or dropped for a reason in DROPPED)."""
+    to another tensor, or dropped for a reason in DROPPED). Cached while the folder's files are unchanged."""
     folder = Path(folder)
+    try:
+        key = (str(folder.resolve()), trust_remote_code,
+               tuple(sorted((p.name, st.st_mtime_ns, st.st_size) for p in folder.iterdir() if p.is_file()
+                            for st in [p.stat()])))
+    except OSError:
+        key = None
+    if key is not None and key in _BASE_CACHE:
+        base, aside = _BASE_CACHE[key]
+        return list(base), list(aside)
+    base, aside = _read_base_tensors(folder, trust_remote_code)
+    if key is not None:
+        _BASE_CACHE.clear()  # one base at a time: a matrix moves from model to model
+        _BASE_CACHE[key] = (tuple(base), tuple(aside))
+    return base, aside
+
+
+def _read_base_tensors(folder: Path, trust_remote_code: bool) -> tuple[list[BaseTensor], list[Accounted]]:
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:

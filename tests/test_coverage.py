@@ -240,3 +240,18 @@ def test_a_real_gguf_is_covered(tmp_path):
     truncated.write_bytes(target.path.read_bytes()[:4096])
     with pytest.raises(ArtifactError, match="not a readable GGUF file"):
         format_named("gguf").artifact_tensors(dataclasses.replace(target, path=truncated))
+
+
+def test_a_recipes_outputs_read_the_base_once_and_a_changed_base_again(tiny_model, tmp_path, monkeypatch):
+    from quantkit import coverage
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model, base)
+    built = []
+    real = coverage._module_kinds
+    monkeypatch.setattr(coverage, "_module_kinds", lambda folder, trust: built.append(folder) or real(folder, trust))
+    first = coverage.base_tensors(base)
+    assert coverage.base_tensors(base) == first and len(built) == 1  # the second output of a run: no second read
+    config = base / "config.json"
+    config.write_text(config.read_text() + "\n")  # any change to the folder's files: read again
+    assert coverage.base_tensors(base) == first and len(built) == 2
